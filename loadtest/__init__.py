@@ -1,0 +1,1 @@
+"""Load and latency benchmarks; they print figures, tests never time anything."""

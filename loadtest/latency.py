@@ -1,0 +1,96 @@
+"""Latency of /v1/generate through Envoy, one request at a time, on a mesh it starts.
+
+    python -m loadtest.latency --requests 200
+
+Starts its own mesh on free ports with a fresh data directory (nothing else needs to
+run), ingests the sample corpus, then times sequential HTTP/JSON and gRPC generate
+calls through the edge and prints p50/p90/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from ragmesh.v1 import gateway_pb2 as pb
+
+from services.cli.client import Client
+from services.cli.documents import read_document
+from services.mesh.config import MeshConfig
+from services.mesh.corpus import harvest
+from services.mesh.launcher import ROOT, Mesh, isolated
+
+QUESTIONS = (
+    "How do I parse a JSON string?",
+    "What does functools.lru_cache do?",
+    "How do I create a temporary directory?",
+    "How can I run a command in a subprocess and capture its output?",
+    "What is a named tuple?",
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed(call: Callable[[str], object], requests: int) -> list[float]:
+    for question in QUESTIONS:  # warm-up: first calls load caches and connections
+        call(question)
+    samples = []
+    for i in range(requests):
+        started = time.perf_counter()
+        call(QUESTIONS[i % len(QUESTIONS)])
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def http_call(url: str, key: str) -> Callable[[str], object]:
+    def call(question: str) -> object:
+        request = urllib.request.Request(
+            url + "/v1/generate",
+            data=json.dumps({"query": question}).encode(),
+            headers={"x-api-key": key, "content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    return call
+
+
+def report(name: str, samples: list[float]) -> None:
+    print(
+        f"{name:28} n={len(samples):4}  p50 {statistics.median(samples):7.1f} ms  "
+        f"p90 {percentile(samples, 0.9):7.1f} ms  p99 {percentile(samples, 0.99):7.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.latency")
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    base = MeshConfig.load(ROOT / "config" / "mesh.yaml")
+    with tempfile.TemporaryDirectory() as data, Mesh(isolated(base, Path(data))) as mesh:
+        key = mesh.config.mesh.demo_key
+        client = Client(mesh.edge_target, key)
+        documents = [read_document(p) for p in harvest(Path(data) / "corpus")]
+        started = time.perf_counter()
+        _, chunks, _ = client.ingest(documents, progress=False)
+        print(
+            f"ingested {len(documents)} documents, {chunks} chunks in "
+            f"{time.perf_counter() - started:.1f}s"
+        )
+        report("HTTP/JSON /v1/generate", timed(http_call(mesh.http_url, key), args.requests))
+        grpc_call = lambda q: client.ask(pb.GenerateRequest(query=q))  # noqa: E731
+        report("gRPC Generate", timed(grpc_call, args.requests))
+        client.close()
+
+
+if __name__ == "__main__":
+    main()

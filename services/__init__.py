@@ -1,0 +1,1 @@
+"""ragmesh's Python planes: gateway, retrieval, the mesh launcher and the CLI."""

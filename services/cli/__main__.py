@@ -1,0 +1,133 @@
+"""The `ragmesh` command: run the mesh, ingest, ask, search, status.
+
+ragmesh up                      run the local mesh in the foreground
+ragmesh ingest docs/ notes.md   ingest txt, md and html files
+ragmesh ask "how do I parse JSON?" [--stream]
+ragmesh search "json decoder"
+ragmesh status
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from ragmesh.v1 import gateway_pb2 as pb
+
+from services.cli.client import Client
+from services.cli.documents import find_files, read_document
+from services.common.errors import http_status
+from services.gateway.auth import key_digest
+from services.mesh.config import MeshConfig
+
+
+def _client(args: argparse.Namespace) -> Client:
+    config = MeshConfig.load(args.config)
+    key = args.api_key or os.environ.get("RAGMESH_API_KEY") or config.mesh.demo_key
+    target = args.target or f"127.0.0.1:{config.edge.listen_port}"
+    return Client(target, key, timeout_s=args.timeout)
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    request = pb.GenerateRequest(query=args.query, top_k=args.top_k, max_tokens=args.max_tokens)
+    client = _client(args)
+    if not args.stream:
+        reply = client.ask(request)
+        print(reply.answer)
+        final = reply
+    else:
+        final = pb.GenerateResponse()
+        for event in client.ask_stream(request):
+            if event.HasField("final"):
+                final = event.final
+            else:
+                print(event.token, end="", flush=True)
+        print()
+    for c in final.citations:
+        print(f"  [{c.index}] {c.document_id} ({c.chunk_id}, score {c.score:.3f})")
+    print(
+        f"model {final.model}, region {final.region}, tokens {final.usage.prompt_tokens}"
+        f"+{final.usage.completion_tokens}, corpus v{final.corpus_version}, "
+        f"trace {final.trace_id}"
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    reply = _client(args).search(pb.SearchRequest(query=args.query, top_k=args.top_k))
+    for hit in reply.hits:
+        print(f"{hit.score:.3f}  {hit.chunk_id}  {hit.text[:100]!r}")
+    print(f"corpus v{reply.corpus_version}")
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    documents = [read_document(p) for p in find_files([Path(p) for p in args.paths])]
+    if not documents:
+        sys.exit("no txt, md or html files found")
+    done, chunks, version = _client(args).ingest(documents, progress=not args.quiet)
+    print(f"ingested {done} documents as {chunks} chunks; corpus version {version}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    reply = _client(args).status()
+    print(f"region {reply.region}, tenant {reply.tenant}, corpus v{reply.corpus_version}")
+    for d in reply.dependencies:
+        print(f"  {d.name:10} {'up  ' if d.healthy else 'DOWN'} {d.target}  {d.detail}")
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from services.mesh.up import run
+
+    run(MeshConfig.load(args.config))
+
+
+def cmd_hash_key(args: argparse.Namespace) -> None:
+    print(key_digest(args.key))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="ragmesh", description=__doc__.splitlines()[0])
+    root.add_argument("--config", default="config/mesh.yaml", help="mesh config (YAML)")
+    root.add_argument("--target", default="", help="gRPC address (default: the Envoy edge)")
+    root.add_argument("--api-key", default="", help="default: $RAGMESH_API_KEY or the demo key")
+    root.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    commands = root.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run the local mesh in the foreground")
+    up.set_defaults(run=cmd_up)
+    ask = commands.add_parser("ask", help="answer a question with citations")
+    ask.add_argument("query")
+    ask.add_argument("--stream", action="store_true", help="print tokens as they come")
+    ask.add_argument("--top-k", type=int, default=0)
+    ask.add_argument("--max-tokens", type=int, default=0)
+    ask.set_defaults(run=cmd_ask)
+    search = commands.add_parser("search", help="show the chunks a question retrieves")
+    search.add_argument("query")
+    search.add_argument("--top-k", type=int, default=0)
+    search.set_defaults(run=cmd_search)
+    ingest = commands.add_parser("ingest", help="ingest txt, md and html files or folders")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.set_defaults(run=cmd_ingest)
+    status = commands.add_parser("status", help="region, corpus version, dependencies")
+    status.set_defaults(run=cmd_status)
+    hash_key = commands.add_parser("hash-key", help="print the sha256 the config stores")
+    hash_key.add_argument("key")
+    hash_key.set_defaults(run=cmd_hash_key)
+    return root
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    args = parser().parse_args()
+    try:
+        args.run(args)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        sys.exit(f"error: {code.name} (HTTP {http_status(code)}): {exc.details()}")
+
+
+if __name__ == "__main__":
+    main()

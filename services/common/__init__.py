@@ -1,0 +1,1 @@
+"""Pieces every service shares: config loading, errors, gRPC plumbing, protobuf generation."""

@@ -1,0 +1,53 @@
+"""The gateway's config: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from services.common.config import require
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    region: str = "local"
+    retrieval_target: str = "127.0.0.1:8081"
+    triton_target: str = "127.0.0.1:8001"
+    llm_model: str = "llm"
+    # tenant -> sha256 hex digest of its API key; keys themselves are never stored
+    api_keys: dict[str, str] = field(default_factory=dict)
+    default_top_k: int = 4
+    max_top_k: int = 50
+    default_max_tokens: int = 256
+    max_max_tokens: int = 2048
+    max_query_chars: int = 2000
+    max_document_bytes: int = 1_000_000
+    max_documents_per_request: int = 100
+    # Used when the client sets no deadline; a shorter client deadline always wins.
+    request_timeout_s: float = 30.0
+    # Retrieval gets at most this much of the remaining time.
+    retrieval_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
+        for tenant, digest in self.api_keys.items():
+            require(bool(tenant), "gateway.api_keys", "tenant names must not be empty")
+            require(
+                bool(_SHA256.match(digest)),
+                f"gateway.api_keys.{tenant}",
+                "must be a lowercase sha256 hex digest of the key",
+            )
+        require(1 <= self.default_top_k <= self.max_top_k, "gateway.default_top_k", "1..max_top_k")
+        require(
+            1 <= self.default_max_tokens <= self.max_max_tokens,
+            "gateway.default_max_tokens",
+            "must be 1..max_max_tokens",
+        )
+        require(self.max_query_chars > 0, "gateway.max_query_chars", "must be positive")
+        require(self.max_document_bytes > 0, "gateway.max_document_bytes", "must be positive")
+        require(self.request_timeout_s > 0, "gateway.request_timeout_s", "must be positive")
+        require(self.retrieval_timeout_s > 0, "gateway.retrieval_timeout_s", "must be positive")

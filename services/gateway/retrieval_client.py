@@ -1,0 +1,81 @@
+"""The gateway's client of the retrieval plane; maps its failures to gateway errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from ragmesh.retrieval.v1 import retrieval_pb2 as pb
+from ragmesh.retrieval.v1 import retrieval_pb2_grpc
+
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RagmeshError,
+    Unavailable,
+)
+from services.common.serving import CHANNEL_OPTIONS
+
+R = TypeVar("R")
+
+# Failures of the caller's own input keep their status; anything else is the plane's fault.
+_PASSED_THROUGH: dict[grpc.StatusCode, type[RagmeshError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+class RetrievalClient:
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: object,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> R:
+        try:
+            return await method(request, timeout=max(timeout_s, 0.001), metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            error = _PASSED_THROUGH.get(exc.code(), Unavailable)
+            message = exc.details() or exc.code().name
+            if error is Unavailable:
+                message = f"retrieval unavailable: {exc.code().name}"
+            raise error(
+                message, field=message.split(":", 1)[0] if error is InvalidArgument else ""
+            ) from exc
+
+    async def upsert(
+        self, request: pb.UpsertRequest, timeout_s: float, metadata: tuple[tuple[str, str], ...]
+    ) -> pb.UpsertResponse:
+        return await self._call(self._stub.Upsert, request, timeout_s, metadata)
+
+    async def delete(
+        self, request: pb.DeleteRequest, timeout_s: float, metadata: tuple[tuple[str, str], ...]
+    ) -> pb.DeleteResponse:
+        return await self._call(self._stub.Delete, request, timeout_s, metadata)
+
+    async def search(
+        self, request: pb.SearchRequest, timeout_s: float, metadata: tuple[tuple[str, str], ...]
+    ) -> pb.SearchResponse:
+        return await self._call(self._stub.Search, request, timeout_s, metadata)
+
+    async def version(
+        self, tenant: str, timeout_s: float, metadata: tuple[tuple[str, str], ...]
+    ) -> str:
+        response = await self._call(
+            self._stub.GetCorpusVersion,
+            pb.GetCorpusVersionRequest(tenant=tenant),
+            timeout_s,
+            metadata,
+        )
+        return response.corpus_version
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,60 @@
+"""Builds the gateway gRPC server: the one composition root of this plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health
+from ragmesh.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.common import serving
+from services.gateway.auth import Authenticator
+from services.gateway.config import GatewayConfig
+from services.gateway.core import GatewayCore
+from services.gateway.llm import TritonLLM
+from services.gateway.retrieval_client import RetrievalClient
+from services.gateway.servicer import GatewayServicer
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+
+
+@dataclass
+class GatewayServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    retrieval: RetrievalClient
+    llm: TritonLLM
+
+    async def start(self) -> None:
+        await self.server.start()
+        await serving.set_serving(self.health, [SERVICE_NAME], up=True)
+
+    async def close_clients(self) -> None:
+        await self.retrieval.close()
+        await self.llm.close()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.server.stop(grace_s)
+        await self.close_clients()
+
+    async def serve(self) -> None:
+        await self.start()
+        await serving.run_until_signal(self.server, self.health, [SERVICE_NAME])
+        await self.close_clients()
+
+
+def build_server(config: GatewayConfig) -> GatewayServer:
+    retrieval = RetrievalClient(config.retrieval_target)
+    llm = TritonLLM(config.triton_target, config.llm_model)
+    core = GatewayCore(config, retrieval, llm)
+    server = serving.new_server()
+    gateway_pb2_grpc.add_GatewayServicer_to_server(
+        GatewayServicer(core, Authenticator(config.api_keys)), server
+    )
+    health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = serving.bind(server, config.host, config.port)
+    return GatewayServer(
+        server=server, port=port, health=health_servicer, retrieval=retrieval, llm=llm
+    )

@@ -1,0 +1,145 @@
+"""The public Gateway gRPC service: protobuf in, domain call, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import empty_pb2
+from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
+from ragmesh.v1 import gateway_pb2 as pb
+from ragmesh.v1 import gateway_pb2_grpc
+
+from services.gateway.auth import Authenticator
+from services.gateway.core import Answer, Call, GatewayCore, GenerateParams
+
+
+def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        answer=answer.text,
+        citations=[
+            pb.Citation(
+                index=c.index,
+                document_id=c.document_id,
+                chunk_id=c.chunk_id,
+                score=c.score,
+                snippet=c.snippet,
+            )
+            for c in answer.citations
+        ],
+        usage=pb.Usage(
+            prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
+        ),
+        model=answer.model,
+        region=region,
+        cache_status=pb.CACHE_STATUS_BYPASS,
+        degraded=False,
+        trace_id=call.trace_id,
+        corpus_version=answer.corpus_version,
+        finish_reason=answer.finish_reason,
+    )
+
+
+def _params(request: pb.GenerateRequest) -> GenerateParams:
+    return GenerateParams(
+        query=request.query,
+        top_k=request.top_k,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        filters=dict(request.filters),
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, core: GatewayCore, auth: Authenticator) -> None:
+        self._core = core
+        self._auth = auth
+
+    def _call(self, context: grpc.aio.ServicerContext) -> Call:
+        metadata = context.invocation_metadata() or ()
+        tenant = self._auth.tenant(metadata)
+        budget = self._core.config.request_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining)
+        traceparent = next((str(v) for k, v in metadata if k == "traceparent"), "")
+        return Call.start(tenant, budget, traceparent)
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        call = self._call(context)
+        async for event in self._core.generate(call, _params(request)):
+            if isinstance(event, Answer):
+                return _final(event, call, self._core.config.region)
+        raise RuntimeError("generation ended without an answer")
+
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        call = self._call(context)
+        async for event in self._core.generate(call, _params(request)):
+            if isinstance(event, Answer):
+                final = _final(event, call, self._core.config.region)
+                final.ClearField("answer")  # the tokens already carried it
+                yield pb.GenerateStreamResponse(final=final)
+            else:
+                yield pb.GenerateStreamResponse(token=event)
+
+    async def IngestDocuments(
+        self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IngestDocumentsResponse:
+        documents = [
+            rpb.Document(id=d.id, title=d.title, text=d.text, metadata=d.metadata)
+            for d in request.documents
+        ]
+        result = await self._core.ingest(self._call(context), documents)
+        return pb.IngestDocumentsResponse(
+            documents=result.documents, chunks=result.chunks, corpus_version=result.corpus_version
+        )
+
+    async def DeleteDocument(
+        self, request: pb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentResponse:
+        result = await self._core.delete(self._call(context), request.id)
+        return pb.DeleteDocumentResponse(
+            deleted=result.deleted, corpus_version=result.corpus_version
+        )
+
+    async def Search(
+        self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchResponse:
+        found = await self._core.search(
+            self._call(context), request.query, request.top_k, dict(request.filters)
+        )
+        return pb.SearchResponse(
+            hits=[
+                pb.SearchHit(
+                    document_id=c.document_id,
+                    chunk_id=c.chunk_id,
+                    score=c.score,
+                    text=c.text,
+                    title=c.title,
+                    metadata=c.metadata,
+                )
+                for c in found.chunks
+            ],
+            corpus_version=found.corpus_version,
+        )
+
+    async def GetStatus(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> pb.StatusResponse:
+        call = self._call(context)
+        version, dependencies = await self._core.status(call)
+        return pb.StatusResponse(
+            region=self._core.config.region,
+            tenant=call.tenant,
+            corpus_version=version,
+            dependencies=[
+                pb.DependencyStatus(
+                    name=d.name, target=d.target, healthy=d.healthy, detail=d.detail
+                )
+                for d in dependencies
+            ],
+        )

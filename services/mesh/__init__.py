@@ -1,0 +1,1 @@
+"""The local mesh: config of every plane, process supervision, the sample corpus."""

@@ -1,0 +1,76 @@
+"""The mesh config: every plane's section of one YAML file (config/mesh.yaml)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.config import build, read_yaml, require
+from services.gateway.config import GatewayConfig
+from services.retrieval.config import RetrievalConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    listen_port: int = 8080
+    # Internal listener: the gateway reaches retrieval through Envoy (health checks, failover).
+    internal_port: int = 8081
+    admin_port: int = 9901
+    descriptor_set: str = "build/gen/ragmesh.pb"
+    route_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("listen_port", "internal_port", "admin_port"):
+            require(0 < getattr(self, name) < 65536, f"edge.{name}", "must be 1..65535")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TritonConfig:
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    model_repository: str = "triton_models"
+    install_dir: str = "build/triton"
+    models_venv: str = ".venv-models"
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            require(0 < getattr(self, name) < 65536, f"triton.{name}", "must be 1..65535")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshSettings:
+    region: str = "local"
+    data_dir: str = "data"
+    demo_key: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    mesh: MeshSettings = field(default_factory=MeshSettings)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    triton: TritonConfig = field(default_factory=TritonConfig)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MeshConfig:
+        return cls.from_dict(read_yaml(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
+        types = {
+            "mesh": MeshSettings,
+            "edge": EdgeConfig,
+            "gateway": GatewayConfig,
+            "retrieval": RetrievalConfig,
+            "triton": TritonConfig,
+        }
+        unknown = sorted(set(data) - set(types))
+        require(not unknown, "mesh config", f"unknown section(s) {', '.join(unknown)}")
+        return cls(**{name: build(t, data.get(name) or {}, name) for name, t in types.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,72 @@
+"""`make up`: run the mesh in the foreground, seed the sample corpus, print how to use it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from services.cli.client import Client
+from services.cli.documents import read_document
+from services.mesh.config import MeshConfig
+from services.mesh.corpus import harvest
+from services.mesh.launcher import Mesh
+
+LOGGER = logging.getLogger(__name__)
+
+
+def seed(mesh: Mesh) -> None:
+    """Ingests the sample corpus when the demo tenant's store is empty."""
+    client = Client(mesh.edge_target, mesh.config.mesh.demo_key, timeout_s=600)
+    try:
+        if client.status().corpus_version not in ("", "0"):
+            return
+        paths = harvest(mesh.data_dir / "corpus")
+        print(f"ingesting the sample corpus: {len(paths)} documents from Python's docstrings")
+        done, chunks, version = client.ingest([read_document(p) for p in paths])
+        print(f"ingested {done} documents as {chunks} chunks (corpus version {version})")
+    finally:
+        client.close()
+
+
+def banner(mesh: Mesh, seconds: float) -> str:
+    c = mesh.config
+    key = c.mesh.demo_key
+    return f"""
+ragmesh is up in {seconds:.0f}s (region {c.mesh.region}). Ctrl-C stops everything.
+
+  edge (gRPC + HTTP/JSON)  {mesh.http_url}
+  Envoy admin              http://127.0.0.1:{c.edge.admin_port}
+  gateway (direct)         127.0.0.1:{c.gateway.port}
+  retrieval (direct)       127.0.0.1:{c.retrieval.port}
+  Triton gRPC / HTTP       127.0.0.1:{c.triton.grpc_port} / 127.0.0.1:{c.triton.http_port}
+  logs                     {mesh.run_dir / "logs"}
+  demo API key             {key}
+
+Try:
+  curl -s -H 'x-api-key: {key}' -d '{{"query": "How do I parse a JSON string?"}}' \\
+    {mesh.http_url}/v1/generate
+  curl -sN -H 'x-api-key: {key}' -d '{{"query": "What does functools.lru_cache do?"}}' \\
+    {mesh.http_url}/v1/generate:stream
+  .venv/bin/ragmesh ask --stream "How do I make a temporary directory?"
+  .venv/bin/ragmesh status
+"""
+
+
+def run(config: MeshConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
+    with Mesh(config) as mesh:
+        seed(mesh)
+        print(banner(mesh, time.monotonic() - started), flush=True)
+        while not stop.wait(1.0):
+            dead = [p.name for p in mesh.processes if not p.alive()]
+            if dead:
+                LOGGER.error("%s exited; stopping the mesh (see its log)", ", ".join(dead))
+                break
+        print("stopping the mesh...")
+    print("stopped.")

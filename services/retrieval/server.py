@@ -1,0 +1,54 @@
+"""Builds the retrieval gRPC server: the one composition root of this plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health
+from ragmesh.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+from services.common import serving
+from services.retrieval.config import RetrievalConfig
+from services.retrieval.core import RetrievalCore
+from services.retrieval.embedder import TritonEmbedder
+from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.store import MilvusStore
+
+SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name
+
+
+@dataclass
+class RetrievalServer:
+    server: grpc.aio.Server
+    port: int
+    core: RetrievalCore
+    health: health.aio.HealthServicer
+
+    async def start(self) -> None:
+        await self.server.start()
+        await serving.set_serving(self.health, [SERVICE_NAME], up=True)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.server.stop(grace_s)
+        await self.core.close()
+
+    async def serve(self) -> None:
+        await self.start()
+        await serving.run_until_signal(self.server, self.health, [SERVICE_NAME])
+        await self.core.close()
+
+
+def build_server(config: RetrievalConfig) -> RetrievalServer:
+    store = MilvusStore(
+        config.milvus_uri, config.milvus_token, config.collection, config.embedding_dim
+    )
+    embedder = TritonEmbedder(
+        config.triton_target, config.embedder_model, config.embed_batch, config.embedding_dim
+    )
+    core = RetrievalCore(config, store, embedder)
+    server = serving.new_server()
+    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(core), server)
+    health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = serving.bind(server, config.host, config.port)
+    return RetrievalServer(server=server, port=port, core=core, health=health_servicer)

@@ -1,0 +1,67 @@
+"""The Retrieval gRPC service: protobuf in, domain call, protobuf out."""
+
+from __future__ import annotations
+
+import grpc
+from ragmesh.retrieval.v1 import retrieval_pb2 as pb
+from ragmesh.retrieval.v1 import retrieval_pb2_grpc
+
+from services.retrieval.core import Document, RetrievalCore
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _remaining(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return DEFAULT_TIMEOUT_S if remaining is None else float(remaining)
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
+    def __init__(self, core: RetrievalCore) -> None:
+        self._core = core
+
+    async def Upsert(
+        self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertResponse:
+        documents = [
+            Document(id=d.id, title=d.title, text=d.text, metadata=dict(d.metadata))
+            for d in request.documents
+        ]
+        result = await self._core.upsert(request.tenant, documents, _remaining(context))
+        return pb.UpsertResponse(
+            documents=result.documents, chunks=result.chunks, corpus_version=str(result.version)
+        )
+
+    async def Delete(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteResponse:
+        version = await self._core.delete(request.tenant, request.document_id)
+        return pb.DeleteResponse(deleted=True, corpus_version=str(version))
+
+    async def Search(
+        self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchResponse:
+        chunks, version = await self._core.search(
+            request.tenant, request.query, request.top_k, dict(request.filters), _remaining(context)
+        )
+        return pb.SearchResponse(
+            chunks=[
+                pb.Chunk(
+                    document_id=c.document_id,
+                    chunk_id=f"{c.document_id}#{c.chunk_index}",
+                    score=c.score,
+                    text=c.text,
+                    title=c.title,
+                    metadata=c.metadata,
+                )
+                for c in chunks
+            ],
+            corpus_version=str(version),
+        )
+
+    async def GetCorpusVersion(
+        self, request: pb.GetCorpusVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCorpusVersionResponse:
+        return pb.GetCorpusVersionResponse(
+            corpus_version=str(await self._core.version(request.tenant))
+        )

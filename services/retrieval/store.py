@@ -1,0 +1,166 @@
+"""The vector store: Milvus (Lite by default, any Milvus URI by config).
+
+Chunks of one tenant live beside other tenants' in one collection; every read and
+delete is filtered by tenant here, so no caller can forget it. Each chunk row carries
+the corpus version that wrote it: a re-ingest inserts the new version's chunks in one
+call, then deletes the older versions' chunks of that document, so a document is
+never half old and half new. Per-tenant corpus versions live in a second collection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    document_id: str
+    chunk_index: int
+    score: float
+    text: str
+    title: str
+    metadata: dict[str, str]
+
+
+def literal(value: str) -> str:
+    """A Milvus string literal; JSON quoting escapes quotes and backslashes."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+class MilvusStore:
+    """Synchronous Milvus access; the retrieval core runs it in worker threads."""
+
+    def __init__(self, uri: str, token: str, collection: str, dim: int) -> None:
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        self._client = MilvusClient(uri=uri, token=token)
+        self._chunks = collection
+        self._versions = f"{collection}_versions"
+        self._dim = dim
+        self._ensure_collections()
+
+    def _ensure_collections(self) -> None:
+        if not self._client.has_collection(self._chunks):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+            schema.add_field("tenant", DataType.VARCHAR, max_length=128)
+            schema.add_field("document_id", DataType.VARCHAR, max_length=256)
+            schema.add_field("version", DataType.INT64)
+            schema.add_field("chunk_index", DataType.INT64)
+            schema.add_field("title", DataType.VARCHAR, max_length=1024)
+            schema.add_field("text", DataType.VARCHAR, max_length=65_535)
+            schema.add_field("metadata", DataType.JSON)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
+            index = self._client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+            self._client.create_collection(self._chunks, schema=schema, index_params=index)
+        if not self._client.has_collection(self._versions):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("tenant", DataType.VARCHAR, is_primary=True, max_length=128)
+            schema.add_field("version", DataType.INT64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one
+            index = self._client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="L2")
+            self._client.create_collection(self._versions, schema=schema, index_params=index)
+        self._client.load_collection(self._chunks)
+        self._client.load_collection(self._versions)
+
+    def version(self, tenant: str) -> int:
+        rows = self._client.query(
+            self._versions, filter=f"tenant == {literal(tenant)}", output_fields=["version"]
+        )
+        return int(rows[0]["version"]) if rows else 0
+
+    def set_version(self, tenant: str, version: int) -> None:
+        row = {"tenant": tenant, "version": version, "vector": [0.0, 0.0]}
+        self._client.upsert(self._versions, [row])
+
+    def replace_document(
+        self,
+        tenant: str,
+        document_id: str,
+        title: str,
+        metadata: dict[str, str],
+        chunks: list[str],
+        vectors: np.ndarray,
+        version: int,
+    ) -> None:
+        """Writes the new version's chunks in one call, then drops the older versions'."""
+        rows = [
+            {
+                "id": f"{tenant}/{document_id}/{version}/{i}",
+                "tenant": tenant,
+                "document_id": document_id,
+                "version": version,
+                "chunk_index": i,
+                "title": title,
+                "text": text,
+                "metadata": metadata,
+                "vector": vector.tolist(),
+            }
+            for i, (text, vector) in enumerate(zip(chunks, vectors, strict=True))
+        ]
+        self._client.insert(self._chunks, rows)
+        self._client.delete(
+            self._chunks,
+            filter=f"{self._document(tenant, document_id)} and version != {version}",
+        )
+
+    def delete_document(self, tenant: str, document_id: str) -> int:
+        """Deletes the document's chunks; returns how many there were."""
+        where = self._document(tenant, document_id)
+        found = self._client.query(self._chunks, filter=where, output_fields=["id"])
+        if found:
+            self._client.delete(self._chunks, filter=where)
+        return len(found)
+
+    def search(
+        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str]
+    ) -> list[StoredChunk]:
+        where = " and ".join(
+            [f"tenant == {literal(tenant)}"]
+            + [f"metadata[{literal(k)}] == {literal(v)}" for k, v in sorted(filters.items())]
+        )
+        hits = self._client.search(
+            self._chunks,
+            data=[vector.tolist()],
+            limit=top_k,
+            filter=where,
+            output_fields=["document_id", "chunk_index", "title", "text", "metadata"],
+            search_params={"metric_type": "COSINE"},
+        )[0]
+        return [_chunk(hit) for hit in hits]
+
+    def count(self, tenant: str) -> int:
+        rows = self._client.query(
+            self._chunks, filter=f"tenant == {literal(tenant)}", output_fields=["count(*)"]
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    @staticmethod
+    def _document(tenant: str, document_id: str) -> str:
+        return f"tenant == {literal(tenant)} and document_id == {literal(document_id)}"
+
+
+def _chunk(hit: dict[str, Any]) -> StoredChunk:
+    entity = hit["entity"]
+    return StoredChunk(
+        document_id=entity["document_id"],
+        chunk_index=int(entity["chunk_index"]),
+        score=float(hit["distance"]),
+        text=entity["text"],
+        title=entity["title"],
+        metadata={str(k): str(v) for k, v in (entity.get("metadata") or {}).items()},
+    )

@@ -1,0 +1,115 @@
+"""Fixtures: the real mesh (Triton, retrieval, gateway, Envoy) on free ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from ragmesh.v1 import gateway_pb2 as pb
+from ragmesh.v1 import gateway_pb2_grpc
+
+from services.gateway.auth import key_digest
+from services.mesh.config import MeshConfig
+from services.mesh.launcher import ROOT, Mesh, isolated
+
+OTHER_KEY = "rmk-test-other-tenant"
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory):
+    base = MeshConfig.load(ROOT / "config" / "mesh.yaml")
+    config = isolated(base, tmp_path_factory.mktemp("mesh"))
+    keys = {**config.gateway.api_keys, "other": key_digest(OTHER_KEY)}
+    config = dataclasses.replace(config, gateway=dataclasses.replace(config.gateway, api_keys=keys))
+    with Mesh(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def demo_key(mesh: Mesh) -> str:
+    return mesh.config.mesh.demo_key
+
+
+@pytest.fixture(scope="session")
+def other_key() -> str:
+    """The key of a second tenant, "other", with an empty corpus."""
+    return OTHER_KEY
+
+
+@pytest.fixture(scope="session")
+def stub(mesh: Mesh):
+    with grpc.insecure_channel(mesh.edge_target) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)
+
+
+@pytest.fixture(scope="session")
+def corpus(mesh: Mesh, stub, demo_key: str) -> pb.IngestDocumentsResponse:
+    """A few known documents for the demo tenant, ingested once."""
+    documents = [
+        pb.Document(
+            id="tea",
+            title="Brewing green tea",
+            text=(
+                "Green tea should be brewed with water at about 80 degrees Celsius. "
+                "Boiling water makes green tea bitter. Steep the leaves for two to three minutes."
+            ),
+            metadata={"topic": "drinks"},
+        ),
+        pb.Document(
+            id="bikes",
+            title="Bicycle maintenance",
+            text=(
+                "A bicycle chain should be cleaned and lubricated every few hundred kilometres. "
+                "Tyre pressure for a road bike is usually between 80 and 120 psi."
+            ),
+            metadata={"topic": "sport"},
+        ),
+        pb.Document(
+            id="volcano",
+            title="Volcanoes",
+            text=(
+                "Mount Etna in Sicily is one of the most active volcanoes in the world. "
+                "Its eruptions have been recorded for more than two thousand years."
+            ),
+            metadata={"topic": "geology"},
+        ),
+    ]
+    return stub.IngestDocuments(
+        pb.IngestDocumentsRequest(documents=documents),
+        metadata=(("x-api-key", demo_key),),
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="session")
+def http(mesh: Mesh):
+    """http(method, path, key, body) -> (status, parsed JSON or text), through Envoy."""
+    return lambda method, path, key, body=None: _http(mesh, method, path, key, body)
+
+
+def _http(mesh: Mesh, method: str, path: str, key: str | None, body: bytes | None):
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["x-api-key"] = key
+    request = urllib.request.Request(
+        mesh.http_url + path, data=body, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return Path(__file__).parent / "fixtures"

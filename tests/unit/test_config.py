@@ -1,0 +1,31 @@
+import pytest
+
+from services.common.config import ConfigError
+from services.mesh.config import MeshConfig
+from services.mesh.launcher import ROOT
+
+
+def test_shipped_config_loads_and_matches_defaults():
+    config = MeshConfig.load(ROOT / "config" / "mesh.yaml")
+    assert config.edge.listen_port == 8080
+    assert config.edge.admin_port == 9901
+    assert config.gateway.api_keys["demo"]
+
+
+def test_environment_overrides_a_field(monkeypatch):
+    monkeypatch.setenv("RAGMESH_RETRIEVAL_CHUNK_WORDS", "64")
+    assert MeshConfig.from_dict({}).retrieval.chunk_words == 64
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"gateway": {"prot": 1}}, "gateway: unknown field(s) prot"),
+        ({"gateway": {"api_keys": {"t": "not-a-digest"}}}, "gateway.api_keys.t"),
+        ({"retrieval": {"overlap_words": 500}}, "retrieval.overlap_words"),
+        ({"bogus": {}}, "unknown section(s) bogus"),
+    ],
+)
+def test_bad_config_names_the_field(data, field):
+    with pytest.raises(ConfigError, match=field.replace("(", r"\(").replace(")", r"\)")):
+        MeshConfig.from_dict(data)

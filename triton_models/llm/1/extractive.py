@@ -1,0 +1,254 @@
+"""Grounded extractive answering: parse the gateway's RAG prompt, answer with cited sentences.
+
+Pure Python (standard library only) so unit tests import it without Triton or a tokenizer.
+Deterministic: the same prompt always gives the same answer.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+REFUSAL = "The sources do not contain an answer to this question."
+MAX_SENTENCES = 3
+# A sentence after the best one is only added if it scores at least this fraction of the best.
+RELATIVE_CUTOFF = 0.5
+# Small additive prior for higher-ranked sources (lower id); below any single term's IDF (>= ln 2).
+SOURCE_PRIOR = 0.05
+
+TokenCounter = Callable[[str], int]
+
+_SOURCES_BLOCK_RE = re.compile(r"<sources>(.*)</sources>", re.DOTALL)
+_SOURCE_RE = re.compile(r'<source id="(\d+)"([^>]*)>(.*?)</source>', re.DOTALL)
+_ATTR_RE = re.compile(r'([A-Za-z_][\w-]*)="([^"]*)"')
+_QUESTION_PREFIX = "Question: "
+_ANSWER_LINE = "Answer:"
+_WORD_RE = re.compile(r"[^\W_]+")
+_SIMPLE_TOKEN_RE = re.compile(r"[^\W_]+|[^\w\s]")
+_SEGMENT_RE = re.compile(r"\S+\s*")
+_PARAGRAPH_RE = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*\u2022]\s|\d+[.)]\s|#))")
+_SENTENCE_END_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+_VOWELS = frozenset("aeiouy")
+
+_STOPWORD_TEXT = """
+    a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing done down during each either
+    else ever every few for from further get gets got had has have having he her here hers him
+    his how however i if in into is it its itself just let like me might more most much must my
+    myself neither no nor not now of off on once one only or other our ours out over own please
+    rather same say says shall she should since so some such tell than that the their theirs them
+    then there these they this those through to too under until up upon us very via was we were
+    what whatever when where whether which while who whom whose why will with within without
+    would yes yet you your yours explain describe give list show s t d ll m re ve
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+@dataclass(frozen=True)
+class Source:
+    """One numbered source from the prompt."""
+
+    id: int
+    text: str
+    document: str = ""
+    chunk: str = ""
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    source_id: int
+    rank: int
+    order: int
+    text: str
+    terms: frozenset[str]
+
+
+def simple_token_count(text: str) -> int:
+    """Approximate token count (words and punctuation marks); the model injects WordPiece."""
+    return len(_SIMPLE_TOKEN_RE.findall(text))
+
+
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_prompt(prompt: str) -> tuple[str, list[Source]]:
+    """Return (question, sources) from the gateway's prompt.
+
+    A prompt not in the contract's format is answered as a bare question with no sources.
+    """
+    lines = prompt.splitlines()
+    q_index = -1
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(_QUESTION_PREFIX):
+            q_index = i
+            break
+    if q_index < 0:
+        return _collapse(html.unescape(prompt)), []
+
+    question_lines = [lines[q_index][len(_QUESTION_PREFIX) :]]
+    for line in lines[q_index + 1 :]:
+        if line.strip() == _ANSWER_LINE:
+            break
+        question_lines.append(line)
+    question = _collapse(html.unescape(" ".join(question_lines)))
+
+    # Source text is HTML-escaped, so tags inside it cannot close the block early.
+    head = "\n".join(lines[:q_index])
+    block = _SOURCES_BLOCK_RE.search(head)
+    sources: list[Source] = []
+    seen: set[int] = set()
+    if block is not None:
+        for match in _SOURCE_RE.finditer(block.group(1)):
+            source_id = int(match.group(1))
+            if source_id in seen:
+                continue
+            seen.add(source_id)
+            attrs = {k: html.unescape(v) for k, v in _ATTR_RE.findall(match.group(2))}
+            sources.append(
+                Source(
+                    id=source_id,
+                    text=html.unescape(match.group(3).strip("\n")),
+                    document=attrs.get("document", ""),
+                    chunk=attrs.get("chunk", ""),
+                )
+            )
+    return question, sources
+
+
+def _stem(word: str) -> str:
+    """Light stemming: plural s/es/ies, -ing, final e; enough to match close word forms."""
+    w = word
+    if len(w) > 4 and w.endswith("ies"):
+        w = w[:-3] + "y"
+    elif len(w) > 4 and w.endswith(("sses", "xes", "ches", "shes", "zes")):
+        w = w[:-2]
+    elif len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    if len(w) > 4 and w.endswith("ing") and _VOWELS & set(w[:-3]):
+        w = w[:-3]
+        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz" and w[-1] not in _VOWELS:
+            w = w[:-1]
+    if len(w) > 3 and w.endswith("e"):
+        w = w[:-1]
+    return w
+
+
+def content_terms(text: str) -> list[str]:
+    """Lowercased, stopword-free, stemmed terms of a text (numbers kept)."""
+    terms = []
+    for word in _WORD_RE.findall(text.lower()):
+        if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
+            continue
+        terms.append(_stem(word))
+    return terms
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split a chunk into sentences (paragraphs and list items break too)."""
+    sentences: list[str] = []
+    for paragraph in _PARAGRAPH_RE.split(text):
+        flat = _collapse(paragraph)
+        if not flat:
+            continue
+        sentences.extend(s.strip() for s in _SENTENCE_END_RE.split(flat) if s.strip())
+    return sentences
+
+
+def _rank_sentences(question: str, sources: Sequence[Source]) -> list[tuple[float, _Sentence]]:
+    q_terms = set(content_terms(question))
+    if not q_terms or not sources:
+        return []
+    ordered = sorted(sources, key=lambda s: s.id)
+    sentences: list[_Sentence] = []
+    seen_text: set[str] = set()
+    for rank, source in enumerate(ordered):
+        for order, sentence in enumerate(split_sentences(source.text)):
+            key = sentence.lower()
+            if key in seen_text:
+                continue
+            seen_text.add(key)
+            sentences.append(
+                _Sentence(source.id, rank, order, sentence, frozenset(content_terms(sentence)))
+            )
+    n = len(sentences)
+    df: dict[str, int] = {}
+    for s in sentences:
+        for term in s.terms & q_terms:
+            df[term] = df.get(term, 0) + 1
+    scored: list[tuple[float, _Sentence]] = []
+    for s in sentences:
+        overlap = sum(math.log(1.0 + n / df[t]) for t in s.terms & q_terms)
+        if overlap > 0:
+            scored.append((overlap + SOURCE_PRIOR / (s.rank + 1), s))
+    scored.sort(key=lambda item: (-item[0], item[1].rank, item[1].order))
+    return scored
+
+
+def segments(text: str) -> list[str]:
+    """Split text into streaming deltas: each word with its following whitespace."""
+    return _SEGMENT_RE.findall(text.strip())
+
+
+def cut_at_stop_words(text: str, stop_words: Iterable[str]) -> str:
+    """Truncate text before the earliest occurrence of any (non-empty) stop word."""
+    cut = len(text)
+    for word in stop_words:
+        if word:
+            index = text.find(word)
+            if 0 <= index < cut:
+                cut = index
+    return text[:cut].rstrip()
+
+
+def truncate_segments(
+    parts: Sequence[str], max_tokens: int | None, count_tokens: TokenCounter
+) -> list[str]:
+    """Keep the leading segments whose cumulative token count stays within max_tokens."""
+    if max_tokens is None:
+        return list(parts)
+    kept: list[str] = []
+    used = 0
+    for part in parts:
+        used += count_tokens(part)
+        if used > max_tokens:
+            break
+        kept.append(part)
+    return kept
+
+
+def answer(
+    question: str,
+    sources: Sequence[Source],
+    *,
+    max_tokens: int | None = None,
+    count_tokens: TokenCounter = simple_token_count,
+    stop_words: Iterable[str] = (),
+    max_sentences: int = MAX_SENTENCES,
+) -> list[str]:
+    """Answer with the best 1-3 cited source sentences, as streaming deltas.
+
+    The deltas concatenate to the answer text; their token total never exceeds max_tokens.
+    """
+    scored = _rank_sentences(question, sources)
+    if not scored:
+        text = REFUSAL
+    else:
+        best = scored[0][0]
+        picked: list[str] = []
+        used = 0
+        for score, sentence in scored[:max_sentences]:
+            if picked and score < RELATIVE_CUTOFF * best:
+                break
+            piece = f"{sentence.text} [{sentence.source_id}]"
+            cost = count_tokens(piece)
+            if picked and max_tokens is not None and used + cost > max_tokens:
+                break
+            picked.append(piece)
+            used += cost
+        text = " ".join(picked)
+    text = cut_at_stop_words(text, stop_words)
+    return truncate_segments(segments(text), max_tokens, count_tokens)
