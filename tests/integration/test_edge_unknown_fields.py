@@ -37,8 +37,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not DESCRIPTOR_SET.is_file():
-        pytest.skip("build/gen/ragmesh.pb is missing: run `make install` first")
+    assert DESCRIPTOR_SET.is_file(), "build/gen/ragmesh.pb is missing: run `make install`"
     envoy = Path(sys.executable).parent / "envoy"
     base = MeshConfig.load(ROOT / "config" / "mesh.yaml")
     listen, internal, admin, gateway = (_free_port() for _ in range(4))

@@ -50,8 +50,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def encoded(reference):
-    if not MODELS_PYTHON.exists():
-        pytest.skip(f"models venv missing: {MODELS_PYTHON} (make install)")
+    assert MODELS_PYTHON.exists(), f"models venv missing: {MODELS_PYTHON} (make install)"
     proc = subprocess.run(
         [str(MODELS_PYTHON), "-c", _DRIVER, str(MODEL_DIR)],
         input=json.dumps(reference["probes"]),

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from edge.render import UNKNOWN_FIELDS_LUA, _duration, _lua_pattern, body_schema, render, write
+from edge.body_schema import _lua_pattern, body_schema
+from edge.render import PUBLIC_SERVICES, UNKNOWN_FIELDS_LUA, _duration, render, write
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
@@ -235,7 +236,7 @@ BODY_ROUTES = ["/v1/documents", "/v1/generate", "/v1/generate:stream", "/v1/sear
 
 
 def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
-    schema = body_schema(descriptor_set)
+    schema = body_schema(descriptor_set, PUBLIC_SERVICES)
     assert sorted(schema.routes) == ["POST"]  # DELETE /v1/documents/{id}, GET /v1/status: no body
     assert sorted(schema.routes["POST"]) == BODY_ROUTES
     assert schema.patterns == []
@@ -245,7 +246,7 @@ def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
 
 
 def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> None:
-    fields = body_schema(descriptor_set).messages["ragmesh.v1.GenerateRequest"]
+    fields = body_schema(descriptor_set, PUBLIC_SERVICES).messages["ragmesh.v1.GenerateRequest"]
     assert fields == {
         "query": "scalar",
         "top_k": "scalar",
@@ -258,7 +259,7 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
 
 
 def test_schema_of_documents_descends_into_document(descriptor_set: Path) -> None:
-    schema = body_schema(descriptor_set)
+    schema = body_schema(descriptor_set, PUBLIC_SERVICES)
     assert schema.routes["POST"]["/v1/documents"] == "message:ragmesh.v1.IngestDocumentsRequest"
     assert schema.messages["ragmesh.v1.IngestDocumentsRequest"] == {
         "documents": "message:ragmesh.v1.Document"
