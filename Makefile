@@ -44,7 +44,7 @@ envoy-config: install ## render the Envoy config from the mesh config into build
 
 .PHONY: up
 up: install ## run the whole mesh in the foreground (sample corpus included); Ctrl-C stops it
-	$(BIN)/ragmesh up --config $(CONFIG)
+	$(BIN)/ragmesh --config $(CONFIG) up
 
 .PHONY: test
 test: install ## run lint, types, unit and integration tests

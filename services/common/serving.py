@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -96,8 +98,13 @@ async def run_until_signal(
     await server.stop(grace_s)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """A service's entry point: `--config PATH --log-level LEVEL`, then `serve(PATH)`."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--config", default="config/mesh.yaml")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args()
     logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    asyncio.run(serve(args.config))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
 
 from services.cli.client import Client
@@ -54,19 +53,22 @@ Try:
 """
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(config: MeshConfig) -> None:
+    """Runs until Ctrl-C, SIGTERM or the death of any process; then stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    with Mesh(config) as mesh:
-        seed(mesh)
-        print(banner(mesh, time.monotonic() - started), flush=True)
-        while not stop.wait(1.0):
-            dead = [p.name for p in mesh.processes if not p.alive()]
-            if dead:
-                LOGGER.error("%s exited; stopping the mesh (see its log)", ", ".join(dead))
-                break
-        print("stopping the mesh...")
+    try:
+        with Mesh(config) as mesh:
+            seed(mesh)
+            print(banner(mesh, time.monotonic() - started), flush=True)
+            while not (dead := [p.name for p in mesh.processes if not p.alive()]):
+                time.sleep(1.0)
+            LOGGER.error("%s exited; stopping the mesh (see its log)", ", ".join(dead))
+    except KeyboardInterrupt:
+        pass
     print("stopped.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 
 from services.common import serving
@@ -13,23 +11,12 @@ from services.retrieval.server import build_server
 LOGGER = logging.getLogger(__name__)
 
 
-async def _main(config_path: str) -> None:
+async def serve(config_path: str) -> None:
     config = MeshConfig.load(config_path).retrieval
     server = build_server(config)
-    LOGGER.info(
-        "retrieval listening on %s:%d (milvus %s)", config.host, server.port, config.milvus_uri
-    )
+    LOGGER.info("retrieval listening on %s:%d", config.host, server.port)
     await server.serve()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.retrieval")
-    parser.add_argument("--config", default="config/mesh.yaml")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args()
-    serving.configure_logging(args.log_level)
-    asyncio.run(_main(args.config))
-
-
 if __name__ == "__main__":
-    main()
+    serving.main("python -m services.retrieval", serve)
