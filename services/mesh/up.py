@@ -61,6 +61,7 @@ def run(config: MeshConfig) -> None:
     """Runs until Ctrl-C, SIGTERM or the death of any process; then stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     started = time.monotonic()
     try:
         with Mesh(config) as mesh:

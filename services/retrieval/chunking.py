@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n+")
+# Sentence ends, blank lines, and line breaks before a heading, list item or code prompt.
+_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n+|\n(?=\s*(?:#|>>>|[-*]\s|\d+[.)]\s))")
+# A heading is a piece of its own, also when its line runs on into a paragraph.
+_HEADING = re.compile(r"^(\s*#+ [^\n]*)\n", re.MULTILINE)
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences and paragraphs, whitespace collapsed, empty pieces dropped."""
-    parts = (" ".join(p.split()) for p in _SENTENCE_END.split(text))
+    """Sentences, headings, list items and code lines, whitespace collapsed, empties dropped."""
+    parts = (" ".join(p.split()) for p in _BREAK.split(_HEADING.sub(r"\1\n\n", text)))
     return [p for p in parts if p]
 
 
@@ -34,6 +37,7 @@ def _overlap(previous: list[str], overlap_words: int) -> list[str]:
 def chunk_text(text: str, chunk_words: int, overlap_words: int) -> list[str]:
     """Chunks of at most about `chunk_words` words; each starts with the previous chunk's
     last sentences (`overlap_words` words or more), so no fact is cut at a border.
+    Sentences go one to a line, so headings and code stay told apart from prose.
     """
     pieces = [p for s in sentences(text) for p in _split_long(s, chunk_words)]
     chunks: list[str] = []
@@ -42,10 +46,10 @@ def chunk_text(text: str, chunk_words: int, overlap_words: int) -> list[str]:
     for piece in pieces:
         size = sum(len(p.split()) for p in current)
         if fresh and size + len(piece.split()) > chunk_words:
-            chunks.append(" ".join(current))
+            chunks.append("\n".join(current))
             current, fresh = _overlap(current, overlap_words), False
         current.append(piece)
         fresh = True
     if fresh:
-        chunks.append(" ".join(current))
+        chunks.append("\n".join(current))
     return chunks

@@ -32,6 +32,8 @@ _SEGMENT_RE = re.compile(r"\S+\s*")
 _PARAGRAPH_RE = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*\u2022]\s|\d+[.)]\s|#))")
 _SENTENCE_END_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
 _VOWELS = frozenset("aeiouy")
+_CODE_RE = re.compile(r"^\s*(?:>>>|\.\.\.\s|\$ )")
+MAX_SENTENCE_WORDS = 60
 
 _STOPWORD_TEXT = """
     a about above after again against all also am an and any are as at be because been before
@@ -148,7 +150,7 @@ def content_terms(text: str) -> list[str]:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split a chunk into sentences (paragraphs and list items break too)."""
+    """Split a chunk into sentences (lines, paragraphs and list items break too)."""
     sentences: list[str] = []
     for paragraph in _PARAGRAPH_RE.split(text):
         flat = _collapse(paragraph)
@@ -156,6 +158,24 @@ def split_sentences(text: str) -> list[str]:
             continue
         sentences.extend(s.strip() for s in _SENTENCE_END_RE.split(flat) if s.strip())
     return sentences
+
+
+def _candidates(text: str) -> list[tuple[str, str]]:
+    """(sentence, heading above it) for the prose of a chunk; headings and code are context,
+    not answers, and long run-on lines are cut into pieces of MAX_SENTENCE_WORDS words."""
+    found: list[tuple[str, str]] = []
+    heading = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            heading = line.strip().lstrip("#").strip()
+            continue
+        if _CODE_RE.match(line):
+            continue
+        for sentence in split_sentences(line):
+            words = sentence.split()
+            for i in range(0, len(words), MAX_SENTENCE_WORDS):
+                found.append((" ".join(words[i : i + MAX_SENTENCE_WORDS]), heading))
+    return found
 
 
 def _rank_sentences(question: str, sources: Sequence[Source]) -> list[tuple[float, _Sentence]]:
@@ -166,14 +186,14 @@ def _rank_sentences(question: str, sources: Sequence[Source]) -> list[tuple[floa
     sentences: list[_Sentence] = []
     seen_text: set[str] = set()
     for rank, source in enumerate(ordered):
-        for order, sentence in enumerate(split_sentences(source.text)):
+        for order, (sentence, heading) in enumerate(_candidates(source.text)):
             key = sentence.lower()
             if key in seen_text:
                 continue
             seen_text.add(key)
-            sentences.append(
-                _Sentence(source.id, rank, order, sentence, frozenset(content_terms(sentence)))
-            )
+            # The heading's terms count too: "## json.loads" says what its sentences are about.
+            terms = frozenset(content_terms(f"{heading} {sentence}"))
+            sentences.append(_Sentence(source.id, rank, order, sentence, terms))
     n = len(sentences)
     df: dict[str, int] = {}
     for s in sentences:
@@ -220,6 +240,15 @@ def truncate_segments(
     return kept
 
 
+def _shortened(sentence: _Sentence, max_tokens: int, count_tokens: TokenCounter) -> str:
+    """The sentence's leading words and its citation, within max_tokens where possible."""
+    marker = f" [{sentence.source_id}]"
+    words = sentence.text.split()
+    while len(words) > 1 and count_tokens(" ".join(words) + " …" + marker) > max_tokens:
+        words.pop()
+    return " ".join(words) + " …" + marker
+
+
 def answer(
     question: str,
     sources: Sequence[Source],
@@ -245,8 +274,11 @@ def answer(
                 break
             piece = f"{sentence.text} [{sentence.source_id}]"
             cost = count_tokens(piece)
-            if picked and max_tokens is not None and used + cost > max_tokens:
-                break
+            if max_tokens is not None and used + cost > max_tokens:
+                if picked:
+                    break
+                piece = _shortened(sentence, max_tokens, count_tokens)
+                cost = count_tokens(piece)
             picked.append(piece)
             used += cost
         text = " ".join(picked)
