@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     from services.mesh.up import run
 
-    run(MeshConfig.load(args.config))
+    run(MeshConfig.load(args.config), sample=not args.no_sample)
 
 
 def cmd_hash_key(args: argparse.Namespace) -> None:
@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     commands = root.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run the local mesh in the foreground")
+    up.add_argument("--no-sample", action="store_true", help="skip the sample corpus")
     up.set_defaults(run=cmd_up)
     ask = commands.add_parser("ask", help="answer a question with citations")
     ask.add_argument("query")

@@ -57,7 +57,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(config: MeshConfig) -> None:
+def run(config: MeshConfig, *, sample: bool = True) -> None:
     """Runs until Ctrl-C, SIGTERM or the death of any process; then stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
@@ -65,7 +65,8 @@ def run(config: MeshConfig) -> None:
     started = time.monotonic()
     try:
         with Mesh(config) as mesh:
-            seed(mesh)
+            if sample:
+                seed(mesh)
             print(banner(mesh, time.monotonic() - started), flush=True)
             while not (dead := [p.name for p in mesh.processes if not p.alive()]):
                 time.sleep(1.0)
