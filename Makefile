@@ -57,6 +57,11 @@ test: install ## run lint, types, unit and integration tests
 bench: install ## measure /v1/generate latency through Envoy on a mesh it starts itself
 	$(BIN)/python -m loadtest.latency --requests 200
 
+.PHONY: bench-inference
+bench-inference: install ## embedder with/without dynamic batching; LLM through Triton vs in-process
+	$(BIN)/python -m loadtest.bench_embedder
+	$(BIN)/python -m loadtest.bench_llm
+
 .PHONY: fmt
 fmt: install ## format the code
 	$(BIN)/ruff format .

@@ -33,7 +33,9 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    request = pb.GenerateRequest(query=args.query, top_k=args.top_k, max_tokens=args.max_tokens)
+    request = pb.GenerateRequest(
+        query=args.query, top_k=args.top_k, max_tokens=args.max_tokens, tier=args.tier
+    )
     client = _client(args)
     if not args.stream:
         reply = client.ask(request)
@@ -50,8 +52,9 @@ def cmd_ask(args: argparse.Namespace) -> None:
     for c in final.citations:
         print(f"  [{c.index}] {c.document_id} ({c.chunk_id}, score {c.score:.3f})")
     print(
-        f"model {final.model}, region {final.region}, tokens {final.usage.prompt_tokens}"
-        f"+{final.usage.completion_tokens}, corpus v{final.corpus_version}, "
+        f"tier {final.tier}, model {final.model}, region {final.region}, "
+        f"tokens {final.usage.prompt_tokens}+{final.usage.completion_tokens}, "
+        f"corpus v{final.corpus_version}, "
         f"trace {final.trace_id}"
     )
 
@@ -103,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--stream", action="store_true", help="print tokens as they come")
     ask.add_argument("--top-k", type=int, default=0)
     ask.add_argument("--max-tokens", type=int, default=0)
+    ask.add_argument("--tier", default="", help="standard, economy, ... (default: the gateway's)")
     ask.set_defaults(run=cmd_ask)
     search = commands.add_parser("search", help="show the chunks a question retrieves")
     search.add_argument("query")
@@ -114,6 +118,12 @@ def parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=cmd_ingest)
     status = commands.add_parser("status", help="region, corpus version, dependencies")
     status.set_defaults(run=cmd_status)
+    # Its flags are services.mesh.trtllm's own; main() hands them over.
+    commands.add_parser(
+        "gpu-render",
+        help="render the TensorRT-LLM model repository for a GPU node (docs/gpu.md)",
+        add_help=False,
+    )
     hash_key = commands.add_parser("hash-key", help="print the sha256 the config stores")
     hash_key.add_argument("key")
     hash_key.set_defaults(run=cmd_hash_key)
@@ -122,7 +132,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    args = parser().parse_args()
+    args, rest = parser().parse_known_args()
+    if args.command == "gpu-render":
+        from services.mesh import trtllm
+
+        sys.exit(trtllm.main(rest))
+    if rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.run(args)
     except grpc.RpcError as exc:

@@ -11,13 +11,37 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True, kw_only=True)
+class TierConfig:
+    """A model tier: a Triton model with the TensorRT-LLM ensemble's tensor contract."""
+
+    model: str
+    # Triton gRPC address; empty means the gateway's triton_target.
+    target: str = ""
+    # A pinned model version; empty means whatever Triton serves as latest.
+    version: str = ""
+    # Prompt plus completion tokens the model takes; sources are trimmed to fit.
+    context_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        require(bool(self.model), "gateway.tiers.model", "must not be empty")
+        require(self.version == "" or self.version.isdigit(), "gateway.tiers.version", "digits")
+        require(self.context_tokens >= 256, "gateway.tiers.context_tokens", "must be >= 256")
+
+
+def _default_tiers() -> dict[str, TierConfig]:
+    return {"standard": TierConfig(model="standard"), "economy": TierConfig(model="economy")}
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     region: str = "local"
     retrieval_target: str = "127.0.0.1:8081"
     triton_target: str = "127.0.0.1:8001"
-    llm_model: str = "llm"
+    # Tiers by name; `premium` (TensorRT-LLM on GPU nodes) exists only where declared.
+    tiers: dict[str, TierConfig] = field(default_factory=_default_tiers)
+    default_tier: str = "standard"
     # tenant -> sha256 hex digest of its API key; keys themselves are never stored
     api_keys: dict[str, str] = field(default_factory=dict)
     default_top_k: int = 4
@@ -34,6 +58,14 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
+        tiers = {
+            name: tier if isinstance(tier, TierConfig) else TierConfig(**tier)
+            for name, tier in self.tiers.items()
+        }
+        object.__setattr__(self, "tiers", tiers)  # YAML gives mappings; keep TierConfig
+        require(
+            self.default_tier in tiers, "gateway.default_tier", f"must be one of {sorted(tiers)}"
+        )
         for tenant, digest in self.api_keys.items():
             require(bool(tenant), "gateway.api_keys", "tenant names must not be empty")
             require(

@@ -17,9 +17,9 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 from services.common.errors import DeadlineExceeded, InvalidArgument, RagmeshError
 from services.common.validation import check_range, check_string_map
 from services.gateway.config import GatewayConfig
-from services.gateway.llm import TritonLLM
-from services.gateway.prompt import Source, build_prompt, cited
+from services.gateway.prompt import Source, citations
 from services.gateway.retrieval_client import RetrievalClient
+from services.gateway.tiers import Tiers
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
@@ -58,6 +58,8 @@ class GenerateParams:
     max_tokens: int = 0
     temperature: float = 0.0
     filters: dict[str, str] = field(default_factory=dict)
+    tier: str = ""
+    model_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,16 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     model: str
+    tier: str
     corpus_version: str
     finish_reason: str
 
 
 class GatewayCore:
-    def __init__(self, config: GatewayConfig, retrieval: RetrievalClient, llm: TritonLLM):
+    def __init__(self, config: GatewayConfig, retrieval: RetrievalClient, tiers: Tiers):
         self.config = config
         self._retrieval = retrieval
-        self._llm = llm
+        self._tiers = tiers
 
     def _check_query(self, query: str) -> str:
         if not query.strip():
@@ -129,13 +132,16 @@ class GatewayCore:
         )
         if not 0.0 <= params.temperature <= 2.0:
             raise InvalidArgument("temperature: must be 0..2", field="temperature")
+        tier = self._tiers.get(params.tier)
+        version = tier.version(params.model_version)
         found = await self.search(call, params.query, params.top_k, params.filters)
         sources = [Source(c.document_id, c.chunk_id, c.text) for c in found.chunks]
-        prompt = build_prompt(params.query, sources)
+        prompt = tier.prompt(params.query, sources, max_tokens)
         parts: list[str] = []
         prompt_tokens = completion_tokens = -1
-        version = ""
-        async for delta in self._llm.stream(
+        async for delta in tier.llm.stream(
+            tier.config.model,
+            version,
             prompt,
             max_tokens=max_tokens,
             temperature=params.temperature,
@@ -150,10 +156,11 @@ class GatewayCore:
         text = "".join(parts)
         yield Answer(
             text=text,
-            citations=[_citation(n, found.chunks[n - 1]) for n in cited(text, len(sources))],
+            citations=[_citation(n, found.chunks[n - 1]) for n in citations(text, sources)],
             prompt_tokens=max(prompt_tokens, 0),
             completion_tokens=max(completion_tokens, 0),
-            model=f"{self.config.llm_model}/{version}" if version else self.config.llm_model,
+            model=f"{tier.config.model}/{version}" if version else tier.config.model,
+            tier=tier.name,
             corpus_version=found.corpus_version,
             finish_reason="length" if completion_tokens >= max_tokens else "stop",
         )
@@ -187,14 +194,18 @@ class GatewayCore:
             retrieval = Dependency("retrieval", target, True, "serving")
         except RagmeshError as exc:
             version, retrieval = "", Dependency("retrieval", target, False, exc.message)
-        ready = await self._llm.ready()
-        llm = Dependency(
-            "llm",
-            f"{self.config.triton_target}/{self.config.llm_model}",
-            ready,
-            "ready" if ready else "not ready",
-        )
-        return version, [retrieval, llm]
+        models = []
+        for tier in self._tiers.all():
+            ready = await tier.llm.ready(tier.config.model, tier.config.version)
+            models.append(
+                Dependency(
+                    f"tier {tier.name}",
+                    f"{tier.llm.target}/{tier.config.model}",
+                    ready,
+                    "ready" if ready else "not ready",
+                )
+            )
+        return version, [retrieval, *models]
 
 
 def _citation(n: int, chunk: rpb.Chunk) -> Citation:

@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.common.triton_recovery import StubRecovery
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,26 @@ def _error(exc: InferenceServerException) -> Exception:
     message = exc.message() or str(exc)
     if "max_tokens" in message:
         return InvalidArgument(f"max_tokens: {message}", field="max_tokens")
+    if message.startswith("text_input:"):
+        detail = message.removeprefix("text_input:").strip()
+        return InvalidArgument(f"query: the prompt does not fit the model: {detail}", field="query")
     if "Deadline" in str(exc.status()) or "deadline" in message.lower():
         return DeadlineExceeded("generation timed out")
     return Unavailable(f"llm unavailable: {message}")
 
 
 class TritonLLM:
-    def __init__(self, target: str, model: str) -> None:
+    """One Triton server's LLM models; a tier names the model (and maybe its version)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
         self._client = triton.InferenceServerClient(target)
-        self._model = model
+        self._recovery = StubRecovery(self._client)
 
     async def stream(
         self,
+        model: str,
+        version: str,
         prompt: str,
         *,
         max_tokens: int,
@@ -73,7 +82,12 @@ class TritonLLM:
         ]
 
         async def one_request() -> AsyncIterator[dict[str, object]]:
-            yield {"model_name": self._model, "inputs": inputs, "request_id": uuid.uuid4().hex}
+            yield {
+                "model_name": model,
+                "model_version": version,
+                "inputs": inputs,
+                "request_id": uuid.uuid4().hex,
+            }
 
         responses = self._client.stream_infer(
             one_request(), stream_timeout=max(timeout_s, 0.001), headers=headers
@@ -81,6 +95,7 @@ class TritonLLM:
         try:
             async for result, error in responses:
                 if error is not None:
+                    self._recovery.notice(model, error.message() or "")
                     raise _error(error)
                 text = result.as_numpy("text_output")
                 yield Delta(
@@ -90,6 +105,7 @@ class TritonLLM:
                     model_version=result.get_response().model_version,
                 )
         except InferenceServerException as exc:
+            self._recovery.notice(model, exc.message() or "")
             raise _error(exc) from exc
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -98,9 +114,9 @@ class TritonLLM:
         finally:
             responses.cancel()
 
-    async def ready(self) -> bool:
+    async def ready(self, model: str, version: str = "") -> bool:
         try:
-            return bool(await self._client.is_model_ready(self._model))
+            return bool(await self._client.is_model_ready(model, version))
         except InferenceServerException:
             return False
 

@@ -12,9 +12,9 @@ from services.common import serving
 from services.gateway.auth import Authenticator
 from services.gateway.config import GatewayConfig
 from services.gateway.core import GatewayCore
-from services.gateway.llm import TritonLLM
 from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.servicer import GatewayServicer
+from services.gateway.tiers import Tiers
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
@@ -25,7 +25,7 @@ class GatewayServer:
     port: int
     health: health.aio.HealthServicer
     retrieval: RetrievalClient
-    llm: TritonLLM
+    tiers: Tiers
 
     async def start(self) -> None:
         await self.server.start()
@@ -33,7 +33,7 @@ class GatewayServer:
 
     async def close_clients(self) -> None:
         await self.retrieval.close()
-        await self.llm.close()
+        await self.tiers.close()
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.server.stop(grace_s)
@@ -47,8 +47,8 @@ class GatewayServer:
 
 def build_server(config: GatewayConfig) -> GatewayServer:
     retrieval = RetrievalClient(config.retrieval_target)
-    llm = TritonLLM(config.triton_target, config.llm_model)
-    core = GatewayCore(config, retrieval, llm)
+    tiers = Tiers(config)
+    core = GatewayCore(config, retrieval, tiers)
     server = serving.new_server()
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(core, Authenticator(config.api_keys)), server
@@ -56,5 +56,5 @@ def build_server(config: GatewayConfig) -> GatewayServer:
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
     return GatewayServer(
-        server=server, port=port, health=health_servicer, retrieval=retrieval, llm=llm
+        server=server, port=port, health=health_servicer, retrieval=retrieval, tiers=tiers
     )

@@ -31,6 +31,7 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
             prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
         ),
         model=answer.model,
+        tier=answer.tier,
         region=region,
         cache_status=pb.CACHE_STATUS_BYPASS,
         degraded=False,
@@ -47,6 +48,8 @@ def _params(request: pb.GenerateRequest) -> GenerateParams:
         max_tokens=request.max_tokens,
         temperature=request.temperature,
         filters=dict(request.filters),
+        tier=request.tier,
+        model_version=request.model_version,
     )
 
 

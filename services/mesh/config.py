@@ -34,6 +34,7 @@ class TritonConfig:
     model_repository: str = "triton_models"
     install_dir: str = "build/triton"
     models_venv: str = ".venv-models"
+    response_cache_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port", "metrics_port"):

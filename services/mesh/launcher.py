@@ -83,11 +83,18 @@ def _grpc_serving(target: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class Mesh:
-    """The running mesh; a context manager that always stops what it started."""
+PLANES = ("triton", "retrieval", "gateway", "envoy")
 
-    def __init__(self, config: MeshConfig) -> None:
+
+class Mesh:
+    """The running mesh; a context manager that always stops what it started.
+
+    `planes` picks a prefix of the start order, e.g. ("triton",) for inference benchmarks.
+    """
+
+    def __init__(self, config: MeshConfig, planes: tuple[str, ...] = PLANES) -> None:
         self.config = config
+        self.planes = planes
         self.data_dir = resolve(config.mesh.data_dir)
         self.run_dir = self.data_dir / "run"
         self.processes: list[Process] = []
@@ -133,6 +140,13 @@ class Mesh:
             f"--http-port={t.http_port}",
             "--metrics-address=127.0.0.1",
             f"--metrics-port={t.metrics_port}",
+            # Explicit control with every model loaded: models can be loaded and unloaded
+            # at run time (canaries, and tests of a tier going away).
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            # The response cache (for models that enable it: the embedder).
+            f"--cache-directory={triton_dist.wheel_root() / 'caches'}",
+            f"--cache-config=local,size={t.response_cache_bytes}",
         ]
         # The python-backend stub imports from the first python3 on PATH: the models venv.
         path = f"{resolve(t.models_venv) / 'bin'}:/usr/bin:/bin"
@@ -162,10 +176,18 @@ class Mesh:
     def start(self) -> Mesh:
         try:
             config_path = self._write_configs()
-            self._start_triton()
-            self._start_service("retrieval", config_path, self.config.retrieval.port)
-            self._start_service("gateway", config_path, self.config.gateway.port)
-            self._start_envoy()
+            starts = {
+                "triton": self._start_triton,
+                "retrieval": lambda: self._start_service(
+                    "retrieval", config_path, self.config.retrieval.port
+                ),
+                "gateway": lambda: self._start_service(
+                    "gateway", config_path, self.config.gateway.port
+                ),
+                "envoy": self._start_envoy,
+            }
+            for plane in self.planes:
+                starts[plane]()
         except BaseException:
             self.stop()
             raise

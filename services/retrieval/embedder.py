@@ -7,11 +7,13 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.triton_recovery import StubRecovery
 
 
 class TritonEmbedder:
     def __init__(self, target: str, model: str, batch: int, dim: int) -> None:
         self._client = triton.InferenceServerClient(target)
+        self._recovery = StubRecovery(self._client)
         self._model = model
         self._batch = batch
         self._dim = dim
@@ -36,6 +38,7 @@ class TritonEmbedder:
                 client_timeout=max(timeout_s, 0.001),
             )
         except InferenceServerException as exc:
+            self._recovery.notice(self._model, exc.message() or "")
             if "Deadline" in str(exc.status()):
                 raise DeadlineExceeded("embedding timed out") from exc
             raise Unavailable(f"embedder unavailable: {exc.status()}") from exc

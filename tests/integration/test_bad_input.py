@@ -91,6 +91,7 @@ def test_bad_ingest_writes_nothing(http, stub, demo_key, corpus, documents, fiel
 
 
 def test_still_serving_after_bad_input(http, demo_key, corpus):
-    status, reply = http("POST", "/v1/generate", demo_key, b'{"query": "green tea temperature"}')
+    body = b'{"query": "green tea temperature", "tier": "economy"}'
+    status, reply = http("POST", "/v1/generate", demo_key, body)
     assert status == 200, reply
     assert reply["citations"]

