@@ -31,6 +31,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def triton_only(tmp_path_factory: pytest.TempPathFactory):
+    """Triton alone with every model of triton_models/, for tests of the models' contract."""
+    config = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), tmp_path_factory.mktemp("t"))
+    with Mesh(config, planes=("triton",)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def demo_key(mesh: Mesh) -> str:
     return mesh.config.mesh.demo_key
 

@@ -55,3 +55,23 @@ def test_economy_answers_with_the_llm_unloaded(mesh, stub, demo_key, corpus):
         client.load_model("standard")
         client.close()
     assert _ask(stub, demo_key, max_tokens=8).tier == "standard"
+
+
+def test_embedder_answers_a_repeated_text_from_the_response_cache(mesh):
+    import numpy as np
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{mesh.config.triton.grpc_port}")
+    data = np.array([[b"a sentence the cache has not seen yet"]], dtype=np.object_)
+    tensor = triton.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(data)
+
+    def hits() -> int:
+        stats = client.get_inference_statistics("embedder", as_json=True)
+        return int(stats["model_stats"][0]["inference_stats"].get("cache_hit", {}).get("count", 0))
+
+    before = hits()
+    first = client.infer("embedder", [tensor]).as_numpy("embedding")
+    second = client.infer("embedder", [tensor]).as_numpy("embedding")
+    assert hits() == before + 1
+    assert np.array_equal(first, second)
+    client.close()
