@@ -78,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     reply = _client(args).status()
     print(f"region {reply.region}, tenant {reply.tenant}, corpus v{reply.corpus_version}")
     for d in reply.dependencies:
-        print(f"  {d.name:10} {'up  ' if d.healthy else 'DOWN'} {d.target}  {d.detail}")
+        print(f"  {d.name:14} {'up  ' if d.healthy else 'DOWN'} {d.target}  {d.detail}")
 
 
 def cmd_up(args: argparse.Namespace) -> None:
