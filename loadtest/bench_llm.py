@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,9 +31,8 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from services.mesh import triton_dist
-from services.mesh.launcher import ROOT, free_port
-from services.mesh.processes import Process, wait_until
+from services.mesh.config import MeshConfig
+from services.mesh.launcher import ROOT, Mesh, isolated
 
 MODEL = "standard"
 MODEL_FILE = ROOT / "triton_models" / MODEL / "1" / "model.py"
@@ -183,44 +181,12 @@ class InProcess:
             self.proc.wait()
 
 
-def _http_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @contextmanager
-def tritonserver(log_dir: Path) -> Iterator[str]:
-    """tritonserver on free loopback ports with only `standard` loaded; yields the gRPC target."""
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    backends = triton_dist.install(ROOT / "build" / "triton")
-    argv = [
-        str(triton_dist.server_binary()),
-        f"--model-repository={ROOT / 'triton_models'}",
-        f"--backend-directory={backends}",
-        "--model-control-mode=explicit",
-        f"--load-model={MODEL}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc_port}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http_port}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics_port}",
-    ]
-    # As the launcher: the python-backend stub imports from the first python3 on PATH.
-    env = {
-        "PATH": f"{ROOT / '.venv-models' / 'bin'}:/usr/bin:/bin",
-        "LD_LIBRARY_PATH": str(triton_dist.library_dir()),
-    }
-    process = Process("triton", argv, log_dir / "triton.log", env)
-    try:
-        ready = f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/ready"
-        wait_until(lambda: _http_ready(ready), process, 180.0)
-        yield f"127.0.0.1:{grpc_port}"
-    finally:
-        process.stop()
+def tritonserver(data_dir: Path) -> Iterator[str]:
+    """Triton alone, as the mesh starts it, on free ports; yields the gRPC target."""
+    config = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), data_dir)
+    with Mesh(config, planes=("triton",)):
+        yield f"127.0.0.1:{config.triton.grpc_port}"
 
 
 class ThroughTriton:
@@ -304,7 +270,7 @@ def main() -> None:
     parser.add_argument("--n-threads", type=int, default=2, help="as the model's config")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as logs, tritonserver(Path(logs)) as target:
+    with tempfile.TemporaryDirectory() as data, tritonserver(Path(data)) as target:
         direct_side = InProcess(args.n_ctx, args.n_threads)
         triton_side = ThroughTriton(target)
         try:
