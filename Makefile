@@ -7,6 +7,7 @@ VENV := .venv
 MODELS_VENV := .venv-models
 BIN := $(VENV)/bin
 CONFIG ?= config/mesh.yaml
+REGIONS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -43,8 +44,8 @@ envoy-config: install ## render the Envoy config from the mesh config into build
 	$(BIN)/python -m edge.render --config $(CONFIG) --out build/envoy.yaml
 
 .PHONY: up
-up: install ## run the whole mesh in the foreground (sample corpus included); Ctrl-C stops it
-	$(BIN)/ragmesh --config $(CONFIG) up
+up: install ## run the whole mesh in the foreground (sample corpus included); REGIONS=2 for two
+	$(BIN)/ragmesh --config $(CONFIG) up --regions $(REGIONS)
 
 .PHONY: test
 test: install ## run lint, types, unit and integration tests
@@ -56,6 +57,10 @@ test: install ## run lint, types, unit and integration tests
 .PHONY: bench
 bench: install ## measure /v1/generate latency through Envoy on a mesh it starts itself
 	$(BIN)/python -m loadtest.latency --requests 200
+
+.PHONY: gameday
+gameday: install ## game days on two regions: kill and slow parts under load, print the table
+	$(BIN)/python -m loadtest.gameday
 
 .PHONY: bench-inference
 bench-inference: install ## embedder with/without dynamic batching; LLM through Triton vs in-process

@@ -7,8 +7,17 @@ Envoy is the mesh's edge. Two listeners, both on 127.0.0.1:
 * public (``edge.listen_port``): HTTP/1.1 JSON and h2c gRPC on one port. The gRPC-JSON
   transcoder turns ``ragmesh.v1.Gateway``'s ``google.api.http`` routes into gRPC calls to the
   gateway; native gRPC passes straight through.
-* internal (``edge.internal_port``): HTTP/2 only; the gateway reaches retrieval through it, so
-  calls get Envoy's active health checks and stats.
+* internal, one per region (that region's ``edge.internal_port``): HTTP/2 only; the region's
+  gateway reaches retrieval through it. Searches go to the region's own retrieval first and
+  to the other regions' by priority; writes (Upsert, Delete) go to the governance point only.
+
+Regions (``mesh.regions``) are Envoy priorities: the default region's gateway at priority 0,
+the others at 1..N. Every upstream has active gRPC health checks, outlier detection that
+ejects (a host answering UNAVAILABLE or unreachable), circuit breakers with a retry budget;
+routes retry gRPC's retryable failures on the next priority, with per-try timeouts, inside
+the client's own deadline (``grpc-timeout``). A fault filter on each internal listener can
+delay retrieval for game days; it is inert until its runtime keys are set through the admin
+port (``chaos.<region>.retrieval.delay_percent``, ``...delay_ms``).
 
 Access logs go to stdout as JSON and never carry bodies, ``x-api-key`` or ``authorization``.
 JSON requests are capped at 8 MiB (413 beyond). The transcoder would drop unknown JSON body
@@ -28,6 +37,7 @@ import yaml
 from edge.body_schema import body_schema, lua_schema
 
 from services.mesh.config import MeshConfig
+from services.mesh.regions import Region, regions
 
 PUBLIC_SERVICES = ["ragmesh.v1.Gateway"]
 # The transcoder buffers a JSON request whole before sending it on as one gRPC message.
@@ -41,6 +51,18 @@ _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+_PREVIOUS_PRIORITIES = (
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3"
+    ".PreviousPrioritiesConfig"
+)
+_PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+
+# gRPC failures worth another region: the host is gone or refused, or said UNAVAILABLE.
+RETRY_ON = "connect-failure,refused-stream,reset,unavailable,cancelled"
+WRITE_PATHS = ("/ragmesh.retrieval.v1.Retrieval/Upsert", "/ragmesh.retrieval.v1.Retrieval/Delete")
 
 # The Lua half of the unknown-field check; render prepends the generated schema to it.
 UNKNOWN_FIELDS_LUA = Path(__file__).with_name("reject_unknown_fields.lua")
@@ -144,22 +166,44 @@ def _router() -> dict[str, Any]:
     return {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}
 
 
-def _route_config(name: str, cluster: str, timeout_s: float) -> dict[str, Any]:
-    """Everything to one cluster; a client's grpc-timeout applies, capped at the timeout."""
-    route = {
+def _retry_policy(num_retries: int, per_try_timeout_s: float, retry_on: str) -> dict[str, Any]:
+    """Retries on another host of the next priority (region), each try with its own timeout."""
+    return {
+        "retry_on": retry_on,
+        "num_retries": num_retries,
+        "per_try_timeout": _duration(per_try_timeout_s),
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": _PREVIOUS_PRIORITIES, "update_frequency": 1},
+        },
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": _PREVIOUS_HOSTS},
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+    }
+
+
+def _route(
+    match: dict[str, Any], cluster: str, timeout_s: float, retry: dict[str, Any]
+) -> dict[str, Any]:
+    """A client's grpc-timeout bounds the whole request, retries included, up to `timeout_s`."""
+    action = {
         "cluster": cluster,
         "timeout": _duration(timeout_s),
         "max_stream_duration": {"grpc_timeout_header_max": _duration(timeout_s)},
+        "retry_policy": retry,
     }
+    return {"match": match, "route": action}
+
+
+def _route_config(name: str, routes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": name,
-        "virtual_hosts": [
-            {
-                "name": name,
-                "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": route}],
-            }
-        ],
+        "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
     }
 
 
@@ -188,36 +232,99 @@ def _listener(name: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
 
 
 def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]:
-    """HTTP/1.1 JSON and h2c gRPC on one port, both to the gateway."""
+    """HTTP/1.1 JSON and h2c gRPC on one port, both to the gateways, by region priority.
+
+    A try may take the gateway's whole request budget, and a second try goes to the next
+    region; the route's timeout and the client's grpc-timeout bound both together.
+    """
     edge = config.edge
-    routes = _route_config("public", "gateway", edge.route_timeout_s)
+    retry = _retry_policy(2, config.gateway.request_timeout_s + 1.0, RETRY_ON)
+    route = _route({"prefix": "/"}, "gateway", edge.route_timeout_s, retry)
     filters = [
         _body_limit(),
         _reject_unknown_fields(descriptor_set),
         _transcoder(descriptor_set),
         _router(),
     ]
-    manager = _connection_manager("public", "AUTO", routes, filters)
+    manager = _connection_manager("public", "AUTO", _route_config("public", [route]), filters)
     return _listener("public", edge.listen_port, manager)
 
 
-def _internal_listener(config: MeshConfig) -> dict[str, Any]:
-    """gRPC only: the gateway's calls to retrieval."""
-    edge = config.edge
-    routes = _route_config("internal", "retrieval", edge.route_timeout_s)
-    manager = _connection_manager("internal", "HTTP2", routes, [_router()])
-    return _listener("internal", edge.internal_port, manager)
+def _fault(region: str) -> dict[str, Any]:
+    """Delays requests to retrieval when the region's chaos runtime keys say so; else inert."""
+    prefix = f"chaos.{region}.retrieval"
+    return {
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": _FAULT,
+            "delay": {"fixed_delay": "0.001s", "percentage": {"numerator": 0}},
+            "delay_percent_runtime": f"{prefix}.delay_percent",
+            "delay_duration_runtime": f"{prefix}.delay_ms",
+        },
+    }
+
+
+def _internal_listener(region: Region) -> dict[str, Any]:
+    """gRPC only: one region's gateway to retrieval. Writes go to the governance point."""
+    c = region.config
+    timeout = c.edge.route_timeout_s
+    writes = _retry_policy(1, timeout, "connect-failure,refused-stream")
+    # Two tries fit in the gateway's retrieval budget: a hung region costs half of it.
+    reads = _retry_policy(1, c.gateway.retrieval_timeout_s / 2, RETRY_ON)
+    routes = [
+        _route({"path": path}, "retrieval-governance", timeout, writes) for path in WRITE_PATHS
+    ]
+    routes.append(_route({"prefix": "/"}, f"retrieval-{region.name}", timeout, reads))
+    name = f"internal-{region.name}"
+    filters = [_fault(region.name), _router()]
+    manager = _connection_manager(name, "HTTP2", _route_config(name, routes), filters)
+    return _listener(name, c.edge.internal_port, manager)
 
 
 def _health_check() -> dict[str, Any]:
-    """The standard gRPC health protocol, overall server status (service "")."""
+    """The standard gRPC health protocol, overall server status (service "").
+
+    Every second, with or without traffic, so a region that returns serves again within
+    a few seconds and a dead one is marked down after two misses.
+    """
     return {
         "timeout": "1s",
-        "interval": "2s",
-        "no_traffic_interval": "2s",
+        "interval": "1s",
+        "no_traffic_interval": "1s",
         "unhealthy_threshold": 2,
         "healthy_threshold": 1,
         "grpc_health_check": {"service_name": ""},
+    }
+
+
+def _outlier_detection() -> dict[str, Any]:
+    """Ejects a host after 3 consecutive gateway failures (UNAVAILABLE, resets, connect
+    failures), for 5 s at first and never longer than 10 s; every host may be ejected."""
+    return {
+        "consecutive_gateway_failure": 3,
+        "enforcing_consecutive_gateway_failure": 100,
+        "consecutive_5xx": 5,
+        "enforcing_consecutive_5xx": 100,
+        "interval": "1s",
+        "base_ejection_time": "5s",
+        "max_ejection_time": "10s",
+        "max_ejection_percent": 100,
+    }
+
+
+def _circuit_breakers() -> dict[str, Any]:
+    """Explicit limits per upstream cluster; retries may add at most 20% to the load."""
+    return {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_connections": 1024,
+                "max_pending_requests": 1024,
+                "max_requests": 1024,
+                "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 5},
+                "track_remaining": True,
+            }
+        ]
     }
 
 
@@ -229,11 +336,12 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    """An HTTP/2 (gRPC) upstream with active health checks."""
+def _cluster(name: str, targets: list[tuple[str, int]]) -> dict[str, Any]:
+    """An HTTP/2 (gRPC) upstream; target i is priority i. Health-checked and guarded."""
+    hosts = {host for host, _ in targets}
     return {
         "name": name,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if all(_is_ip(h) for h in hosts) else "STRICT_DNS",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": {
@@ -244,32 +352,56 @@ def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port, host)}}]}],
+            "endpoints": [
+                {
+                    "priority": priority,
+                    "lb_endpoints": [{"endpoint": {"address": _address(port, host)}}],
+                }
+                for priority, (host, port) in enumerate(targets)
+            ],
         },
         "health_checks": [_health_check()],
+        "outlier_detection": _outlier_detection(),
+        "circuit_breakers": _circuit_breakers(),
     }
+
+
+def _clusters(mesh: list[Region]) -> list[dict[str, Any]]:
+    def gateway(r: Region) -> tuple[str, int]:
+        return r.config.gateway.host, r.config.gateway.port
+
+    def retrieval(r: Region) -> tuple[str, int]:
+        return r.config.retrieval.host, r.config.retrieval.port
+
+    clusters = [
+        _cluster("gateway", [gateway(r) for r in mesh]),
+        _cluster("retrieval-governance", [retrieval(mesh[0])]),
+    ]
+    for region in mesh:
+        ordered = [region, *(r for r in mesh if r is not region)]
+        clusters.append(_cluster(f"retrieval-{region.name}", [retrieval(r) for r in ordered]))
+    return clusters
 
 
 def render(config: MeshConfig, *, descriptor_set: Path | None = None) -> dict[str, Any]:
-    """The Envoy bootstrap for `config`, as a dict ready for YAML."""
+    """The Envoy bootstrap for every region of `config`, as a dict ready for YAML."""
+    mesh = regions(config)
     descriptor = (descriptor_set or Path(config.edge.descriptor_set)).resolve()
+    listeners = [_public_listener(config, descriptor)]
+    listeners += [_internal_listener(region) for region in mesh]
     return {
         "admin": {"address": _address(config.edge.admin_port)},
-        "static_resources": {
-            "listeners": [_public_listener(config, descriptor), _internal_listener(config)],
-            "clusters": [
-                _cluster("gateway", config.gateway.host, config.gateway.port),
-                _cluster("retrieval", config.retrieval.host, config.retrieval.port),
-            ],
-        },
+        # The admin layer lets /runtime_modify set the chaos keys of the fault filters.
+        "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
+        "static_resources": {"listeners": listeners, "clusters": _clusters(mesh)},
     }
 
 
-def write(config: MeshConfig, out: Path) -> Path:
+def write(config: MeshConfig, out: Path, *, descriptor_set: Path | None = None) -> Path:
     """Renders `config` into the YAML file `out` (folders created) and returns `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(render(config), sort_keys=False, default_flow_style=False)
-    out.write_text(text, encoding="utf-8")
+    doc = render(config, descriptor_set=descriptor_set)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), "utf-8")
     return out
 
 

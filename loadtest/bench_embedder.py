@@ -26,6 +26,7 @@ import tritonclient.grpc.aio as triton
 from services.mesh.config import MeshConfig
 from services.mesh.corpus import harvest
 from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.regions import first
 from services.retrieval.chunking import sentences
 
 CONCURRENCY = (1, 8, 32)
@@ -78,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         texts = [s for p in harvest(work / "corpus") for s in sentences(p.read_text())]
-        base = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), work / "data")
+        base = isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1), work / "data")
         repo = model_repository(work / "models")
         triton_config = dataclasses.replace(base.triton, model_repository=str(repo))
         config = dataclasses.replace(base, triton=triton_config)

@@ -33,6 +33,7 @@ import tritonclient.grpc as grpcclient
 
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.regions import first
 
 MODEL = "standard"
 MODEL_FILE = ROOT / "triton_models" / MODEL / "1" / "model.py"
@@ -184,7 +185,7 @@ class InProcess:
 @contextmanager
 def tritonserver(data_dir: Path) -> Iterator[str]:
     """Triton alone, as the mesh starts it, on free ports; yields the gRPC target."""
-    config = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), data_dir)
+    config = isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1), data_dir)
     with Mesh(config, planes=("triton",)):
         yield f"127.0.0.1:{config.triton.grpc_port}"
 

@@ -16,13 +16,15 @@ from ragmesh.v1 import gateway_pb2_grpc
 from services.gateway.auth import key_digest
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.regions import first
 
 OTHER_KEY = "rmk-test-other-tenant"
 
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
-    base = MeshConfig.load(ROOT / "config" / "mesh.yaml")
+    """One region: most tests are about the request path, not failover."""
+    base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
     config = isolated(base, tmp_path_factory.mktemp("mesh"))
     keys = {**config.gateway.api_keys, "other": key_digest(OTHER_KEY)}
     config = dataclasses.replace(config, gateway=dataclasses.replace(config.gateway, api_keys=keys))
@@ -31,9 +33,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def regions(tmp_path_factory: pytest.TempPathFactory):
+    """Two regions behind one edge, for failover, replication and the game days."""
+    base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 2)
+    with Mesh(isolated(base, tmp_path_factory.mktemp("regions"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def triton_only(tmp_path_factory: pytest.TempPathFactory):
     """Triton alone with every model of triton_models/, for tests of the models' contract."""
-    config = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), tmp_path_factory.mktemp("t"))
+    base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
+    config = isolated(base, tmp_path_factory.mktemp("t"))
     with Mesh(config, planes=("triton",)) as running:
         yield running
 

@@ -53,10 +53,13 @@ def cmd_ask(args: argparse.Namespace) -> None:
         print(f"  [{c.index}] {c.document_id} ({c.chunk_id}, score {c.score:.3f})")
     print(
         f"tier {final.tier}, model {final.model}, region {final.region}, "
+        f"cache {pb.CacheStatus.Name(final.cache_status).removeprefix('CACHE_STATUS_').lower()}, "
         f"tokens {final.usage.prompt_tokens}+{final.usage.completion_tokens}, "
         f"corpus v{final.corpus_version}, "
         f"trace {final.trace_id}"
     )
+    if final.degraded:
+        print(f"degraded: {final.degraded_reason}")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -76,15 +79,25 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     reply = _client(args).status()
-    print(f"region {reply.region}, tenant {reply.tenant}, corpus v{reply.corpus_version}")
+    lag = "unknown" if reply.corpus_lag < 0 else f"{reply.corpus_lag} entries"
+    print(
+        f"region {reply.region}, tenant {reply.tenant}, corpus v{reply.corpus_version} "
+        f"(replica {reply.corpus_region or '?'}, lag {lag})"
+    )
     for d in reply.dependencies:
-        print(f"  {d.name:14} {'up  ' if d.healthy else 'DOWN'} {d.target}  {d.detail}")
+        state = "up  " if d.healthy else "DOWN"
+        print(f"  {d.name:14} {state} breaker {d.breaker:9} {d.target}  {d.detail}")
 
 
 def cmd_up(args: argparse.Namespace) -> None:
+    from services.mesh.regions import first
     from services.mesh.up import run
 
-    run(MeshConfig.load(args.config), sample=not args.no_sample)
+    try:
+        config = first(MeshConfig.load(args.config), args.regions)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    run(config, sample=not args.no_sample)
 
 
 def cmd_hash_key(args: argparse.Namespace) -> None:
@@ -100,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run the local mesh in the foreground")
     up.add_argument("--no-sample", action="store_true", help="skip the sample corpus")
+    up.add_argument(
+        "--regions", type=int, default=1, help="run the first N regions of mesh.regions"
+    )
     up.set_defaults(run=cmd_up)
     ask = commands.add_parser("ask", help="answer a question with citations")
     ask.add_argument("query")

@@ -46,10 +46,20 @@ class NotFound(RagmeshError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPrecondition(RagmeshError):
+    """FAILED_PRECONDITION: the server cannot take this request in its role or state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unavailable(RagmeshError):
     """UNAVAILABLE: a dependency is down; retrying later may succeed."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class BreakerOpen(Unavailable):
+    """UNAVAILABLE: the endpoint's circuit breaker is open, so the call was not even made."""
 
 
 class DeadlineExceeded(RagmeshError):

@@ -21,6 +21,8 @@ class TierConfig:
     version: str = ""
     # Prompt plus completion tokens the model takes; sources are trimmed to fit.
     context_tokens: int = 2048
+    # The tier that answers, marked degraded, when this one is down; empty: none.
+    fallback: str = ""
 
     def __post_init__(self) -> None:
         require(bool(self.model), "gateway.tiers.model", "must not be empty")
@@ -29,7 +31,13 @@ class TierConfig:
 
 
 def _default_tiers() -> dict[str, TierConfig]:
-    return {"standard": TierConfig(model="standard"), "economy": TierConfig(model="economy")}
+    return {
+        "standard": TierConfig(model="standard", fallback="economy"),
+        "economy": TierConfig(model="economy", context_tokens=8192),
+    }
+
+
+RETRIEVAL_FALLBACKS = ("no_sources", "refuse")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +47,8 @@ class GatewayConfig:
     region: str = "local"
     retrieval_target: str = "127.0.0.1:8081"
     triton_target: str = "127.0.0.1:8001"
+    # Other regions' Triton servers, tried in this order when the local one fails.
+    triton_fallback_targets: list[str] = field(default_factory=list)
     # Tiers by name; `premium` (TensorRT-LLM on GPU nodes) exists only where declared.
     tiers: dict[str, TierConfig] = field(default_factory=_default_tiers)
     default_tier: str = "standard"
@@ -54,7 +64,19 @@ class GatewayConfig:
     # Used when the client sets no deadline; a shorter client deadline always wins.
     request_timeout_s: float = 30.0
     # Retrieval gets at most this much of the remaining time.
-    retrieval_timeout_s: float = 5.0
+    retrieval_timeout_s: float = 2.0
+    # Per endpoint: this many consecutive failures open its breaker for breaker_open_s;
+    # then one probe (half-open) decides whether it closes again.
+    breaker_failures: int = 3
+    breaker_open_s: float = 5.0
+    # Recent answers by tenant, corpus version and request (temperature 0 only); an entry
+    # younger than the TTL also answers, marked degraded, while retrieval is down.
+    answer_cache_entries: int = 1024
+    answer_cache_ttl_s: float = 300.0
+    # Retrieval down or late and no cached answer: answer without sources, or refuse.
+    retrieval_fallback: str = "no_sources"
+    # Prometheus metrics on 127.0.0.1; 0 turns them off.
+    metrics_port: int = 9464
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
@@ -66,6 +88,17 @@ class GatewayConfig:
         require(
             self.default_tier in tiers, "gateway.default_tier", f"must be one of {sorted(tiers)}"
         )
+        for name, tier in tiers.items():
+            seen = {name}
+            while tier.fallback:
+                require(
+                    tier.fallback in tiers,
+                    f"gateway.tiers.{name}.fallback",
+                    f"unknown tier {tier.fallback!r}",
+                )
+                require(tier.fallback not in seen, f"gateway.tiers.{name}.fallback", "a cycle")
+                seen.add(tier.fallback)
+                tier = tiers[tier.fallback]
         for tenant, digest in self.api_keys.items():
             require(bool(tenant), "gateway.api_keys", "tenant names must not be empty")
             require(
@@ -83,3 +116,13 @@ class GatewayConfig:
         require(self.max_document_bytes > 0, "gateway.max_document_bytes", "must be positive")
         require(self.request_timeout_s > 0, "gateway.request_timeout_s", "must be positive")
         require(self.retrieval_timeout_s > 0, "gateway.retrieval_timeout_s", "must be positive")
+        require(self.breaker_failures >= 1, "gateway.breaker_failures", "must be >= 1")
+        require(self.breaker_open_s > 0, "gateway.breaker_open_s", "must be positive")
+        require(self.answer_cache_entries >= 0, "gateway.answer_cache_entries", "must be >= 0")
+        require(self.answer_cache_ttl_s > 0, "gateway.answer_cache_ttl_s", "must be positive")
+        require(
+            self.retrieval_fallback in RETRIEVAL_FALLBACKS,
+            "gateway.retrieval_fallback",
+            f"must be one of {', '.join(RETRIEVAL_FALLBACKS)}",
+        )
+        require(0 <= self.metrics_port < 65536, "gateway.metrics_port", "must be 0..65535")

@@ -1,11 +1,13 @@
 """The gateway's domain: validate, retrieve, prompt, generate, cite. Knows nothing of gRPC.
 
 Every outbound call gets the time left in the request's own budget, so a slow plane
-costs the request its deadline, never a hang.
+costs the request its deadline, never a hang. Each endpoint sits behind a circuit breaker;
+a dependency that is down degrades the answer (and says so) instead of failing it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -14,12 +16,22 @@ from dataclasses import dataclass, field
 
 from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 
-from services.common.errors import DeadlineExceeded, InvalidArgument, RagmeshError
+from services.common.errors import (
+    BreakerOpen,
+    DeadlineExceeded,
+    InvalidArgument,
+    RagmeshError,
+    Unavailable,
+)
 from services.common.validation import check_range, check_string_map
+from services.gateway import metrics
+from services.gateway.breaker import Breaker
+from services.gateway.cache import AnswerCache
 from services.gateway.config import GatewayConfig
+from services.gateway.llm import Delta
 from services.gateway.prompt import Source, citations
 from services.gateway.retrieval_client import RetrievalClient
-from services.gateway.tiers import Tiers
+from services.gateway.tiers import Tier, Tiers
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
@@ -60,6 +72,7 @@ class GenerateParams:
     filters: dict[str, str] = field(default_factory=dict)
     tier: str = ""
     model_version: str = ""
+    bypass_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,18 @@ class Dependency:
     target: str
     healthy: bool
     detail: str
+    breaker: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    corpus_version: str
+    corpus_region: str
+    corpus_lag: int  # -1: unknown
+    dependencies: list[Dependency]
+
+
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,23 @@ class Answer:
     tier: str
     corpus_version: str
     finish_reason: str
+    cache_status: str = BYPASS
+    degraded_reason: str = ""  # empty: not degraded
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reason)
+
+
+@dataclass(frozen=True)
+class _Retrieved:
+    chunks: list[rpb.Chunk]
+    corpus_version: str
+    degraded_reason: str = ""
+
+
+# An attempt on a model needs at least this much time left to be worth starting.
+MIN_ATTEMPT_S = 0.05
 
 
 class GatewayCore:
@@ -96,6 +138,12 @@ class GatewayCore:
         self.config = config
         self._retrieval = retrieval
         self._tiers = tiers
+        self._retrieval_breaker = Breaker(
+            f"retrieval {config.retrieval_target}", config.breaker_failures, config.breaker_open_s
+        )
+        self._cache: AnswerCache[Answer] = AnswerCache(
+            config.answer_cache_entries, config.answer_cache_ttl_s
+        )
 
     def _check_query(self, query: str) -> str:
         if not query.strip():
@@ -113,17 +161,80 @@ class GatewayCore:
     async def search(
         self, call: Call, query: str, top_k: int, filters: dict[str, str]
     ) -> rpb.SearchResponse:
+        """Retrieval behind its breaker: an open breaker fails fast with UNAVAILABLE."""
         request = rpb.SearchRequest(
             tenant=call.tenant,
             query=self._check_query(query),
             top_k=self._top_k(top_k),
             filters=check_string_map(filters, "filters"),
         )
-        timeout = min(call.remaining(), self.config.retrieval_timeout_s)
-        return await self._retrieval.search(request, timeout, call.metadata())
+        breaker = self._retrieval_breaker
+        if not breaker.allow():
+            raise BreakerOpen("retrieval unavailable: its circuit breaker is open")
+        remaining = call.remaining()
+        timeout = min(remaining, self.config.retrieval_timeout_s)
+        try:
+            found = await self._retrieval.search(request, timeout, call.metadata())
+        except Unavailable:
+            breaker.record(False)
+            raise
+        except DeadlineExceeded:
+            # Late against its own budget counts; a client's short deadline does not.
+            if timeout < remaining:
+                breaker.record(False)
+            else:
+                breaker.release()
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.record(True)
+        self._cache.saw_version(call.tenant, found.corpus_version)
+        return found
+
+    async def _retrieve(self, call: Call, params: GenerateParams) -> _Retrieved:
+        """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""
+        try:
+            found = await self.search(call, params.query, params.top_k, params.filters)
+            return _Retrieved(list(found.chunks), found.corpus_version)
+        except (Unavailable, DeadlineExceeded) as exc:
+            call.remaining()  # the request's own deadline passed: that is no degradation
+            cause = (
+                "retrieval late"
+                if isinstance(exc, DeadlineExceeded)
+                else "retrieval breaker open"
+                if isinstance(exc, BreakerOpen)
+                else "retrieval unavailable"
+            )
+            if self.config.retrieval_fallback == "refuse":
+                raise Unavailable(
+                    f"{cause}; this gateway refuses to answer without sources"
+                ) from exc
+            version = self._cache.last_version(call.tenant) or ""
+            return _Retrieved([], version, cause)
+
+    def _cache_key(
+        self, call: Call, params: GenerateParams, tier: str, version: str
+    ) -> tuple[object, ...]:
+        filters = tuple(sorted(params.filters.items()))
+        return (
+            call.tenant,
+            version,
+            tier,
+            params.model_version,
+            params.query,
+            self._top_k(params.top_k),
+            params.max_tokens,
+            filters,
+        )
 
     async def generate(self, call: Call, params: GenerateParams) -> AsyncIterator[str | Answer]:
-        """Yields answer text as the model produces it, then one Answer."""
+        """Yields answer text as the model produces it, then one Answer.
+
+        Degrades rather than fails: retrieval down or late -> a fresh cached answer, else an
+        answer without sources (or UNAVAILABLE where so configured); a tier down -> its
+        fallback tier. Every degraded Answer says why.
+        """
         max_tokens = check_range(
             params.max_tokens or self.config.default_max_tokens,
             1,
@@ -134,36 +245,123 @@ class GatewayCore:
             raise InvalidArgument("temperature: must be 0..2", field="temperature")
         tier = self._tiers.get(params.tier)
         version = tier.version(params.model_version)
-        found = await self.search(call, params.query, params.top_k, params.filters)
+        self._check_query(params.query)
+        cacheable = params.temperature == 0.0 and not params.bypass_cache
+        found = await self._retrieve(call, params)
+        key = self._cache_key(call, params, tier.name, found.corpus_version)
+        cached = self._cache.get(key) if cacheable and found.corpus_version else None
+        metrics.CACHE.labels("answer", HIT if cached else MISS if cacheable else BYPASS).inc()
+        if cached is not None:
+            reason = f"{found.degraded_reason}: answer from cache" if found.degraded_reason else ""
+            if reason:
+                metrics.DEGRADED.labels("retrieval").inc()
+            yield cached.text
+            yield dataclasses.replace(cached, cache_status=HIT, degraded_reason=reason)
+            return
+        reasons = (
+            [f"{found.degraded_reason}: answered without sources"] if found.degraded_reason else []
+        )
         sources = [Source(c.document_id, c.chunk_id, c.text) for c in found.chunks]
-        prompt = tier.prompt(params.query, sources, max_tokens)
+        # A pinned version asks for that model: no other tier stands in for it.
+        chain = [tier] if params.model_version else self._tiers.chain(tier)
         parts: list[str] = []
         prompt_tokens = completion_tokens = -1
-        async for delta in tier.llm.stream(
-            tier.config.model,
-            version,
-            prompt,
-            max_tokens=max_tokens,
-            temperature=params.temperature,
-            timeout_s=call.remaining(),
-            headers=dict(call.metadata()),
+        served = tier
+        async for answered, delta in self._stream(
+            call, chain, version, params, sources, max_tokens
         ):
+            served = answered
             if delta.text:
                 parts.append(delta.text)
                 yield delta.text
             prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
             version = delta.model_version
+        if served is not tier:
+            reasons.append(f"tier {tier.name} unavailable: answered by {served.name}")
+            metrics.DEGRADED.labels("tier").inc()
+        if found.degraded_reason:
+            metrics.DEGRADED.labels("retrieval").inc()
         text = "".join(parts)
-        yield Answer(
+        answer = Answer(
             text=text,
             citations=[_citation(n, found.chunks[n - 1]) for n in citations(text, sources)],
             prompt_tokens=max(prompt_tokens, 0),
             completion_tokens=max(completion_tokens, 0),
-            model=f"{tier.config.model}/{version}" if version else tier.config.model,
-            tier=tier.name,
+            model=f"{served.config.model}/{version}" if version else served.config.model,
+            tier=served.name,
             corpus_version=found.corpus_version,
             finish_reason="length" if completion_tokens >= max_tokens else "stop",
+            cache_status=MISS if cacheable else BYPASS,
+            degraded_reason="; ".join(reasons),
         )
+        if cacheable and not answer.degraded:
+            self._cache.put(key, answer)
+        yield answer
+
+    async def _stream(
+        self,
+        call: Call,
+        chain: list[Tier],
+        pinned: str,
+        params: GenerateParams,
+        sources: list[Source],
+        max_tokens: int,
+    ) -> AsyncIterator[tuple[Tier, Delta]]:
+        """Deltas from the first tier and endpoint that answers, in order of preference.
+
+        An endpoint that fails before its first delta costs the client nothing: the next one
+        is tried while the deadline allows. One that fails after it has streamed ends the
+        response with UNAVAILABLE, never with a clean end.
+        """
+        errors: list[str] = []
+        for tier in chain:
+            prompt = tier.prompt(params.query, sources, max_tokens)
+            version = pinned if tier is chain[0] else tier.config.version
+            for endpoint in tier.endpoints:
+                # A pinned version (a canary, say) bypasses the breakers: its failures say
+                # nothing about the version the tier's other traffic gets.
+                breaker = None if params.model_version else endpoint.breaker
+                if breaker is not None and not breaker.allow():
+                    errors.append(f"{endpoint.breaker.name}: breaker open")
+                    continue
+                if call.remaining() < MIN_ATTEMPT_S:
+                    if breaker is not None:
+                        breaker.release()
+                    raise DeadlineExceeded("the request's deadline passed")
+                started = False
+                try:
+                    async for delta in endpoint.llm.stream(
+                        tier.config.model,
+                        version,
+                        prompt,
+                        max_tokens=max_tokens,
+                        temperature=params.temperature,
+                        timeout_s=call.remaining(),
+                        headers=dict(call.metadata()),
+                    ):
+                        if not started:
+                            started = True
+                            if breaker is not None:
+                                breaker.record(True)
+                        yield tier, delta
+                except (Unavailable, DeadlineExceeded) as exc:
+                    if breaker is not None:
+                        breaker.record(False)
+                    if started:
+                        raise Unavailable(
+                            f"generation failed after it started: {exc.message}"
+                        ) from exc
+                    call.remaining()
+                    errors.append(f"{endpoint.breaker.name}: {exc.message}")
+                    continue
+                except BaseException:
+                    if breaker is not None and not started:
+                        breaker.release()
+                    raise
+                if breaker is not None and not started:
+                    breaker.record(True)
+                return
+        raise Unavailable("no model could answer: " + "; ".join(errors))
 
     async def ingest(self, call: Call, documents: list[rpb.Document]) -> rpb.UpsertResponse:
         limit = self.config.max_documents_per_request
@@ -184,28 +382,37 @@ class GatewayCore:
         request = rpb.DeleteRequest(tenant=call.tenant, document_id=document_id)
         return await self._retrieval.delete(request, call.remaining(), call.metadata())
 
-    async def status(self, call: Call) -> tuple[str, list[Dependency]]:
-        """The tenant's corpus version and the health of each dependency."""
+    async def status(self, call: Call) -> Status:
+        """The tenant's corpus version (and its replica's lag), and each dependency's health."""
         target = self.config.retrieval_target
+        breaker = self._retrieval_breaker
         try:
-            version = await self._retrieval.version(
+            corpus = await self._retrieval.version(
                 call.tenant, min(call.remaining(), 2.0), call.metadata()
             )
-            retrieval = Dependency("retrieval", target, True, "serving")
+            retrieval = Dependency("retrieval", target, True, "serving", breaker.state)
         except RagmeshError as exc:
-            version, retrieval = "", Dependency("retrieval", target, False, exc.message)
+            corpus = rpb.GetCorpusVersionResponse()
+            retrieval = Dependency("retrieval", target, False, exc.message, breaker.state)
         models = []
         for tier in self._tiers.all():
-            ready = await tier.llm.ready(tier.config.model, tier.config.version)
-            models.append(
-                Dependency(
-                    f"tier {tier.name}",
-                    f"{tier.llm.target}/{tier.config.model}",
-                    ready,
-                    "ready" if ready else "not ready",
+            for endpoint in tier.endpoints:
+                ready = await endpoint.llm.ready(tier.config.model, tier.config.version)
+                models.append(
+                    Dependency(
+                        f"tier {tier.name}",
+                        f"{endpoint.llm.target}/{tier.config.model}",
+                        ready,
+                        "ready" if ready else "not ready",
+                        endpoint.breaker.state,
+                    )
                 )
-            )
-        return version, [retrieval, *models]
+        return Status(
+            corpus_version=corpus.corpus_version,
+            corpus_region=corpus.region,
+            corpus_lag=corpus.lag if corpus.lag_known else -1,
+            dependencies=[retrieval, *models],
+        )
 
 
 def _citation(n: int, chunk: rpb.Chunk) -> Citation:

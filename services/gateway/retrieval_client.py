@@ -68,14 +68,14 @@ class RetrievalClient:
 
     async def version(
         self, tenant: str, timeout_s: float, metadata: tuple[tuple[str, str], ...]
-    ) -> str:
-        response = await self._call(
+    ) -> pb.GetCorpusVersionResponse:
+        """The tenant's corpus version at the replica that answers, with its region and lag."""
+        return await self._call(
             self._stub.GetCorpusVersion,
             pb.GetCorpusVersionRequest(tenant=tenant),
             timeout_s,
             metadata,
         )
-        return response.corpus_version
 
     async def close(self) -> None:
         await self._channel.close()

@@ -9,6 +9,7 @@ from grpc_health.v1 import health
 from ragmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.common import serving
+from services.gateway import metrics
 from services.gateway.auth import Authenticator
 from services.gateway.config import GatewayConfig
 from services.gateway.core import GatewayCore
@@ -26,8 +27,10 @@ class GatewayServer:
     health: health.aio.HealthServicer
     retrieval: RetrievalClient
     tiers: Tiers
+    metrics_port: int
 
     async def start(self) -> None:
+        metrics.serve(self.metrics_port)
         await self.server.start()
         await serving.set_serving(self.health, [SERVICE_NAME], up=True)
 
@@ -56,5 +59,10 @@ def build_server(config: GatewayConfig) -> GatewayServer:
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
     return GatewayServer(
-        server=server, port=port, health=health_servicer, retrieval=retrieval, tiers=tiers
+        server=server,
+        port=port,
+        health=health_servicer,
+        retrieval=retrieval,
+        tiers=tiers,
+        metrics_port=config.metrics_port,
     )

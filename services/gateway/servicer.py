@@ -6,12 +6,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import empty_pb2
+from google.rpc import status_pb2
 from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
+from services.common.errors import RagmeshError
 from services.gateway.auth import Authenticator
-from services.gateway.core import Answer, Call, GatewayCore, GenerateParams
+from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
+
+_CACHE_STATUS = {
+    HIT: pb.CACHE_STATUS_HIT,
+    MISS: pb.CACHE_STATUS_MISS,
+    BYPASS: pb.CACHE_STATUS_BYPASS,
+}
 
 
 def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
@@ -33,8 +41,9 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
         model=answer.model,
         tier=answer.tier,
         region=region,
-        cache_status=pb.CACHE_STATUS_BYPASS,
-        degraded=False,
+        cache_status=_CACHE_STATUS[answer.cache_status],
+        degraded=answer.degraded,
+        degraded_reason=answer.degraded_reason,
         trace_id=call.trace_id,
         corpus_version=answer.corpus_version,
         finish_reason=answer.finish_reason,
@@ -50,6 +59,7 @@ def _params(request: pb.GenerateRequest) -> GenerateParams:
         filters=dict(request.filters),
         tier=request.tier,
         model_version=request.model_version,
+        bypass_cache=request.bypass_cache,
     )
 
 
@@ -81,13 +91,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         call = self._call(context)
-        async for event in self._core.generate(call, _params(request)):
-            if isinstance(event, Answer):
-                final = _final(event, call, self._core.config.region)
-                final.ClearField("answer")  # the tokens already carried it
-                yield pb.GenerateStreamResponse(final=final)
-            else:
-                yield pb.GenerateStreamResponse(token=event)
+        streamed = False
+        try:
+            async for event in self._core.generate(call, _params(request)):
+                if isinstance(event, Answer):
+                    final = _final(event, call, self._core.config.region)
+                    final.ClearField("answer")  # the tokens already carried it
+                    yield pb.GenerateStreamResponse(final=final)
+                else:
+                    streamed = True
+                    yield pb.GenerateStreamResponse(token=event)
+        except RagmeshError as exc:
+            if streamed:  # else the status alone says it, and Envoy may still retry
+                error = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+                yield pb.GenerateStreamResponse(error=error)
+            raise
 
     async def IngestDocuments(
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext
@@ -134,15 +152,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> pb.StatusResponse:
         call = self._call(context)
-        version, dependencies = await self._core.status(call)
+        status = await self._core.status(call)
         return pb.StatusResponse(
             region=self._core.config.region,
             tenant=call.tenant,
-            corpus_version=version,
+            corpus_version=status.corpus_version,
+            corpus_region=status.corpus_region,
+            corpus_lag=status.corpus_lag,
             dependencies=[
                 pb.DependencyStatus(
-                    name=d.name, target=d.target, healthy=d.healthy, detail=d.detail
+                    name=d.name,
+                    target=d.target,
+                    healthy=d.healthy,
+                    detail=d.detail,
+                    breaker=d.breaker,
                 )
-                for d in dependencies
+                for d in status.dependencies
             ],
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
+from services.gateway.breaker import Breaker
 from services.gateway.config import GatewayConfig, TierConfig
 from services.gateway.llm import TritonLLM
 from services.gateway.prompt import Source, build_prompt
@@ -16,10 +17,19 @@ CHARS_PER_TOKEN = 3.0
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """A Triton server that serves a tier's model, behind its own breaker."""
+
+    llm: TritonLLM
+    breaker: Breaker
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     config: TierConfig
-    llm: TritonLLM
+    # The local Triton first, then the other regions' (a tier with its own target: just it).
+    endpoints: list[Endpoint]
 
     def version(self, pinned: str) -> str:
         if pinned and not pinned.isdigit():
@@ -53,15 +63,34 @@ class Tier:
 
 
 class Tiers:
-    """The declared tiers; one Triton client per distinct target."""
+    """The declared tiers; one Triton client per distinct target, one breaker per model on it."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(
+        self, config: GatewayConfig, client: Callable[[str], TritonLLM] = TritonLLM
+    ) -> None:
         clients: dict[str, TritonLLM] = {}
         self._tiers: dict[str, Tier] = {}
         for name, tier in config.tiers.items():
-            target = tier.target or config.triton_target
-            client = clients.setdefault(target, TritonLLM(target))
-            self._tiers[name] = Tier(name, tier, client)
+            targets = (
+                [tier.target]
+                if tier.target
+                else [config.triton_target, *config.triton_fallback_targets]
+            )
+            for target in targets:
+                if target not in clients:
+                    clients[target] = client(target)
+            endpoints = [
+                Endpoint(
+                    clients[target],
+                    Breaker(
+                        f"triton {target}/{tier.model}",
+                        config.breaker_failures,
+                        config.breaker_open_s,
+                    ),
+                )
+                for target in targets
+            ]
+            self._tiers[name] = Tier(name, tier, endpoints)
         self._clients = list(clients.values())
         self.default = config.default_tier
 
@@ -73,6 +102,13 @@ class Tiers:
                 f"tier: unknown tier {name[:64]!r}; this gateway has {known}", field="tier"
             )
         return tier
+
+    def chain(self, tier: Tier) -> list[Tier]:
+        """`tier`, then the tiers that answer when it is down, in order."""
+        chain = [tier]
+        while chain[-1].config.fallback:
+            chain.append(self._tiers[chain[-1].config.fallback])
+        return chain
 
     def all(self) -> list[Tier]:
         return list(self._tiers.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from services.common.config import build, read_yaml, require
 from services.gateway.config import GatewayConfig
 from services.retrieval.config import RetrievalConfig
+
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,9 +46,25 @@ class TritonConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MeshSettings:
-    region: str = "local"
+    # Region names in failover order: the first is the default region (Envoy priority 0).
+    # `ragmesh up --regions N` runs the first N; region i's ports are shifted by i * port_stride.
+    regions: list[str] = field(default_factory=lambda: ["local", "remote"])
+    port_stride: int = 100
     data_dir: str = "data"
     demo_key: str = ""
+
+    def __post_init__(self) -> None:
+        require(bool(self.regions), "mesh.regions", "must name at least one region")
+        require(len(set(self.regions)) == len(self.regions), "mesh.regions", "must be unique")
+        for name in self.regions:
+            require(
+                bool(_REGION.match(str(name))), "mesh.regions", f"{name!r}: use [a-z0-9-], 1..32"
+            )
+        require(self.port_stride > 0, "mesh.port_stride", "must be positive")
+
+    @property
+    def default_region(self) -> str:
+        return self.regions[0]
 
 
 @dataclass(frozen=True, kw_only=True)

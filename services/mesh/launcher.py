@@ -1,4 +1,4 @@
-"""Starts the local mesh (Triton, retrieval, gateway, Envoy) and stops all of it.
+"""Starts the local mesh (Triton, retrieval, gateway per region; one Envoy) and stops it.
 
 `make up` and the integration tests use the same launcher; tests give it free ports
 and a temporary data directory.
@@ -7,9 +7,14 @@ and a temporary data directory.
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import signal
 import socket
 import sys
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.mesh import triton_dist
 from services.mesh.config import MeshConfig
 from services.mesh.processes import Process, wait_until
+from services.mesh.regions import Region, regions
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
@@ -37,28 +43,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
-    """`config` on free ports with its own data directory, for tests and side-by-side runs."""
-    edge = dataclasses.replace(
-        config.edge, listen_port=free_port(), internal_port=free_port(), admin_port=free_port()
-    )
-    triton = dataclasses.replace(
-        config.triton, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    )
-    triton_target = f"127.0.0.1:{triton.grpc_port}"
-    retrieval = dataclasses.replace(
-        config.retrieval,
-        port=free_port(),
-        triton_target=triton_target,
-        milvus_uri=str(data_dir / "milvus.db"),
-    )
-    gateway = dataclasses.replace(
-        config.gateway,
-        port=free_port(),
-        triton_target=triton_target,
-        retrieval_target=f"127.0.0.1:{edge.internal_port}",
-    )
-    mesh = dataclasses.replace(config.mesh, data_dir=str(data_dir))
+    """`config` on free ports (every region's) with its own data directory, for tests."""
+    regions = len(config.mesh.regions)
+    while True:
+        edge = dataclasses.replace(
+            config.edge, listen_port=free_port(), internal_port=free_port(), admin_port=free_port()
+        )
+        triton = dataclasses.replace(
+            config.triton, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+        )
+        retrieval = dataclasses.replace(
+            config.retrieval,
+            port=free_port(),
+            milvus_uri=str(data_dir / "milvus.db"),
+            corpus_log=str(data_dir / "corpus-log.db"),
+        )
+        gateway = dataclasses.replace(config.gateway, port=free_port(), metrics_port=free_port())
+        stride = random.randrange(1000, 5000)
+        shifted = [
+            p + i * stride
+            for p in (
+                edge.internal_port,
+                triton.grpc_port,
+                triton.http_port,
+                triton.metrics_port,
+                retrieval.port,
+                gateway.port,
+                gateway.metrics_port,
+            )
+            for i in range(1, regions)
+        ]
+        if all(p < 65536 and _bindable(p) for p in shifted):
+            break
+    mesh = dataclasses.replace(config.mesh, data_dir=str(data_dir), port_stride=stride)
     return dataclasses.replace(
         config, mesh=mesh, edge=edge, triton=triton, retrieval=retrieval, gateway=gateway
     )
@@ -86,18 +113,30 @@ def _grpc_serving(target: str) -> bool:
 PLANES = ("triton", "retrieval", "gateway", "envoy")
 
 
-class Mesh:
-    """The running mesh; a context manager that always stops what it started.
+@dataclass
+class _Spec:
+    """How to start one process again: game days kill and restart them."""
 
+    argv: list[str]
+    env: dict[str, str] | None
+    ready: Callable[[], bool]
+
+
+class Mesh:
+    """The running mesh, every region of it; a context manager that always stops it all.
+
+    Processes are named `<plane>-<region>` (`gateway-local`), Envoy just `envoy`.
     `planes` picks a prefix of the start order, e.g. ("triton",) for inference benchmarks.
     """
 
     def __init__(self, config: MeshConfig, planes: tuple[str, ...] = PLANES) -> None:
         self.config = config
         self.planes = planes
+        self.regions = regions(config)
         self.data_dir = resolve(config.mesh.data_dir)
         self.run_dir = self.data_dir / "run"
-        self.processes: list[Process] = []
+        self.processes: dict[str, Process] = {}
+        self._specs: dict[str, _Spec] = {}
 
     @property
     def edge_target(self) -> str:
@@ -107,28 +146,41 @@ class Mesh:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.config.edge.listen_port}"
 
-    def _write_configs(self) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        milvus_uri = str(resolve(self.config.retrieval.milvus_uri))
-        config = dataclasses.replace(
-            self.config,
-            retrieval=dataclasses.replace(self.config.retrieval, milvus_uri=milvus_uri),
-            edge=dataclasses.replace(
-                self.config.edge, descriptor_set=str(resolve(self.config.edge.descriptor_set))
-            ),
-        )
-        path = self.run_dir / "mesh.yaml"
-        path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-        write_envoy_config(config, self.run_dir / "envoy.yaml")
-        return path
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.edge.admin_port}"
 
-    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
-        process = Process(name, argv, self.run_dir / "logs" / f"{name}.log", env)
-        self.processes.append(process)
-        return process
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
 
-    def _start_triton(self) -> None:
-        t = self.config.triton
+    def _write_configs(self) -> None:
+        """run/<region>/mesh.yaml for each region's services; run/envoy.yaml for the edge."""
+        for region in self.regions:
+            c = region.config
+            retrieval = dataclasses.replace(
+                c.retrieval,
+                milvus_uri=str(resolve(c.retrieval.milvus_uri)),
+                corpus_log=str(resolve(c.retrieval.corpus_log)),
+            )
+            config = dataclasses.replace(c, retrieval=retrieval)
+            path = self.run_dir / region.name / "mesh.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+            path.write_text(text, encoding="utf-8")
+        descriptor = resolve(self.config.edge.descriptor_set)
+        write_envoy_config(self.config, self.run_dir / "envoy.yaml", descriptor_set=descriptor)
+
+    def _spawn(self, name: str, spec: _Spec) -> None:
+        self._specs[name] = spec
+        process = Process(name, spec.argv, self.run_dir / "logs" / f"{name}.log", spec.env)
+        self.processes[name] = process
+
+    def _start(self, name: str, spec: _Spec) -> None:
+        self._spawn(name, spec)
+        self.wait_ready(name)
+
+    def _triton(self, region: Region) -> _Spec:
+        t = region.config.triton
         backends = triton_dist.install(resolve(t.install_dir))
         argv = [
             str(triton_dist.server_binary()),
@@ -151,16 +203,15 @@ class Mesh:
         # The python-backend stub imports from the first python3 on PATH: the models venv.
         path = f"{resolve(t.models_venv) / 'bin'}:/usr/bin:/bin"
         env = {"PATH": path, "LD_LIBRARY_PATH": str(triton_dist.library_dir())}
-        process = self._start("triton", argv, env)
         url = f"http://127.0.0.1:{t.http_port}/v2/health/ready"
-        wait_until(lambda: _http_ok(url), process, START_TIMEOUT_S)
+        return _Spec(argv, env, lambda: _http_ok(url))
 
-    def _start_service(self, name: str, config_path: Path, port: int) -> None:
-        argv = [sys.executable, "-m", f"services.{name}", "--config", str(config_path)]
-        process = self._start(name, argv)
-        wait_until(lambda: _grpc_serving(f"127.0.0.1:{port}"), process, START_TIMEOUT_S)
+    def _service(self, plane: str, region: Region, port: int) -> _Spec:
+        config_path = self.run_dir / region.name / "mesh.yaml"
+        argv = [sys.executable, "-m", f"services.{plane}", "--config", str(config_path)]
+        return _Spec(argv, None, lambda: _grpc_serving(f"127.0.0.1:{port}"))
 
-    def _start_envoy(self) -> None:
+    def _envoy(self) -> _Spec:
         envoy = Path(sys.executable).parent / "envoy"
         argv = [
             str(envoy),
@@ -170,33 +221,58 @@ class Mesh:
             "--log-level",
             "warn",
         ]
-        process = self._start("envoy", argv)
-        wait_until(lambda: _grpc_serving(self.edge_target), process, START_TIMEOUT_S)
+        return _Spec(argv, None, lambda: _grpc_serving(self.edge_target))
+
+    def _spec(self, plane: str, region: Region) -> _Spec:
+        c = region.config
+        if plane == "triton":
+            return self._triton(region)
+        port = c.retrieval.port if plane == "retrieval" else c.gateway.port
+        return self._service(plane, region, port)
 
     def start(self) -> Mesh:
         try:
-            config_path = self._write_configs()
-            starts = {
-                "triton": self._start_triton,
-                "retrieval": lambda: self._start_service(
-                    "retrieval", config_path, self.config.retrieval.port
-                ),
-                "gateway": lambda: self._start_service(
-                    "gateway", config_path, self.config.gateway.port
-                ),
-                "envoy": self._start_envoy,
-            }
+            self._write_configs()
             for plane in self.planes:
-                starts[plane]()
+                if plane == "envoy":
+                    self._start("envoy", self._envoy())
+                    continue
+                for region in self.regions:
+                    self._start(f"{plane}-{region.name}", self._spec(plane, region))
         except BaseException:
             self.stop()
             raise
         return self
 
+    def kill(self, name: str) -> None:
+        """SIGKILL to process `name` and its process group: a crash, not a shutdown."""
+        process = self.processes[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def respawn(self, name: str) -> None:
+        """Starts process `name` again after kill(), without waiting for it.
+
+        Call it from a thread that outlives the process: the child's parent-death signal
+        fires when the thread that started it exits (PR_SET_PDEATHSIG is per thread).
+        """
+        if self.processes[name].alive():
+            raise RuntimeError(f"{name} is still running")
+        self._spawn(name, self._specs[name])
+
+    def wait_ready(self, name: str) -> None:
+        """Waits until process `name` serves (any thread may wait)."""
+        wait_until(self._specs[name].ready, self.processes[name], START_TIMEOUT_S)
+
+    def restart(self, name: str) -> None:
+        """respawn() and wait_ready()."""
+        self.respawn(name)
+        self.wait_ready(name)
+
     def stop(self) -> None:
         """Stops every process, last started first."""
-        while self.processes:
-            self.processes.pop().stop()
+        for name in reversed(list(self.processes)):
+            self.processes.pop(name).stop()
 
     def __enter__(self) -> Mesh:
         return self.start()

@@ -5,7 +5,6 @@ parent-death signal if the launcher itself is killed, so nothing is left orphane
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -15,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# util-linux's setpriv sets the parent-death signal and execs the command, so no Python code
+# runs between fork and exec (a preexec_fn could deadlock or crash beside gRPC's threads).
+_DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "TERM", "--")
 
 
 class Process:
@@ -35,13 +34,12 @@ class Process:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self._popen = subprocess.Popen(
-                list(argv),
+                [*_DIE_WITH_PARENT, *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         LOGGER.info("started %s (pid %d), log %s", name, self._popen.pid, log_path)
 
@@ -51,6 +49,9 @@ class Process:
 
     def alive(self) -> bool:
         return self._popen.poll() is None
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        return self._popen.wait(timeout_s)
 
     def stop(self, grace_s: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""

@@ -29,17 +29,29 @@ def seed(mesh: Mesh) -> None:
         client.close()
 
 
+def _region_lines(mesh: Mesh) -> str:
+    lines = []
+    for region in mesh.regions:
+        c = region.config
+        role = "default, governance point" if region.priority == 0 else "replica"
+        lines.append(
+            f"  region {region.name} ({role})\n"
+            f"    gateway / retrieval    {region.gateway_target} / {region.retrieval_target}\n"
+            f"    Triton gRPC / HTTP     {region.triton_target} / 127.0.0.1:{c.triton.http_port}"
+        )
+    return "\n".join(lines)
+
+
 def banner(mesh: Mesh, seconds: float) -> str:
     c = mesh.config
     key = c.mesh.demo_key
+    names = ", ".join(r.name for r in mesh.regions)
     return f"""
-ragmesh is up in {seconds:.0f}s (region {c.mesh.region}). Ctrl-C stops everything.
+ragmesh is up in {seconds:.0f}s (regions {names}). Ctrl-C stops everything.
 
   edge (gRPC + HTTP/JSON)  {mesh.http_url}
-  Envoy admin              http://127.0.0.1:{c.edge.admin_port}
-  gateway (direct)         127.0.0.1:{c.gateway.port}
-  retrieval (direct)       127.0.0.1:{c.retrieval.port}
-  Triton gRPC / HTTP       127.0.0.1:{c.triton.grpc_port} / 127.0.0.1:{c.triton.http_port}
+  Envoy admin              {mesh.admin_url}
+{_region_lines(mesh)}
   logs                     {mesh.run_dir / "logs"}
   demo API key             {key}
 
@@ -68,7 +80,7 @@ def run(config: MeshConfig, *, sample: bool = True) -> None:
             if sample:
                 seed(mesh)
             print(banner(mesh, time.monotonic() - started), flush=True)
-            while not (dead := [p.name for p in mesh.processes if not p.alive()]):
+            while not (dead := [p.name for p in mesh.processes.values() if not p.alive()]):
                 time.sleep(1.0)
             LOGGER.error("%s exited; stopping the mesh (see its log)", ", ".join(dead))
     except KeyboardInterrupt:

@@ -11,6 +11,13 @@ from services.common.config import require
 class RetrievalConfig:
     host: str = "127.0.0.1"
     port: int = 50052
+    region: str = "local"
+    # The governance point, which alone accepts writes and versions the corpus; empty means
+    # this retrieval is it. A replica pulls the corpus log from it and applies it locally.
+    primary_target: str = ""
+    # The corpus log (SQLite): every acknowledged write, durable before it is acknowledged.
+    corpus_log: str = "data/corpus-log.db"
+    replication_interval_s: float = 0.5
     # A Milvus Lite file (the embedded default) or any Milvus URI (http://host:19530, Zilliz).
     milvus_uri: str = "data/milvus.db"
     milvus_token: str = ""
@@ -28,6 +35,10 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "retrieval.port", "must be 0..65535")
         require(bool(self.milvus_uri), "retrieval.milvus_uri", "must not be empty")
+        require(bool(self.corpus_log), "retrieval.corpus_log", "must not be empty")
+        require(
+            self.replication_interval_s > 0, "retrieval.replication_interval_s", "must be positive"
+        )
         require(self.embedding_dim > 0, "retrieval.embedding_dim", "must be positive")
         require(self.chunk_words >= 10, "retrieval.chunk_words", "must be at least 10")
         require(

@@ -1,20 +1,24 @@
 """Retrieval's domain: chunk, embed, store and search documents, one tenant at a time.
 
-Knows nothing of gRPC. Writes of one tenant are serialized, and every write bumps that
-tenant's corpus version, so a version names exactly one state of the corpus.
+Knows nothing of gRPC. Every write bumps its tenant's corpus version, so a version names
+exactly one state of the corpus. Writes are taken only at the governance point: they go to
+the corpus log first (durable), then to Milvus, then are acknowledged. A replica applies
+the governance point's log entries in order (services/retrieval/replication.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from services.common.errors import InvalidArgument, NotFound
+import numpy as np
+from ragmesh.retrieval.v1 import retrieval_pb2 as pb
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.validation import (
     check_document_id,
     check_range,
@@ -23,6 +27,7 @@ from services.common.validation import (
 )
 from services.retrieval.chunking import chunk_text
 from services.retrieval.config import RetrievalConfig
+from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.embedder import TritonEmbedder
 from services.retrieval.store import MilvusStore, StoredChunk
 
@@ -48,14 +53,46 @@ class UpsertResult:
     version: int
 
 
+@dataclass(frozen=True)
+class ReplicaState:
+    region: str
+    applied: int
+    lag: int  # log entries behind the governance point; -1 while unknown
+
+
+def _upsert_entry(
+    tenant: str, version: int, document: Document, chunks: list[str], vectors: np.ndarray
+) -> pb.LogEntry:
+    stored = pb.StoredDocument(
+        id=document.id,
+        title=document.title,
+        metadata=document.metadata,
+        chunks=chunks,
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
+    )
+    return pb.LogEntry(tenant=tenant, version=version, upsert=stored)
+
+
 class RetrievalCore:
-    def __init__(self, config: RetrievalConfig, store: MilvusStore, embedder: TritonEmbedder):
+    def __init__(
+        self,
+        config: RetrievalConfig,
+        store: MilvusStore,
+        embedder: TritonEmbedder,
+        log: CorpusLog,
+    ):
         self._config = config
         self._store = store
         self._embedder = embedder
-        # Milvus Lite is not thread-safe: one worker thread owns every store call.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._log = log
+        # Milvus Lite and the log are not thread-safe: one worker thread owns every call.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._write_lock = asyncio.Lock()
+        self.primary_head = -1  # the governance point's last entry, as last heard; -1: never
+
+    @property
+    def is_primary(self) -> bool:
+        return not self._config.primary_target
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -75,6 +112,7 @@ class RetrievalCore:
     ) -> UpsertResult:
         """Stores every document whole; invalid input writes nothing."""
         check_tenant(tenant)
+        self._require_primary()
         if not documents:
             raise InvalidArgument("documents: must not be empty", field="documents")
         ids = [check_document_id(d.id, f"documents[{i}].id") for i, d in enumerate(documents)]
@@ -90,35 +128,104 @@ class RetrievalCore:
             for c in chunks
         ]
         vectors = await self._embedder.embed(flat, timeout_s)
-        async with self._locks[tenant]:
-            version = await self._run(self._store.version, tenant) + 1
-            offset = 0
-            for document, chunks in zip(documents, chunked, strict=True):
-                rows = vectors[offset : offset + len(chunks)]
-                offset += len(chunks)
-                await self._run(
-                    self._store.replace_document,
-                    tenant,
-                    document.id,
-                    document.title,
-                    document.metadata,
-                    chunks,
-                    rows,
-                    version,
-                )
-            await self._run(self._store.set_version, tenant, version)
+        entries = []
+        offset = 0
+        for document, chunks in zip(documents, chunked, strict=True):
+            rows = vectors[offset : offset + len(chunks)]
+            offset += len(chunks)
+            entries.append(_upsert_entry(tenant, 0, document, chunks, rows))
+        async with self._write_lock:
+            version = await self._run(self._write, tenant, entries)
         LOGGER.info("upserted %d documents, %d chunks, version %d", len(ids), len(flat), version)
         return UpsertResult(documents=len(documents), chunks=len(flat), version=version)
 
     async def delete(self, tenant: str, document_id: str) -> int:
         check_tenant(tenant)
         check_document_id(document_id, "id")
-        async with self._locks[tenant]:
-            if not await self._run(self._store.delete_document, tenant, document_id):
+        self._require_primary()
+        entry = pb.LogEntry(tenant=tenant, delete_document_id=document_id)
+        async with self._write_lock:
+            if not await self._run(self._store.has_document, tenant, document_id):
                 raise NotFound(f"id: no document {document_id!r}", field="id")
-            version = await self._run(self._store.version, tenant) + 1
-            await self._run(self._store.set_version, tenant, version)
+            return await self._run(self._write, tenant, [entry])
+
+    def _require_primary(self) -> None:
+        if not self.is_primary:
+            raise FailedPrecondition(
+                f"retrieval in region {self._config.region} is a replica; writes go to the "
+                f"governance point ({self._config.primary_target})"
+            )
+
+    def _write(self, tenant: str, entries: list[pb.LogEntry]) -> int:
+        """Logs `entries` as the tenant's next version (one transaction), then applies them."""
+        version = self._log.version(tenant) + 1
+        for entry in entries:
+            entry.version = version
+        self._log.append(entries)
+        self._apply_pending()
         return version
+
+    def _apply_pending(self) -> int:
+        """Applies every logged entry not yet applied, in order; returns how many."""
+        applied, count = self._log.applied(), 0
+        while entries := self._log.after(applied, 256):
+            for entry in entries:
+                self._apply(entry)
+            applied = entries[-1].seq
+            self._log.set_applied(applied)
+            count += len(entries)
+        return count
+
+    def _apply(self, entry: pb.LogEntry) -> None:
+        """Makes Milvus hold `entry`'s change; applying it twice changes nothing."""
+        if entry.HasField("upsert"):
+            d = entry.upsert
+            vectors = np.frombuffer(d.vectors, dtype=np.float32).reshape(len(d.chunks), -1)
+            self._store.replace_document(
+                entry.tenant,
+                d.id,
+                d.title,
+                dict(d.metadata),
+                list(d.chunks),
+                vectors,
+                entry.version,
+            )
+        else:
+            self._store.delete_document(entry.tenant, entry.delete_document_id)
+        self._store.set_version(entry.tenant, entry.version)
+
+    async def recover(self) -> int:
+        """At start: applies what was logged but not applied before a crash."""
+        async with self._write_lock:
+            count = await self._run(self._apply_pending)
+        if count:
+            LOGGER.info("recovered %d logged writes", count)
+        return count
+
+    async def replicate(self, entries: list[pb.LogEntry], head: int) -> None:
+        """A replica: stores the governance point's entries in its own log, then applies them."""
+        async with self._write_lock:
+            if entries:
+                await self._run(self._log.copy, entries)
+                await self._run(self._apply_pending)
+            self.primary_head = head
+
+    async def log_after(self, seq: int, limit: int) -> tuple[list[pb.LogEntry], int]:
+        """The governance point's entries after `seq`, and its head."""
+        self._require_primary()
+        entries = await self._run(self._log.after, seq, limit)
+        return entries, await self._run(self._log.head)
+
+    async def log_head(self) -> int:
+        return await self._run(self._log.head)
+
+    async def replica_state(self) -> ReplicaState:
+        applied = await self._run(self._log.applied)
+        if self.is_primary:
+            lag = 0
+        else:
+            lag = max(self.primary_head - applied, 0) if self.primary_head >= 0 else -1
+        return ReplicaState(region=self._config.region, applied=applied, lag=lag)
 
     async def search(
         self, tenant: str, query: str, top_k: int, filters: dict[str, str], timeout_s: float
@@ -138,4 +245,5 @@ class RetrievalCore:
     async def close(self) -> None:
         await self._embedder.close()
         await self._run(self._store.close)
+        await self._run(self._log.close)
         self._executor.shutdown(wait=True)

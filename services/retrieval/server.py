@@ -11,7 +11,9 @@ from ragmesh.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common import serving
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.core import RetrievalCore
+from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.embedder import TritonEmbedder
+from services.retrieval.replication import Replicator
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import MilvusStore
 
@@ -24,19 +26,29 @@ class RetrievalServer:
     port: int
     core: RetrievalCore
     health: health.aio.HealthServicer
+    replicator: Replicator | None
 
     async def start(self) -> None:
+        """Applies what the log holds beyond Milvus (after a crash) before serving."""
+        await self.core.recover()
         await self.server.start()
+        if self.replicator is not None:
+            self.replicator.start()
         await serving.set_serving(self.health, [SERVICE_NAME], up=True)
+
+    async def _close(self) -> None:
+        if self.replicator is not None:
+            await self.replicator.stop()
+        await self.core.close()
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.server.stop(grace_s)
-        await self.core.close()
+        await self._close()
 
     async def serve(self) -> None:
         await self.start()
         await serving.run_until_signal(self.server, self.health, [SERVICE_NAME])
-        await self.core.close()
+        await self._close()
 
 
 def build_server(config: RetrievalConfig) -> RetrievalServer:
@@ -46,9 +58,14 @@ def build_server(config: RetrievalConfig) -> RetrievalServer:
     embedder = TritonEmbedder(
         config.triton_target, config.embedder_model, config.embed_batch, config.embedding_dim
     )
-    core = RetrievalCore(config, store, embedder)
+    core = RetrievalCore(config, store, embedder, CorpusLog(config.corpus_log))
+    replicator = None
+    if config.primary_target:
+        replicator = Replicator(core, config.primary_target, config.replication_interval_s)
     server = serving.new_server()
     retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(core), server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
-    return RetrievalServer(server=server, port=port, core=core, health=health_servicer)
+    return RetrievalServer(
+        server=server, port=port, core=core, health=health_servicer, replicator=replicator
+    )

@@ -9,6 +9,7 @@ from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.core import Document, RetrievalCore
 
 DEFAULT_TIMEOUT_S = 30.0
+MAX_PULL = 256
 
 
 def _remaining(context: grpc.aio.ServicerContext) -> float:
@@ -62,6 +63,19 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     async def GetCorpusVersion(
         self, request: pb.GetCorpusVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCorpusVersionResponse:
+        version = await self._core.version(request.tenant)
+        state = await self._core.replica_state()
         return pb.GetCorpusVersionResponse(
-            corpus_version=str(await self._core.version(request.tenant))
+            corpus_version=str(version),
+            region=state.region,
+            applied_seq=state.applied,
+            lag=max(state.lag, 0),
+            lag_known=state.lag >= 0,
         )
+
+    async def Pull(
+        self, request: pb.PullRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PullResponse:
+        limit = min(max(request.max_entries, 1), MAX_PULL)
+        entries, head = await self._core.log_after(request.after_seq, limit)
+        return pb.PullResponse(entries=entries, head_seq=head)

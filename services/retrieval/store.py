@@ -2,9 +2,10 @@
 
 Chunks of one tenant live beside other tenants' in one collection; every read and
 delete is filtered by tenant here, so no caller can forget it. Each chunk row carries
-the corpus version that wrote it: a re-ingest inserts the new version's chunks in one
+the corpus version that wrote it: a re-ingest upserts the new version's chunks in one
 call, then deletes the older versions' chunks of that document, so a document is
-never half old and half new. Per-tenant corpus versions live in a second collection.
+never half old and half new, and writing the same version twice changes nothing.
+Per-tenant corpus versions live in a second collection.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ class MilvusStore:
         vectors: np.ndarray,
         version: int,
     ) -> None:
-        """Writes the new version's chunks in one call, then drops the older versions'."""
+        """Writes the new version's chunks in one call, then drops the older versions'.
+
+        Row ids name tenant, document, version and chunk, so a repeat overwrites itself.
+        """
         rows = [
             {
                 "id": f"{tenant}/{document_id}/{version}/{i}",
@@ -109,11 +113,15 @@ class MilvusStore:
             }
             for i, (text, vector) in enumerate(zip(chunks, vectors, strict=True))
         ]
-        self._client.insert(self._chunks, rows)
+        self._client.upsert(self._chunks, rows)
         self._client.delete(
             self._chunks,
             filter=f"{self._document(tenant, document_id)} and version != {version}",
         )
+
+    def has_document(self, tenant: str, document_id: str) -> bool:
+        where = self._document(tenant, document_id)
+        return bool(self._client.query(self._chunks, filter=where, output_fields=["id"], limit=1))
 
     def delete_document(self, tenant: str, document_id: str) -> int:
         """Deletes the document's chunks; returns how many there were."""

@@ -1,19 +1,24 @@
-"""A model instance that dies: Triton restarts it or the gateway fails fast, never hangs."""
+"""A model instance that dies: the gateway stands in another tier or fails fast, never hangs;
+the model comes back; a stream cut after its first token ends with an error."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.regions import first
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +26,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def own_mesh(tmp_path_factory: pytest.TempPathFactory):
     """A mesh of its own: this module kills parts of it."""
-    config = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), tmp_path_factory.mktemp("f"))
-    with Mesh(config) as mesh:
+    base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
+    with Mesh(isolated(base, tmp_path_factory.mktemp("f"))) as mesh:
         yield mesh
 
 
@@ -51,36 +56,101 @@ def _stubs(triton_pid: int, model: str) -> list[int]:
 
 def _ask(stub, key: str, tier: str) -> pb.GenerateResponse:
     return stub.Generate(
-        pb.GenerateRequest(query="anything at all?", tier=tier, max_tokens=8),
+        pb.GenerateRequest(query="anything at all?", tier=tier, max_tokens=8, bypass_cache=True),
         metadata=(("x-api-key", key),),
         timeout=30,
     )
 
 
+def _kill_stubs(mesh: Mesh, model: str) -> None:
+    stubs = _stubs(mesh.processes["triton-local"].pid, model)
+    assert stubs, f"no stub process found for {model}"
+    for pid in stubs:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _until_served_by(stub, key: str, tier: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if _ask(stub, key, tier).tier == tier:
+                return
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        assert time.monotonic() < deadline, "Triton did not bring the model back"
+        time.sleep(1)
+
+
 @pytest.mark.parametrize("tier", ["economy", "standard"])
 def test_killed_stub_fails_fast_then_recovers(own_mesh, tier):
-    triton = next(p for p in own_mesh.processes if p.name == "triton")
     key = own_mesh.config.mesh.demo_key
     with grpc.insecure_channel(own_mesh.edge_target) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         assert _ask(stub, key, tier).tier == tier
-        stubs = _stubs(triton.pid, tier)
-        assert stubs, f"no stub process found for {tier}"
-        for pid in stubs:
-            os.kill(pid, signal.SIGKILL)
+        _kill_stubs(own_mesh, tier)
         started = time.monotonic()
+        detail = ""
         try:
-            outcome = _ask(stub, key, tier).tier
+            reply = _ask(stub, key, tier)
+            outcome = reply.tier
         except grpc.RpcError as exc:
-            outcome = exc.code().name
-        assert outcome in (tier, "UNAVAILABLE"), outcome
+            outcome, detail = exc.code().name, exc.details()
+        # economy has no stand-in; standard has economy, marked degraded.
+        assert outcome in (
+            {"economy", "UNAVAILABLE"} if tier == "economy" else {"standard", "economy"}
+        ), detail
+        if outcome == "economy" and tier == "standard":
+            assert reply.degraded_reason == "tier standard unavailable: answered by economy"
         assert time.monotonic() - started < 10, "a dead model instance must not hang the request"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert _ask(stub, key, tier).tier == tier
-                break
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                assert time.monotonic() < deadline, "Triton did not bring the model back"
-                time.sleep(1)
+        _until_served_by(stub, key, tier)
+
+
+LONG = pb.GenerateRequest(
+    query="List one hundred different fruits, one per line, with a sentence about each.",
+    tier="standard",
+    max_tokens=1024,
+    bypass_cache=True,
+)
+
+
+def test_a_grpc_stream_cut_after_its_first_token_ends_with_an_error(own_mesh):
+    key = own_mesh.config.mesh.demo_key
+    with grpc.insecure_channel(own_mesh.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        _until_served_by(stub, key, "standard")
+        stream = stub.GenerateStream(LONG, metadata=(("x-api-key", key),), timeout=120)
+        events = []
+        with pytest.raises(grpc.RpcError) as err:
+            for event in stream:
+                assert not event.HasField("final"), "the stream ended cleanly"
+                events.append(event)
+                if len(events) == 1:
+                    _kill_stubs(own_mesh, "standard")
+        assert events[0].token
+        assert events[-1].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "generation failed after it started" in err.value.details()
+        _until_served_by(stub, key, "standard")
+
+
+def test_an_http_stream_cut_after_its_first_token_ends_with_an_error(own_mesh):
+    key = own_mesh.config.mesh.demo_key
+    with grpc.insecure_channel(own_mesh.edge_target) as channel:
+        _until_served_by(gateway_pb2_grpc.GatewayStub(channel), key, "standard")
+    body = json.dumps(json_format.MessageToDict(LONG, preserving_proto_field_name=True))
+    request = urllib.request.Request(
+        f"{own_mesh.http_url}/v1/generate:stream",
+        data=body.encode(),
+        headers={"content-type": "application/json", "x-api-key": key},
+    )
+    lines = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for raw in response:
+            lines.append(json.loads(raw))
+            if len(lines) == 1:
+                _kill_stubs(own_mesh, "standard")
+    assert "token" in lines[0]
+    assert not any("final" in line for line in lines), "the stream ended cleanly"
+    error = lines[-1]["error"]
+    assert error["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "generation failed after it started" in error["message"]

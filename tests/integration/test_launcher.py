@@ -33,14 +33,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_up_serves_then_stops_everything(tmp_path, sig):
+@pytest.mark.parametrize(("sig", "regions"), [(signal.SIGINT, 1), (signal.SIGTERM, 2)])
+def test_up_serves_then_stops_everything(tmp_path, sig, regions):
     config = isolated(MeshConfig.load(ROOT / "config" / "mesh.yaml"), tmp_path / "data")
     path = tmp_path / "mesh.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
     ragmesh = Path(sys.executable).parent / "ragmesh"
     with subprocess.Popen(
-        [str(ragmesh), "--config", str(path), "up", "--no-sample"],
+        [str(ragmesh), "--config", str(path), "up", "--no-sample", "--regions", str(regions)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -53,7 +53,9 @@ def test_up_serves_then_stops_everything(tmp_path, sig):
                     break
             assert any("ragmesh is up" in line for line in lines), "".join(lines)
             children = _descendants(launcher.pid)
-            assert len(children) >= 4, children  # triton (and its stubs), retrieval, gateway, envoy
+            # Per region Triton (and its stubs), retrieval (and Milvus Lite), gateway; Envoy.
+            assert len(children) >= 3 * regions + 1, children
+            assert f"regions {', '.join(config.mesh.regions[:regions])}" in "".join(lines)
             launcher.send_signal(sig)
             assert launcher.wait(60) == 0
             deadline = time.monotonic() + 10

@@ -31,7 +31,7 @@ class Server:
 def server(triton_only) -> Server:
     return Server(
         f"127.0.0.1:{triton_only.config.triton.grpc_port}",
-        triton_only.run_dir / "logs" / "triton.log",
+        triton_only.processes["triton-local"].log_path,
     )
 
 

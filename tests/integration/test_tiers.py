@@ -1,4 +1,4 @@
-"""Tiers through the edge: each answers with its model; economy survives the LLM's absence."""
+"""Tiers through the edge: each answers with its model; economy stands in for the LLM."""
 
 from __future__ import annotations
 
@@ -40,17 +40,21 @@ def test_each_tier_can_be_named_and_a_version_pinned(stub, demo_key, corpus):
     assert "economy" in err.value.details()
 
 
-def test_economy_answers_with_the_llm_unloaded(mesh, stub, demo_key, corpus):
+def test_with_the_llm_unloaded_economy_answers_marked_degraded(mesh, stub, demo_key, corpus):
     client = triton.InferenceServerClient(f"127.0.0.1:{mesh.config.triton.grpc_port}")
     client.unload_model("standard")
     try:
         started = time.monotonic()
-        with pytest.raises(grpc.RpcError) as err:
-            _ask(stub, demo_key, tier="standard")
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        reply = _ask(stub, demo_key, tier="standard", bypass_cache=True)
         assert time.monotonic() - started < 5, "a missing model must fail fast, not hang"
-        reply = _ask(stub, demo_key, tier="economy")
+        assert (reply.tier, reply.model) == ("economy", "economy/1")
+        assert reply.degraded
+        assert reply.degraded_reason == "tier standard unavailable: answered by economy"
         assert "80 degrees" in reply.answer and reply.citations
+        # A pinned version asks for that very model: nothing stands in for it.
+        with pytest.raises(grpc.RpcError) as err:
+            _ask(stub, demo_key, tier="standard", model_version="1")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         client.load_model("standard")
         client.close()

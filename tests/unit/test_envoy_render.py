@@ -83,13 +83,26 @@ def _port(address: dict[str, Any]) -> int:
     return int(address["socket_address"]["port_value"])
 
 
+def _endpoints(cluster: dict[str, Any]) -> list[tuple[int, str, int]]:
+    """(priority, host, port) of each endpoint."""
+    found = []
+    for group in cluster["load_assignment"]["endpoints"]:
+        (endpoint,) = group["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        found.append((group["priority"], address["address"], address["port_value"]))
+    return found
+
+
 def test_listeners_and_admin_use_the_edge_ports(config: MeshConfig) -> None:
     doc = render(config)
+    assert config.mesh.regions == ["local", "remote"]
     assert _port(doc["admin"]["address"]) == config.edge.admin_port == 9901
     assert _port(_listener(doc, "public")["address"]) == config.edge.listen_port == 8080
-    assert _port(_listener(doc, "internal")["address"]) == config.edge.internal_port == 8081
+    assert _port(_listener(doc, "internal-local")["address"]) == config.edge.internal_port == 8081
+    # The second region's ports are shifted by the stride.
+    assert _port(_listener(doc, "internal-remote")["address"]) == 8081 + config.mesh.port_stride
     assert _manager(_listener(doc, "public"))["codec_type"] == "AUTO"
-    assert _manager(_listener(doc, "internal"))["codec_type"] == "HTTP2"
+    assert _manager(_listener(doc, "internal-local"))["codec_type"] == "HTTP2"
 
 
 def test_other_ports_reach_every_section(config: MeshConfig) -> None:
@@ -98,47 +111,115 @@ def test_other_ports_reach_every_section(config: MeshConfig) -> None:
     )
     gateway = dataclasses.replace(config.gateway, port=15051)
     retrieval = dataclasses.replace(config.retrieval, host="retrieval.local", port=15052)
-    doc = render(dataclasses.replace(config, edge=edge, gateway=gateway, retrieval=retrieval))
+    mesh = dataclasses.replace(config.mesh, port_stride=1000)
+    doc = render(
+        dataclasses.replace(config, mesh=mesh, edge=edge, gateway=gateway, retrieval=retrieval)
+    )
     assert _port(doc["admin"]["address"]) == 19901
     assert _port(_listener(doc, "public")["address"]) == 18080
-    assert _port(_listener(doc, "internal")["address"]) == 18081
+    assert _port(_listener(doc, "internal-local")["address"]) == 18081
+    assert _port(_listener(doc, "internal-remote")["address"]) == 19081
     clusters = _clusters(doc)
     assert clusters["gateway"]["type"] == "STATIC"
-    assert clusters["retrieval"]["type"] == "STRICT_DNS"
-    (endpoint,) = clusters["retrieval"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    address = endpoint["endpoint"]["address"]["socket_address"]
-    assert address == {"address": "retrieval.local", "port_value": 15052}
+    assert _endpoints(clusters["gateway"]) == [(0, "127.0.0.1", 15051), (1, "127.0.0.1", 16051)]
+    assert clusters["retrieval-local"]["type"] == "STRICT_DNS"
+    assert _endpoints(clusters["retrieval-governance"]) == [(0, "retrieval.local", 15052)]
 
 
-def test_routes_send_each_listener_to_its_cluster(config: MeshConfig) -> None:
+def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
+    config: MeshConfig,
+) -> None:
     doc = render(config)
-    for listener, cluster in (("public", "gateway"), ("internal", "retrieval")):
-        (vhost,) = _manager(_listener(doc, listener))["route_config"]["virtual_hosts"]
-        (route,) = vhost["routes"]
-        assert route["match"] == {"prefix": "/"}
-        assert route["route"]["cluster"] == cluster
-        assert route["route"]["timeout"] == "60s" == f"{config.edge.route_timeout_s:g}s"
-        assert "grpc_timeout_header_max" in route["route"]["max_stream_duration"]
-
-
-def test_clusters_are_http2_with_grpc_health_checks(config: MeshConfig) -> None:
-    clusters = _clusters(render(config))
-    assert sorted(clusters) == ["gateway", "retrieval"]
-    for name, section in (("gateway", config.gateway), ("retrieval", config.retrieval)):
-        cluster = clusters[name]
-        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        assert endpoint["endpoint"]["address"]["socket_address"] == {
-            "address": section.host,
-            "port_value": section.port,
+    clusters = _clusters(doc)
+    assert sorted(clusters) == [
+        "gateway",
+        "retrieval-governance",
+        "retrieval-local",
+        "retrieval-remote",
+    ]
+    local, remote = 50052, 50052 + config.mesh.port_stride
+    assert _endpoints(clusters["gateway"]) == [(0, "127.0.0.1", 50051), (1, "127.0.0.1", 50151)]
+    assert _endpoints(clusters["retrieval-local"]) == [
+        (0, "127.0.0.1", local),
+        (1, "127.0.0.1", remote),
+    ]
+    assert _endpoints(clusters["retrieval-remote"]) == [
+        (0, "127.0.0.1", remote),
+        (1, "127.0.0.1", local),
+    ]
+    assert _endpoints(clusters["retrieval-governance"]) == [(0, "127.0.0.1", local)]
+    for region in ("local", "remote"):
+        (vhost,) = _manager(_listener(doc, f"internal-{region}"))["route_config"]["virtual_hosts"]
+        targets = {
+            r["match"].get("path", r["match"].get("prefix")): r["route"]["cluster"]
+            for r in vhost["routes"]
         }
+        assert targets == {
+            "/ragmesh.retrieval.v1.Retrieval/Upsert": "retrieval-governance",
+            "/ragmesh.retrieval.v1.Retrieval/Delete": "retrieval-governance",
+            "/": f"retrieval-{region}",
+        }
+
+
+def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfig) -> None:
+    doc = render(config)
+    (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
+    (route,) = vhost["routes"]
+    action = route["route"]
+    assert action["cluster"] == "gateway"
+    assert action["timeout"] == "60s" == f"{config.edge.route_timeout_s:g}s"
+    assert action["max_stream_duration"] == {"grpc_timeout_header_max": "60s"}
+    retry = action["retry_policy"]
+    assert set(retry["retry_on"].split(",")) == {
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "unavailable",
+        "cancelled",
+    }
+    assert retry["num_retries"] == 2
+    assert retry["per_try_timeout"] == _duration(config.gateway.request_timeout_s + 1)
+    assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert retry["retry_priority"]["typed_config"]["update_frequency"] == 1
+    (predicate,) = retry["retry_host_predicate"]
+    assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    (vhost,) = _manager(_listener(doc, "internal-local"))["route_config"]["virtual_hosts"]
+    search = vhost["routes"][-1]["route"]["retry_policy"]
+    assert search["per_try_timeout"] == _duration(config.gateway.retrieval_timeout_s / 2)
+    write_retry = vhost["routes"][0]["route"]["retry_policy"]
+    assert write_retry["retry_on"] == "connect-failure,refused-stream"
+
+
+def test_clusters_are_health_checked_ejecting_and_bounded(config: MeshConfig) -> None:
+    for cluster in _clusters(render(config)).values():
         (options,) = cluster["typed_extension_protocol_options"].values()
         assert options["explicit_http_config"] == {"http2_protocol_options": {}}
         (check,) = cluster["health_checks"]
         assert check["grpc_health_check"] == {"service_name": ""}
         assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (2, 1)
-        assert check["timeout"] == "1s"
+        assert check["interval"] == check["no_traffic_interval"] == "1s"
         assert cluster["connect_timeout"] == "1s"
-    assert (config.gateway.port, config.retrieval.port) == (50051, 50052)
+        outlier = cluster["outlier_detection"]
+        assert outlier["consecutive_gateway_failure"] == 3
+        assert outlier["enforcing_consecutive_gateway_failure"] == 100
+        assert outlier["max_ejection_percent"] == 100
+        (limits,) = cluster["circuit_breakers"]["thresholds"]
+        for field in ("max_connections", "max_pending_requests", "max_requests"):
+            assert limits[field] == 1024
+        assert limits["retry_budget"]["budget_percent"] == {"value": 20.0}
+
+
+def test_fault_filter_is_inert_until_its_runtime_keys_are_set(config: MeshConfig) -> None:
+    doc = render(config)
+    assert doc["layered_runtime"] == {"layers": [{"name": "admin", "admin_layer": {}}]}
+    for region in ("local", "remote"):
+        manager = _manager(_listener(doc, f"internal-{region}"))
+        names = [f["name"] for f in manager["http_filters"]]
+        assert names == ["envoy.filters.http.fault", "envoy.filters.http.router"]
+        fault = _filter(manager, "envoy.filters.http.fault")
+        assert fault["delay"]["percentage"] == {"numerator": 0}
+        assert fault["delay_percent_runtime"] == f"chaos.{region}.retrieval.delay_percent"
+        assert fault["delay_duration_runtime"] == f"chaos.{region}.retrieval.delay_ms"
 
 
 def test_public_listener_transcodes_the_gateway_only(config: MeshConfig) -> None:
@@ -161,8 +242,6 @@ def test_public_listener_transcodes_the_gateway_only(config: MeshConfig) -> None
         "reject_unknown_query_parameters": True,
     }
     assert not transcoder.get("ignore_unknown_query_parameters")
-    internal = _manager(_listener(render(config), "internal"))
-    assert [f["name"] for f in internal["http_filters"]] == ["envoy.filters.http.router"]
 
 
 def test_descriptor_set_path_is_absolute(
@@ -187,7 +266,7 @@ def test_descriptor_set_path_is_absolute(
 
 def test_access_logs_carry_no_keys_or_bodies(config: MeshConfig) -> None:
     doc = render(config)
-    for name in ("public", "internal"):
+    for name in ("public", "internal-local", "internal-remote"):
         (log,) = _manager(_listener(doc, name))["access_log"]
         fields = log["typed_config"]["log_format"]["json_format"]
         text = json.dumps(fields).upper()
@@ -258,6 +337,8 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
         "tier": "scalar",
         "model_version": "scalar",
         "modelVersion": "scalar",
+        "bypass_cache": "scalar",
+        "bypassCache": "scalar",
     }
 
 

@@ -7,7 +7,7 @@ from services.gateway.tiers import CHARS_PER_TOKEN, Tier, Tiers
 
 
 def _tier(context_tokens: int) -> Tier:
-    return Tier("small", TierConfig(model="m", context_tokens=context_tokens), llm=None)
+    return Tier("small", TierConfig(model="m", context_tokens=context_tokens), endpoints=[])
 
 
 def test_sources_are_trimmed_lowest_rank_first_and_question_kept():

@@ -1,0 +1,438 @@
+"""Game days: steady load through Envoy, one fault at a time, and what the clients saw.
+
+    python -m loadtest.gameday [--short] [--scenario NAME ...]
+
+Starts a two-region mesh of its own (free ports on 127.0.0.1, a temporary data folder),
+ingests a small corpus, then runs each scenario: open-loop load of generate requests
+through the edge (economy tier, bounded in rate and time), a fault injected in the default
+region, recovery, and a table of requests sent, failed, degraded and p50/p95/p99 latency
+(from each request's intended send time) before, during and after the fault.
+
+Scenarios: gateway-kill, retrieval-kill, triton-kill (SIGKILL to the default region's
+process, then a restart), retrieval-slow (Envoy's fault filter delays retrieval beyond the
+gateway's budget), ingest-kill (SIGKILL to the governance point's retrieval during an
+ingest; every acknowledged document must then be searchable in both regions).
+`make test` runs the short form (tests/integration/test_gameday.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.protobuf import empty_pb2
+from ragmesh.v1 import gateway_pb2 as pb
+from ragmesh.v1 import gateway_pb2_grpc
+
+from services.mesh.config import MeshConfig
+from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.regions import first
+
+REQUEST_TIMEOUT_S = 30.0
+PHASES = ("before", "during", "after")
+BATCH = 10  # documents per ingest call in ingest-kill
+TEAMS = ("storage", "search", "payments", "identity", "billing", "network")
+
+
+@dataclass(frozen=True)
+class Form:
+    """How long each phase runs and how hard: `make gameday` (full) or `make test` (short)."""
+
+    rate: float  # requests per second
+    before_s: float
+    during_s: float
+    after_s: float
+    documents: int  # for ingest-kill
+
+
+FULL = Form(rate=8.0, before_s=10.0, during_s=10.0, after_s=15.0, documents=1000)
+SHORT = Form(rate=5.0, before_s=4.0, during_s=4.0, after_s=4.0, documents=100)
+
+
+@dataclass(frozen=True)
+class Sample:
+    at_s: float  # intended send time, from the start of the load
+    latency_s: float  # from the intended send time to the answer
+    status: str  # "OK" or the gRPC status name
+    degraded: bool
+    region: str
+    reason: str = ""  # why it degraded, or the error's message
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    samples: list[Sample]
+    fault_at_s: float = 0.0
+    recovered_at_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    returned_after_s: float | None = None  # gateway-kill: first answer from the default region
+    acknowledged: int = 0  # ingest-kill
+    missing: dict[str, int] = field(default_factory=dict)  # region -> acknowledged but absent
+
+    def phase(self, name: str) -> list[Sample]:
+        bounds = {
+            "before": (0.0, self.fault_at_s),
+            "during": (self.fault_at_s, self.recovered_at_s),
+            "after": (self.recovered_at_s, float("inf")),
+        }[name]
+        return [s for s in self.samples if bounds[0] <= s.at_s < bounds[1]]
+
+    @property
+    def failed(self) -> int:
+        return sum(s.status != "OK" for s in self.samples)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def _questions() -> list[pb.GenerateRequest]:
+    return [
+        pb.GenerateRequest(query=f"Which team is on call for the {team} service?", tier="economy")
+        for team in TEAMS
+    ]
+
+
+def _corpus() -> list[pb.Document]:
+    return [
+        pb.Document(
+            id=f"service-{team}",
+            title=f"The {team} service",
+            text=(
+                f"The {team} service runs in every region. The on-call team for the {team} "
+                f"service is the {team} reliability team, reachable on channel #{team}-oncall. "
+                f"Its error budget is {10 + i} minutes a month."
+            ),
+            metadata={"kind": "runbook"},
+        )
+        for i, team in enumerate(TEAMS)
+    ]
+
+
+class Load:
+    """Open-loop load: request i is due at start + i / rate, whatever came before it."""
+
+    def __init__(self, stub: gateway_pb2_grpc.GatewayStub, key: str, rate: float) -> None:
+        self._stub = stub
+        self._metadata = (("x-api-key", key),)
+        self._rate = rate
+        self._questions = _questions()
+        self.start = 0.0
+        self.answered: list[Sample] = []  # as they complete
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time() - self.start
+
+    async def run(self, stop: asyncio.Event) -> list[Sample]:
+        self.start = asyncio.get_running_loop().time()
+        tasks: list[asyncio.Task[Sample]] = []
+        i = 0
+        while not stop.is_set():
+            due = i / self._rate
+            if (wait := due - self.now()) > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                    break
+                except TimeoutError:
+                    pass
+            request = self._questions[i % len(self._questions)]
+            tasks.append(asyncio.create_task(self._one(due, request)))
+            i += 1
+        return list(await asyncio.gather(*tasks))
+
+    async def _one(self, due: float, request: pb.GenerateRequest) -> Sample:
+        try:
+            reply = await self._stub.Generate(
+                request, metadata=self._metadata, timeout=REQUEST_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            sample = Sample(due, self.now() - due, exc.code().name, False, "", exc.details() or "")
+        else:
+            latency = self.now() - due
+            sample = Sample(due, latency, "OK", reply.degraded, reply.region, reply.degraded_reason)
+        self.answered.append(sample)
+        return sample
+
+
+Fault = Callable[["GameDay", Outcome, Load], Awaitable[None]]
+
+
+class GameDay:
+    def __init__(self, mesh: Mesh, form: Form) -> None:
+        self.mesh = mesh
+        self.form = form
+        self.key = mesh.config.mesh.demo_key
+        self.default = mesh.regions[0].name
+
+    async def scenario(self, name: str, fault: Fault) -> Outcome:
+        outcome = Outcome(name, [])
+        async with grpc.aio.insecure_channel(self.mesh.edge_target) as channel:
+            load = Load(gateway_pb2_grpc.GatewayStub(channel), self.key, self.form.rate)
+            stop = asyncio.Event()
+            running = asyncio.create_task(load.run(stop))
+            await asyncio.sleep(self.form.before_s)
+            try:
+                await fault(self, outcome, load)
+            finally:
+                stop.set()
+                outcome.samples = await running
+        return outcome
+
+    async def play(self, name: str) -> Outcome:
+        """Runs scenario `name`, then lets the mesh settle: replicas converged and every
+        breaker past its open time, so no scenario starts with the last one's faults."""
+        outcome = await self.scenario(name, SCENARIOS[name])
+        await self.wait_replicated()
+        await asyncio.sleep(self.mesh.config.gateway.breaker_open_s)
+        return outcome
+
+    async def kill_and_restart(self, process: str, outcome: Outcome, load: Load) -> None:
+        outcome.fault_at_s = load.now()
+        await asyncio.to_thread(self.mesh.kill, process)
+        await asyncio.sleep(self.form.during_s)
+        await self.restart(process)
+        outcome.recovered_at_s = load.now()
+        await asyncio.sleep(self.form.after_s)
+
+    async def restart(self, process: str) -> None:
+        # Spawned on this (the main) thread: a worker thread's exit would take the child with
+        # it (parent-death signal). Only the wait runs in a worker thread.
+        self.mesh.respawn(process)
+        await asyncio.to_thread(self.mesh.wait_ready, process)
+
+    async def chaos(self, region: str, delay_ms: int) -> None:
+        """Sets region's retrieval delay in Envoy's runtime (0: none)."""
+        prefix = f"chaos.{region}.retrieval"
+        query = f"{prefix}.delay_percent={100 if delay_ms else 0}&{prefix}.delay_ms={delay_ms}"
+        url = f"{self.mesh.admin_url}/runtime_modify?{query}"
+        request = urllib.request.Request(url, method="POST")
+        await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
+
+    async def seed(self) -> None:
+        async with grpc.aio.insecure_channel(self.mesh.edge_target) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            await stub.IngestDocuments(
+                pb.IngestDocumentsRequest(documents=_corpus()),
+                metadata=(("x-api-key", self.key),),
+                timeout=120,
+            )
+        await self.wait_replicated()
+
+    async def wait_replicated(self, timeout_s: float = 120.0) -> None:
+        """Until every region's replica reports lag 0 at the same corpus version."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = [await self._status(r.gateway_target) for r in self.mesh.regions]
+            versions = {s.corpus_version for s in states}
+            if len(versions) == 1 and all(s.corpus_lag == 0 for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas did not converge: {states}")
+            await asyncio.sleep(0.5)
+
+    async def _status(self, target: str) -> pb.StatusResponse:
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await gateway_pb2_grpc.GatewayStub(channel).GetStatus(
+                empty_pb2.Empty(), metadata=(("x-api-key", self.key),), timeout=10
+            )
+
+
+async def gateway_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
+    await day.kill_and_restart(f"gateway-{day.default}", outcome, load)
+    # Traffic must come back to the default region within 15 s of its restart.
+    restarted = outcome.recovered_at_s
+    while load.now() < restarted + 16.0:
+        await asyncio.sleep(0.25)
+        back = [s for s in load.answered if s.at_s >= restarted and s.region == day.default]
+        if back:
+            outcome.returned_after_s = min(s.at_s for s in back) - restarted
+            break
+    outcome.notes.append(
+        f"traffic back in {day.default} {outcome.returned_after_s:.1f} s after its restart"
+        if outcome.returned_after_s is not None
+        else f"traffic did not return to {day.default} within 16 s"
+    )
+
+
+async def retrieval_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
+    await day.kill_and_restart(f"retrieval-{day.default}", outcome, load)
+
+
+async def triton_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
+    await day.kill_and_restart(f"triton-{day.default}", outcome, load)
+
+
+async def retrieval_slow(day: GameDay, outcome: Outcome, load: Load) -> None:
+    budget = day.mesh.config.gateway.retrieval_timeout_s
+    delay_ms = int(budget * 1000) * 2 + 1000
+    outcome.fault_at_s = load.now()
+    await day.chaos(day.default, delay_ms)
+    await asyncio.sleep(day.form.during_s)
+    await day.chaos(day.default, 0)
+    outcome.recovered_at_s = load.now()
+    outcome.notes.append(
+        f"retrieval delayed {delay_ms} ms against a budget of {budget:g} s; "
+        f"total budget {day.mesh.config.gateway.request_timeout_s:g} s"
+    )
+    await asyncio.sleep(day.form.after_s)
+
+
+def _record(i: int) -> pb.Document:
+    return pb.Document(
+        id=f"record-{i}",
+        title=f"Archive record {i}",
+        text=f"Archive record {i}: item {i} is kept on shelf {i % 97} in aisle {i % 13}.",
+        metadata={"record": str(i)},
+    )
+
+
+async def ingest_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
+    """Ingests in batches of 10, replaying a batch that failed, while the governance
+    point's retrieval is killed; then checks every acknowledged document in every region."""
+    records = [_record(i) for i in range(day.form.documents)]
+    batches = [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+    acknowledged: list[pb.Document] = []
+    failed_calls = 0
+    metadata = (("x-api-key", day.key),)
+    async with grpc.aio.insecure_channel(day.mesh.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+
+        async def write() -> None:
+            nonlocal failed_calls
+            for batch in batches:
+                request = pb.IngestDocumentsRequest(documents=batch)
+                while True:
+                    try:
+                        await stub.IngestDocuments(request, metadata=metadata, timeout=60)
+                    except grpc.aio.AioRpcError:
+                        failed_calls += 1
+                        await asyncio.sleep(0.5)  # then replay it: harmless by design
+                        continue
+                    acknowledged.extend(batch)
+                    break
+
+        writing = asyncio.create_task(write())
+        while len(acknowledged) < len(records) // 3 and not writing.done():
+            await asyncio.sleep(0.05)
+        process = f"retrieval-{day.default}"
+        outcome.fault_at_s = load.now()
+        await asyncio.to_thread(day.mesh.kill, process)
+        at_kill = len(acknowledged)
+        await asyncio.sleep(min(day.form.during_s, 3.0))
+        await day.restart(process)
+        outcome.recovered_at_s = load.now()
+        await writing
+    await day.wait_replicated()
+    outcome.acknowledged = len(acknowledged)
+    for region in day.mesh.regions:
+        outcome.missing[region.name] = await _missing(region.gateway_target, day.key, acknowledged)
+    outcome.notes.append(
+        f"ingest of {len(records)} documents: killed after {at_kill} acknowledged; "
+        f"{failed_calls} failed calls replayed; acknowledged {outcome.acknowledged}; "
+        + ", ".join(f"missing in {r}: {n}" for r, n in outcome.missing.items())
+    )
+    await asyncio.sleep(day.form.after_s)
+
+
+async def _missing(target: str, key: str, documents: list[pb.Document]) -> int:
+    """How many of `documents` a search in the region behind `target` does not find.
+
+    One search per document, for its own text, filtered to it. A check of the data, not of
+    latency: four searches at a time, and one that fails under the load is asked again.
+    """
+    metadata = (("x-api-key", key),)
+    limit = asyncio.Semaphore(4)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+
+        async def found(document: pb.Document) -> bool:
+            request = pb.SearchRequest(query=document.text, top_k=1, filters=document.metadata)
+            async with limit:
+                for attempt in range(5):
+                    try:
+                        reply = await stub.Search(request, metadata=metadata, timeout=30)
+                        break
+                    except grpc.aio.AioRpcError:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(1.0)
+            return [h.document_id for h in reply.hits] == [document.id]
+
+        results = await asyncio.gather(*(found(d) for d in documents))
+    return results.count(False)
+
+
+SCENARIOS: dict[str, Fault] = {
+    "gateway-kill": gateway_kill,
+    "retrieval-kill": retrieval_kill,
+    "triton-kill": triton_kill,
+    "retrieval-slow": retrieval_slow,
+    "ingest-kill": ingest_kill,
+}
+
+
+async def run(mesh: Mesh, form: Form, names: list[str]) -> list[Outcome]:
+    day = GameDay(mesh, form)
+    await day.seed()
+    return [await day.play(name) for name in names]
+
+
+def table(outcomes: list[Outcome]) -> str:
+    header = (
+        f"{'scenario':15} {'phase':7} {'sent':>5} {'failed':>6} {'degraded':>8} "
+        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for outcome in outcomes:
+        for phase in PHASES:
+            samples = outcome.phase(phase)
+            ms = [s.latency_s * 1000 for s in samples]
+            lines.append(
+                f"{outcome.scenario:15} {phase:7} {len(samples):5d} "
+                f"{sum(s.status != 'OK' for s in samples):6d} "
+                f"{sum(s.degraded for s in samples):8d} {percentile(ms, 0.5):8.1f} "
+                f"{percentile(ms, 0.95):8.1f} {percentile(ms, 0.99):8.1f}"
+            )
+        reasons = Counter(s.reason for s in outcome.samples if s.reason)
+        notes = outcome.notes + [f"{n} x {reason}" for reason, n in reasons.most_common()]
+        lines += [f"{'':15} {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def two_regions(data_dir: Path) -> MeshConfig:
+    """The repository's mesh config, first two regions, on free ports."""
+    return isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 2), data_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="the short form `make test` runs")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    args = parser.parse_args(argv)
+    form = SHORT if args.short else FULL
+    names = args.scenario or list(SCENARIOS)
+    with tempfile.TemporaryDirectory(prefix="gameday-") as tmp:
+        started = time.monotonic()
+        with Mesh(two_regions(Path(tmp))) as mesh:
+            print(
+                f"two regions up in {time.monotonic() - started:.0f} s; "
+                f"load {form.rate:g} req/s, economy tier, through Envoy"
+            )
+            outcomes = asyncio.run(run(mesh, form, names))
+    print(table(outcomes))
+    failed = sum(o.failed for o in outcomes) + sum(sum(o.missing.values()) for o in outcomes)
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The game days, short form: load through Envoy while a region loses a part of itself.
+
+`make gameday` runs the full form and prints the table; these assert the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from loadtest.gameday import SHORT, GameDay, Outcome, table
+
+pytestmark = [pytest.mark.integration, pytest.mark.gameday]
+
+
+@pytest.fixture(scope="module")
+def day(regions) -> GameDay:
+    day = GameDay(regions, SHORT)
+    asyncio.run(day.seed())
+    return day
+
+
+def _play(day: GameDay, name: str) -> Outcome:
+    outcome = asyncio.run(day.play(name))
+    print(table([outcome]))
+    assert outcome.phase("before") and outcome.phase("during") and outcome.phase("after")
+    return outcome
+
+
+def test_killing_a_gateway_fails_no_request_and_traffic_returns(day):
+    outcome = _play(day, "gateway-kill")
+    assert outcome.failed == 0
+    assert outcome.returned_after_s is not None and outcome.returned_after_s <= 15.0
+    during = outcome.phase("during")
+    failed_over = [s for s in during if s.region == day.mesh.regions[1].name]
+    assert len(failed_over) > len(during) / 2
+
+
+def test_killing_retrieval_fails_no_request(day):
+    assert _play(day, "retrieval-kill").failed == 0
+
+
+def test_killing_triton_fails_no_request(day):
+    assert _play(day, "triton-kill").failed == 0
+
+
+def test_slow_retrieval_degrades_within_the_budget(day):
+    outcome = _play(day, "retrieval-slow")
+    assert outcome.failed == 0
+    during = outcome.phase("during")
+    assert all(s.degraded for s in during)
+    budget = day.mesh.config.gateway.request_timeout_s
+    assert max(s.latency_s for s in during) < budget
+
+
+def test_kill_9_during_an_ingest_loses_no_acknowledged_document(day):
+    outcome = _play(day, "ingest-kill")
+    assert outcome.acknowledged == SHORT.documents
+    assert outcome.missing == {r.name: 0 for r in day.mesh.regions}
+    assert outcome.failed == 0

@@ -1,0 +1,215 @@
+"""The gateway's degradation policy, with fake retrieval and fake models.
+
+Retrieval down or late -> a fresh cached answer, else an answer without sources (or refuse);
+a tier down -> its fallback tier; a local Triton down -> another region's; a stream that
+fails after its first token -> an error, never a clean end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
+
+from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.gateway.config import GatewayConfig
+from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
+from services.gateway.llm import Delta
+from services.gateway.tiers import Tiers
+
+LOCAL, REMOTE = "triton.local:8001", "triton.remote:8001"
+
+
+class FakeRetrieval:
+    def __init__(self) -> None:
+        self.down: Exception | None = None
+        self.version = "7"
+        self.calls = 0
+
+    async def search(self, request, timeout_s, metadata) -> rpb.SearchResponse:
+        self.calls += 1
+        if self.down is not None:
+            raise self.down
+        chunk = rpb.Chunk(document_id="tea", chunk_id="tea#0", score=0.9, text="Brew at 80 C.")
+        return rpb.SearchResponse(chunks=[chunk], corpus_version=self.version)
+
+
+class FakeLLM:
+    """A Triton target; `broken` models fail before their first delta, `cut` after it."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.broken: set[str] = set()
+        self.cut: set[str] = set()
+        self.prompts: list[tuple[str, str]] = []
+
+    async def stream(self, model, version, prompt, **kwargs) -> AsyncIterator[Delta]:
+        self.prompts.append((model, prompt))
+        if model in self.broken:
+            raise Unavailable(f"llm unavailable: {model} at {self.target} is down")
+        yield Delta(f"{model}@{self.target} says", 10, 1, "1")
+        if model in self.cut:
+            raise Unavailable("llm unavailable: stub died")
+        yield Delta(" hello [1]", 10, 2, "1")
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway():
+    config = GatewayConfig(
+        triton_target=LOCAL, triton_fallback_targets=[REMOTE], breaker_failures=2
+    )
+    llms: dict[str, FakeLLM] = {}
+
+    def client(target: str) -> FakeLLM:
+        return llms.setdefault(target, FakeLLM(target))
+
+    retrieval = FakeRetrieval()
+    core = GatewayCore(config, retrieval, Tiers(config, client))  # type: ignore[arg-type]
+    return core, retrieval, llms
+
+
+async def _ask(core: GatewayCore, tenant: str = "demo", **params) -> tuple[list[str], Answer]:
+    call = Call.start(tenant, 10.0)
+    events = [e async for e in core.generate(call, GenerateParams(query="How hot?", **params))]
+    *texts, answer = events
+    assert isinstance(answer, Answer)
+    return texts, answer
+
+
+async def test_an_answer_is_cached_per_tenant_and_corpus_version(gateway) -> None:
+    core, retrieval, llms = gateway
+    _, first = await _ask(core)
+    assert (first.cache_status, first.degraded, first.tier) == (MISS, False, "standard")
+    assert [c.document_id for c in first.citations] == ["tea"]
+    texts, again = await _ask(core)
+    assert (again.cache_status, again.text, "".join(texts)) == (HIT, first.text, first.text)
+    assert len(llms[LOCAL].prompts) == 1  # the model answered once
+    _, other = await _ask(core, tenant="other")
+    assert other.cache_status == MISS  # never another tenant's answer
+    retrieval.version = "8"
+    assert (await _ask(core))[1].cache_status == MISS  # a new corpus version, a new answer
+    _, sampled = await _ask(core, temperature=0.7)
+    assert sampled.cache_status == BYPASS
+    assert (await _ask(core, bypass_cache=True))[1].cache_status == BYPASS
+
+
+@pytest.mark.parametrize(
+    ("failure", "cause"),
+    [
+        (Unavailable("retrieval unavailable: UNAVAILABLE"), "retrieval unavailable"),
+        (DeadlineExceeded("late"), "retrieval late"),
+    ],
+)
+async def test_retrieval_down_serves_a_fresh_cached_answer(gateway, failure, cause) -> None:
+    core, retrieval, _ = gateway
+    _, healthy = await _ask(core)
+    retrieval.down = failure
+    _, degraded = await _ask(core)
+    assert degraded.text == healthy.text and degraded.cache_status == HIT
+    assert degraded.degraded_reason == f"{cause}: answer from cache"
+
+
+async def test_retrieval_down_without_a_cached_answer_answers_without_sources(gateway) -> None:
+    core, retrieval, llms = gateway
+    retrieval.down = Unavailable("retrieval unavailable: UNAVAILABLE")
+    _, answer = await _ask(core)
+    assert answer.degraded_reason == "retrieval unavailable: answered without sources"
+    assert answer.citations == [] and answer.corpus_version == ""
+    assert "Brew at 80 C." not in llms[LOCAL].prompts[-1][1]
+    assert answer.cache_status == MISS  # looked up, and a degraded answer is never stored
+    retrieval.down = None
+    assert (await _ask(core))[1].cache_status == MISS
+
+
+async def test_an_open_retrieval_breaker_skips_the_call(gateway) -> None:
+    core, retrieval, _ = gateway
+    retrieval.down = Unavailable("retrieval unavailable: UNAVAILABLE")
+    for _ in range(2):
+        await _ask(core)
+    calls = retrieval.calls
+    _, answer = await _ask(core)
+    assert retrieval.calls == calls
+    assert answer.degraded_reason == "retrieval breaker open: answered without sources"
+
+
+async def test_a_clients_short_deadline_does_not_count_against_retrieval(gateway) -> None:
+    core, retrieval, _ = gateway
+    retrieval.down = DeadlineExceeded("late")
+    for _ in range(3):  # each request has less time than retrieval's own budget
+        call = Call.start("demo", core.config.retrieval_timeout_s / 2)
+        async for _event in core.generate(call, GenerateParams(query="How hot?")):
+            pass
+    calls = retrieval.calls
+    await _ask(core)
+    assert retrieval.calls == calls + 1  # the breaker stayed closed
+
+
+async def test_refuse_policy_fails_instead_of_answering_without_sources(gateway) -> None:
+    core, retrieval, _ = gateway
+    core.config = dataclasses.replace(core.config, retrieval_fallback="refuse")
+    retrieval.down = Unavailable("retrieval unavailable: UNAVAILABLE")
+    with pytest.raises(Unavailable, match="refuses to answer without sources"):
+        await _ask(core)
+
+
+async def test_local_triton_down_is_served_by_another_region_undegraded(gateway) -> None:
+    core, _, llms = gateway
+    llms[LOCAL].broken = {"standard", "economy"}
+    texts, answer = await _ask(core)
+    assert texts[0].startswith(f"standard@{REMOTE}")
+    assert (answer.tier, answer.degraded) == ("standard", False)
+
+
+async def test_a_tier_down_everywhere_falls_back_to_the_next_tier(gateway) -> None:
+    core, _, llms = gateway
+    for llm in llms.values():
+        llm.broken = {"standard"}
+    texts, answer = await _ask(core)
+    assert texts[0].startswith(f"economy@{LOCAL}")
+    assert answer.tier == "economy" and answer.model == "economy/1"
+    assert answer.degraded_reason == "tier standard unavailable: answered by economy"
+    # Two failures each open the breakers of both standard endpoints (breaker_failures=2);
+    # after that, requests go straight to economy without trying them.
+    for _ in range(2):
+        await _ask(core)
+    tried = [m for llm in llms.values() for m, _ in llm.prompts]
+    assert tried.count("standard") == 4 and tried.count("economy") == 3
+
+
+async def test_a_pinned_version_gets_no_stand_in(gateway) -> None:
+    core, _, llms = gateway
+    for llm in llms.values():
+        llm.broken = {"standard"}
+    for _ in range(3):
+        with pytest.raises(Unavailable, match="no model could answer"):
+            await _ask(core, model_version="1")
+    # Nor do its failures open the breakers of the tier's other traffic.
+    for llm in llms.values():
+        llm.broken = set()
+    _, answer = await _ask(core)
+    assert (answer.tier, answer.degraded) == ("standard", False)
+    assert len(llms[LOCAL].prompts) == 4
+
+
+async def test_a_stream_cut_after_its_first_token_ends_with_an_error(gateway) -> None:
+    core, _, llms = gateway
+    llms[LOCAL].cut = {"standard"}
+    call = Call.start("demo", 10.0)
+    seen: list[object] = []
+    with pytest.raises(Unavailable, match="generation failed after it started"):
+        async for event in core.generate(call, GenerateParams(query="How hot?")):
+            seen.append(event)
+    assert seen == [f"standard@{LOCAL} says"]  # no retry elsewhere: tokens were out
+    assert not llms[REMOTE].prompts
+
+
+async def test_bad_input_is_refused_before_any_call(gateway) -> None:
+    core, retrieval, llms = gateway
+    with pytest.raises(InvalidArgument, match="tier"):
+        await _ask(core, tier="nope")
+    assert retrieval.calls == 0 and not llms[LOCAL].prompts
