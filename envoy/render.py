@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_OTEL = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 _PREVIOUS_PRIORITIES = (
     "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3"
@@ -207,20 +209,63 @@ def _route_config(name: str, routes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _connection_manager(
-    name: str, codec: str, route_config: dict[str, Any], http_filters: list[dict[str, Any]]
-) -> dict[str, Any]:
+def _tracing(config: MeshConfig) -> dict[str, Any] | None:
+    """Envoy's OpenTelemetry tracer: starts (or continues) the trace and sends it on as
+    `traceparent`; spans go over OTLP/HTTP to the collector, off the request path."""
+    t = config.telemetry
+    if not t.otlp_endpoint:
+        return None
     return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": f"{_HCM}.HttpConnectionManager",
-            "stat_prefix": name,
-            "codec_type": codec,
-            "route_config": route_config,
-            "http_filters": http_filters,
-            "access_log": _access_log(),
+        "random_sampling": {"value": t.sample_ratio * 100},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _OTEL,
+                "service_name": "ragmesh-edge",
+                "http_service": {
+                    "http_uri": {
+                        "uri": f"{t.otlp_endpoint.rstrip('/')}/v1/traces",
+                        "cluster": "otlp",
+                        "timeout": "1s",
+                    }
+                },
+            },
         },
     }
+
+
+def _otlp_cluster(endpoint: str) -> dict[str, Any]:
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname or LOOPBACK, url.port or (443 if url.scheme == "https" else 80)
+    return {
+        "name": "otlp",
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "otlp",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port, host)}}]}],
+        },
+    }
+
+
+def _connection_manager(
+    name: str,
+    codec: str,
+    route_config: dict[str, Any],
+    http_filters: list[dict[str, Any]],
+    tracing: dict[str, Any] | None,
+) -> dict[str, Any]:
+    manager = {
+        "@type": f"{_HCM}.HttpConnectionManager",
+        "stat_prefix": name,
+        "codec_type": codec,
+        "route_config": route_config,
+        "http_filters": http_filters,
+        "access_log": _access_log(),
+    }
+    if tracing is not None:
+        manager["tracing"] = tracing
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
 
 
 def _listener(name: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +291,8 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
         _transcoder(descriptor_set),
         _router(),
     ]
-    manager = _connection_manager("public", "AUTO", _route_config("public", [route]), filters)
+    routes = _route_config("public", [route])
+    manager = _connection_manager("public", "AUTO", routes, filters, _tracing(config))
     return _listener("public", edge.listen_port, manager)
 
 
@@ -277,7 +323,8 @@ def _internal_listener(region: Region) -> dict[str, Any]:
     routes.append(_route({"prefix": "/"}, f"retrieval-{region.name}", timeout, reads))
     name = f"internal-{region.name}"
     filters = [_fault(region.name), _router()]
-    manager = _connection_manager(name, "HTTP2", _route_config(name, routes), filters)
+    routes_config = _route_config(name, routes)
+    manager = _connection_manager(name, "HTTP2", routes_config, filters, _tracing(c))
     return _listener(name, c.edge.internal_port, manager)
 
 
@@ -389,11 +436,14 @@ def render(config: MeshConfig, *, descriptor_set: Path | None = None) -> dict[st
     descriptor = (descriptor_set or Path(config.edge.descriptor_set)).resolve()
     listeners = [_public_listener(config, descriptor)]
     listeners += [_internal_listener(region) for region in mesh]
+    clusters = _clusters(mesh)
+    if config.telemetry.otlp_endpoint:
+        clusters.append(_otlp_cluster(config.telemetry.otlp_endpoint))
     return {
         "admin": {"address": _address(config.edge.admin_port)},
         # The admin layer lets /runtime_modify set the chaos keys of the fault filters.
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
-        "static_resources": {"listeners": listeners, "clusters": _clusters(mesh)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
 

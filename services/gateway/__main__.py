@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from services.common import serving
+from services.common import serving, telemetry
 from services.gateway.server import build_server
 from services.mesh.config import MeshConfig
 
@@ -12,10 +12,15 @@ LOGGER = logging.getLogger(__name__)
 
 
 async def serve(config_path: str) -> None:
-    config = MeshConfig.load(config_path).gateway
+    mesh = MeshConfig.load(config_path)
+    config = mesh.gateway
+    tracing = telemetry.setup("ragmesh-gateway", config.region, mesh.telemetry)
     server = build_server(config)
     LOGGER.info("gateway listening on %s:%d (region %s)", config.host, server.port, config.region)
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        tracing.shutdown()  # exports what is queued
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 
+from services.common import telemetry
 from services.common.errors import (
     BreakerOpen,
     DeadlineExceeded,
@@ -35,6 +38,7 @@ from services.gateway.tiers import Tier, Tiers
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
+_TRACER = trace.get_tracer("ragmesh.gateway")
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,9 @@ class Call:
     trace_id: str
 
     @classmethod
-    def start(cls, tenant: str, budget_s: float, traceparent: str = "") -> Call:
-        parts = traceparent.split("-")
-        valid = len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32
-        trace_id = parts[1] if valid else secrets.token_hex(16)
+    def start(cls, tenant: str, budget_s: float) -> Call:
+        """In the request's span: its trace id names the request (a random one without)."""
+        trace_id = telemetry.trace_id() or secrets.token_hex(16)
         return cls(tenant=tenant, deadline=time.monotonic() + budget_s, trace_id=trace_id)
 
     def remaining(self) -> float:
@@ -57,10 +60,6 @@ class Call:
         if left <= 0:
             raise DeadlineExceeded("the request's deadline passed")
         return left
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """W3C trace context for the next hop: same trace, a new parent span."""
-        return (("traceparent", f"00-{self.trace_id}-{secrets.token_hex(8)}-01"),)
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ class GatewayCore:
         remaining = call.remaining()
         timeout = min(remaining, self.config.retrieval_timeout_s)
         try:
-            found = await self._retrieval.search(request, timeout, call.metadata())
+            found = await self._retrieval.search(request, timeout)
         except Unavailable:
             breaker.record(False)
             raise
@@ -246,6 +245,8 @@ class GatewayCore:
         tier = self._tiers.get(params.tier)
         version = tier.version(params.model_version)
         self._check_query(params.query)
+        request_span = trace.get_current_span()
+        arrived = time.monotonic()
         cacheable = params.temperature == 0.0 and not params.bypass_cache
         found = await self._retrieve(call, params)
         key = self._cache_key(call, params, tier.name, found.corpus_version)
@@ -255,8 +256,11 @@ class GatewayCore:
             reason = f"{found.degraded_reason}: answer from cache" if found.degraded_reason else ""
             if reason:
                 metrics.DEGRADED.labels("retrieval").inc()
-            yield cached.text
-            yield dataclasses.replace(cached, cache_status=HIT, degraded_reason=reason)
+            hit = dataclasses.replace(cached, cache_status=HIT, degraded_reason=reason)
+            _annotate(request_span, call, params, found, hit, self.config.region)
+            _observe(found, hit, arrived)
+            yield hit.text
+            yield hit
             return
         reasons = (
             [f"{found.degraded_reason}: answered without sources"] if found.degraded_reason else []
@@ -272,6 +276,9 @@ class GatewayCore:
         ):
             served = answered
             if delta.text:
+                if not parts:
+                    ttft = time.monotonic() - arrived
+                    metrics.TIME_TO_FIRST_TOKEN.labels(answered.name).observe(ttft)
                 parts.append(delta.text)
                 yield delta.text
             prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
@@ -296,6 +303,8 @@ class GatewayCore:
         )
         if cacheable and not answer.degraded:
             self._cache.put(key, answer)
+        _annotate(request_span, call, params, found, answer, self.config.region)
+        _observe(found, answer, None)
         yield answer
 
     async def _stream(
@@ -329,6 +338,8 @@ class GatewayCore:
                         breaker.release()
                     raise DeadlineExceeded("the request's deadline passed")
                 started = False
+                span = _chat_span(tier, endpoint.llm.target, params, max_tokens)
+                last: Delta | None = None
                 try:
                     async for delta in endpoint.llm.stream(
                         tier.config.model,
@@ -337,14 +348,16 @@ class GatewayCore:
                         max_tokens=max_tokens,
                         temperature=params.temperature,
                         timeout_s=call.remaining(),
-                        headers=dict(call.metadata()),
+                        headers=telemetry.traceparent(span),
                     ):
+                        last = delta
                         if not started:
                             started = True
                             if breaker is not None:
                                 breaker.record(True)
                         yield tier, delta
                 except (Unavailable, DeadlineExceeded) as exc:
+                    span.set_status(StatusCode.ERROR, exc.message)
                     if breaker is not None:
                         breaker.record(False)
                     if started:
@@ -358,6 +371,8 @@ class GatewayCore:
                     if breaker is not None and not started:
                         breaker.release()
                     raise
+                finally:
+                    _end_chat(span, last, max_tokens)
                 if breaker is not None and not started:
                     breaker.record(True)
                 return
@@ -376,20 +391,18 @@ class GatewayCore:
                     field=name,
                 )
         request = rpb.UpsertRequest(tenant=call.tenant, documents=documents)
-        return await self._retrieval.upsert(request, call.remaining(), call.metadata())
+        return await self._retrieval.upsert(request, call.remaining())
 
     async def delete(self, call: Call, document_id: str) -> rpb.DeleteResponse:
         request = rpb.DeleteRequest(tenant=call.tenant, document_id=document_id)
-        return await self._retrieval.delete(request, call.remaining(), call.metadata())
+        return await self._retrieval.delete(request, call.remaining())
 
     async def status(self, call: Call) -> Status:
         """The tenant's corpus version (and its replica's lag), and each dependency's health."""
         target = self.config.retrieval_target
         breaker = self._retrieval_breaker
         try:
-            corpus = await self._retrieval.version(
-                call.tenant, min(call.remaining(), 2.0), call.metadata()
-            )
+            corpus = await self._retrieval.version(call.tenant, min(call.remaining(), 2.0))
             retrieval = Dependency("retrieval", target, True, "serving", breaker.state)
         except RagmeshError as exc:
             corpus = rpb.GetCorpusVersionResponse()
@@ -413,6 +426,84 @@ class GatewayCore:
             corpus_lag=corpus.lag if corpus.lag_known else -1,
             dependencies=[retrieval, *models],
         )
+
+
+def _observe(found: _Retrieved, answer: Answer, arrived: float | None) -> None:
+    """Metrics of one answer; `arrived` for a cached one, whose text is out at once."""
+    if arrived is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(answer.tier).observe(time.monotonic() - arrived)
+    if answer.cache_status != HIT:  # a cached answer costs no tokens
+        metrics.TOKENS.labels(answer.tier, "input").inc(answer.prompt_tokens)
+        metrics.TOKENS.labels(answer.tier, "output").inc(answer.completion_tokens)
+    if found.chunks:
+        metrics.RETRIEVAL_TOP_SCORE.observe(max(c.score for c in found.chunks))
+
+
+def _chat_span(tier: Tier, target: str, params: GenerateParams, max_tokens: int) -> trace.Span:
+    """A generation attempt, with the OpenTelemetry GenAI attributes. Not made current: it
+    lives across the stream's yields; Triton joins it through the traceparent header."""
+    return _TRACER.start_span(
+        f"chat {tier.config.model}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "triton",
+            "gen_ai.request.model": tier.config.model,
+            "gen_ai.request.max_tokens": max_tokens,
+            "gen_ai.request.temperature": params.temperature,
+            "server.address": target,
+            "ragmesh.tier": tier.name,
+        },
+    )
+
+
+def _end_chat(span: trace.Span, last: Delta | None, max_tokens: int) -> None:
+    if last is not None:
+        output = max(last.completion_tokens, 0)
+        span.set_attributes(
+            {
+                "gen_ai.usage.input_tokens": max(last.prompt_tokens, 0),
+                "gen_ai.usage.output_tokens": output,
+                "gen_ai.response.finish_reasons": ["length" if output >= max_tokens else "stop"],
+            }
+        )
+    span.end()
+
+
+def _annotate(
+    span: trace.Span,
+    call: Call,
+    params: GenerateParams,
+    found: _Retrieved,
+    answer: Answer,
+    region: str,
+) -> None:
+    """The request's span gets what it was and how it went; hashes, never text."""
+    span.set_attributes(
+        {
+            "ragmesh.tenant": telemetry.digest(call.tenant),
+            "ragmesh.region": region,
+            "ragmesh.tier": answer.tier,
+            "ragmesh.routing_reason": (
+                "fallback"
+                if "answered by" in answer.degraded_reason
+                else "requested"
+                if params.tier
+                else "default"
+            ),
+            "ragmesh.cache_status": answer.cache_status,
+            "ragmesh.degraded": answer.degraded,
+            "ragmesh.degraded_reason": answer.degraded_reason,
+            "ragmesh.retrieval.k": len(found.chunks),
+            "ragmesh.retrieval.top_score": max((c.score for c in found.chunks), default=0.0),
+            "ragmesh.corpus_version": found.corpus_version,
+            "ragmesh.prompt_hash": telemetry.digest(params.query),
+            "gen_ai.request.model": answer.model,
+            "gen_ai.usage.input_tokens": answer.prompt_tokens,
+            "gen_ai.usage.output_tokens": answer.completion_tokens,
+            "gen_ai.response.finish_reasons": [answer.finish_reason],
+        }
+    )
 
 
 def _citation(n: int, chunk: rpb.Chunk) -> Citation:

@@ -1,8 +1,11 @@
-"""The gateway's Prometheus metrics, served on 127.0.0.1:`gateway.metrics_port`."""
+"""The gateway's own Prometheus metrics, beside services/common/metrics.py's, all served on
+127.0.0.1:`gateway.metrics_port`."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common.metrics import BUCKETS
 
 BREAKER_STATE = Gauge(
     "ragmesh_breaker_state",
@@ -19,8 +22,17 @@ CACHE = Counter(
     "ragmesh_cache_lookups_total", "Cache lookups by kind and result", ["kind", "result"]
 )
 
-
-def serve(port: int) -> None:
-    """Starts the metrics endpoint in a daemon thread; port 0 means none."""
-    if port:
-        start_http_server(port, addr="127.0.0.1")
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ragmesh_time_to_first_token_seconds",
+    "From the request's arrival to its first answer text, by tier that answered",
+    ["tier"],
+    buckets=BUCKETS,
+)
+TOKENS = Counter(
+    "ragmesh_tokens_total", "Tokens by tier and direction (input, output)", ["tier", "direction"]
+)
+RETRIEVAL_TOP_SCORE = Histogram(
+    "ragmesh_retrieval_top_score",
+    "Cosine score of the best retrieved chunk per request",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)

@@ -16,7 +16,7 @@ from services.common.errors import (
     RagmeshError,
     Unavailable,
 )
-from services.common.serving import CHANNEL_OPTIONS
+from services.common.serving import new_channel
 
 R = TypeVar("R")
 
@@ -30,7 +30,7 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[RagmeshError]] = {
 
 class RetrievalClient:
     def __init__(self, target: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = new_channel(target)  # calls carry the trace context
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
     async def _call(
@@ -38,10 +38,9 @@ class RetrievalClient:
         method: Callable[..., Awaitable[R]],
         request: object,
         timeout_s: float,
-        metadata: tuple[tuple[str, str], ...],
     ) -> R:
         try:
-            return await method(request, timeout=max(timeout_s, 0.001), metadata=metadata)
+            return await method(request, timeout=max(timeout_s, 0.001))
         except grpc.aio.AioRpcError as exc:
             error = _PASSED_THROUGH.get(exc.code(), Unavailable)
             message = exc.details() or exc.code().name
@@ -51,30 +50,21 @@ class RetrievalClient:
                 message, field=message.split(":", 1)[0] if error is InvalidArgument else ""
             ) from exc
 
-    async def upsert(
-        self, request: pb.UpsertRequest, timeout_s: float, metadata: tuple[tuple[str, str], ...]
-    ) -> pb.UpsertResponse:
-        return await self._call(self._stub.Upsert, request, timeout_s, metadata)
+    async def upsert(self, request: pb.UpsertRequest, timeout_s: float) -> pb.UpsertResponse:
+        return await self._call(self._stub.Upsert, request, timeout_s)
 
-    async def delete(
-        self, request: pb.DeleteRequest, timeout_s: float, metadata: tuple[tuple[str, str], ...]
-    ) -> pb.DeleteResponse:
-        return await self._call(self._stub.Delete, request, timeout_s, metadata)
+    async def delete(self, request: pb.DeleteRequest, timeout_s: float) -> pb.DeleteResponse:
+        return await self._call(self._stub.Delete, request, timeout_s)
 
-    async def search(
-        self, request: pb.SearchRequest, timeout_s: float, metadata: tuple[tuple[str, str], ...]
-    ) -> pb.SearchResponse:
-        return await self._call(self._stub.Search, request, timeout_s, metadata)
+    async def search(self, request: pb.SearchRequest, timeout_s: float) -> pb.SearchResponse:
+        return await self._call(self._stub.Search, request, timeout_s)
 
-    async def version(
-        self, tenant: str, timeout_s: float, metadata: tuple[tuple[str, str], ...]
-    ) -> pb.GetCorpusVersionResponse:
+    async def version(self, tenant: str, timeout_s: float) -> pb.GetCorpusVersionResponse:
         """The tenant's corpus version at the replica that answers, with its region and lag."""
         return await self._call(
             self._stub.GetCorpusVersion,
             pb.GetCorpusVersionRequest(tenant=tenant),
             timeout_s,
-            metadata,
         )
 
     async def close(self) -> None:

@@ -8,8 +8,8 @@ import grpc
 from grpc_health.v1 import health
 from ragmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.common import metrics as common_metrics
 from services.common import serving
-from services.gateway import metrics
 from services.gateway.auth import Authenticator
 from services.gateway.config import GatewayConfig
 from services.gateway.core import GatewayCore
@@ -30,7 +30,7 @@ class GatewayServer:
     metrics_port: int
 
     async def start(self) -> None:
-        metrics.serve(self.metrics_port)
+        common_metrics.serve(self.metrics_port)
         await self.server.start()
         await serving.set_serving(self.health, [SERVICE_NAME], up=True)
 
@@ -52,7 +52,7 @@ def build_server(config: GatewayConfig) -> GatewayServer:
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
     core = GatewayCore(config, retrieval, tiers)
-    server = serving.new_server()
+    server = serving.new_server("gateway")
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(core, Authenticator(config.api_keys)), server
     )

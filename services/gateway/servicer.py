@@ -75,8 +75,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining)
-        traceparent = next((str(v) for k, v in metadata if k == "traceparent"), "")
-        return Call.start(tenant, budget, traceparent)
+        return Call.start(tenant, budget)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import build, read_yaml, require
+from services.common.telemetry import TelemetryConfig
 from services.gateway.config import GatewayConfig
 from services.retrieval.config import RetrievalConfig
 
@@ -74,6 +75,7 @@ class MeshConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> MeshConfig:
@@ -87,6 +89,7 @@ class MeshConfig:
             "gateway": GatewayConfig,
             "retrieval": RetrievalConfig,
             "triton": TritonConfig,
+            "telemetry": TelemetryConfig,
         }
         unknown = sorted(set(data) - set(types))
         require(not unknown, "mesh config", f"unknown section(s) {', '.join(unknown)}")

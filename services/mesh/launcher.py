@@ -65,6 +65,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
         retrieval = dataclasses.replace(
             config.retrieval,
             port=free_port(),
+            metrics_port=free_port(),
             milvus_uri=str(data_dir / "milvus.db"),
             corpus_log=str(data_dir / "corpus-log.db"),
         )
@@ -78,6 +79,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
                 triton.http_port,
                 triton.metrics_port,
                 retrieval.port,
+                retrieval.metrics_port,
                 gateway.port,
                 gateway.metrics_port,
             )
@@ -111,6 +113,20 @@ def _grpc_serving(target: str) -> bool:
 
 
 PLANES = ("triton", "retrieval", "gateway", "envoy")
+
+
+def _triton_tracing(region: Region) -> list[str]:
+    """Triton's OpenTelemetry mode: a span per request, a child of the caller's traceparent."""
+    t = region.config.telemetry
+    if not t.otlp_endpoint:
+        return []
+    return [
+        "--trace-config=mode=opentelemetry",
+        f"--trace-config=rate={max(1, round(1 / t.sample_ratio)) if t.sample_ratio else 0}",
+        "--trace-config=level=TIMESTAMPS",
+        f"--trace-config=opentelemetry,url={t.otlp_endpoint.rstrip('/')}/v1/traces",
+        f"--trace-config=opentelemetry,resource=service.name=triton-{region.name}",
+    ]
 
 
 @dataclass
@@ -200,6 +216,7 @@ class Mesh:
             f"--cache-directory={triton_dist.wheel_root() / 'caches'}",
             f"--cache-config=local,size={t.response_cache_bytes}",
         ]
+        argv += _triton_tracing(region)
         # The python-backend stub imports from the first python3 on PATH: the models venv.
         path = f"{resolve(t.models_venv) / 'bin'}:/usr/bin:/bin"
         env = {"PATH": path, "LD_LIBRARY_PATH": str(triton_dist.library_dir())}

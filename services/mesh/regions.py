@@ -61,6 +61,7 @@ def _shifted(config: MeshConfig, name: str, shift: int) -> MeshConfig:
     retrieval = dataclasses.replace(
         r,
         port=r.port + shift,
+        metrics_port=r.metrics_port + shift if r.metrics_port else 0,
         region=name,
         triton_target=triton_target,
         milvus_uri=_in_folder(r.milvus_uri, name),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from services.common import serving
+from services.common import serving, telemetry
 from services.mesh.config import MeshConfig
 from services.retrieval.server import build_server
 
@@ -12,10 +12,15 @@ LOGGER = logging.getLogger(__name__)
 
 
 async def serve(config_path: str) -> None:
-    config = MeshConfig.load(config_path).retrieval
+    mesh = MeshConfig.load(config_path)
+    config = mesh.retrieval
+    tracing = telemetry.setup("ragmesh-retrieval", config.region, mesh.telemetry)
     server = build_server(config)
     LOGGER.info("retrieval listening on %s:%d", config.host, server.port)
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        tracing.shutdown()  # exports what is queued
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from services.common.config import require
 class RetrievalConfig:
     host: str = "127.0.0.1"
     port: int = 50052
+    # Prometheus metrics on 127.0.0.1; 0 turns them off.
+    metrics_port: int = 9465
     region: str = "local"
     # The governance point, which alone accepts writes and versions the corpus; empty means
     # this retrieval is it. A replica pulls the corpus log from it and applies it locally.

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+from opentelemetry import trace
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 
+from services.common import telemetry
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.validation import (
     check_document_id,
@@ -32,6 +34,7 @@ from services.retrieval.embedder import TritonEmbedder
 from services.retrieval.store import MilvusStore, StoredChunk
 
 LOGGER = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("ragmesh.retrieval")
 T = TypeVar("T")
 
 MAX_TOP_K = 100
@@ -71,6 +74,25 @@ def _upsert_entry(
         vectors=np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
     )
     return pb.LogEntry(tenant=tenant, version=version, upsert=stored)
+
+
+def _retrieval_attributes(
+    tenant: str, query: str, top_k: int, chunks: list[StoredChunk], version: int
+) -> dict[str, str | int | float]:
+    """OpenInference's retriever attributes (Phoenix, Langfuse) and ours; hashes, no text."""
+    found: dict[str, str | int | float] = {
+        "openinference.span.kind": "RETRIEVER",
+        "ragmesh.tenant": telemetry.digest(tenant),
+        "ragmesh.query_hash": telemetry.digest(query),
+        "ragmesh.retrieval.k": top_k,
+        "ragmesh.retrieval.hits": len(chunks),
+        "ragmesh.retrieval.top_score": max((c.score for c in chunks), default=0.0),
+        "ragmesh.corpus_version": str(version),
+    }
+    for i, c in enumerate(chunks):
+        found[f"retrieval.documents.{i}.document.id"] = c.document_id
+        found[f"retrieval.documents.{i}.document.score"] = c.score
+    return found
 
 
 class RetrievalCore:
@@ -235,9 +257,12 @@ class RetrievalCore:
             raise InvalidArgument("query: must not be empty", field="query")
         check_range(top_k, 1, MAX_TOP_K, "top_k")
         check_string_map(filters, "filters")
-        vector = (await self._embedder.embed([query], timeout_s))[0]
-        chunks = await self._run(self._store.search, tenant, vector, top_k, filters)
-        return chunks, await self.version(tenant)
+        with _TRACER.start_as_current_span("retrieve") as span:
+            vector = (await self._embedder.embed([query], timeout_s))[0]
+            chunks = await self._run(self._store.search, tenant, vector, top_k, filters)
+            version = await self.version(tenant)
+            span.set_attributes(_retrieval_attributes(tenant, query, top_k, chunks, version))
+        return chunks, version
 
     async def version(self, tenant: str) -> int:
         return await self._run(self._store.version, check_tenant(tenant))

@@ -6,6 +6,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from services.common import telemetry
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.triton_recovery import StubRecovery
 
@@ -36,6 +37,7 @@ class TritonEmbedder:
                 [tensor],
                 outputs=[triton.InferRequestedOutput("embedding")],
                 client_timeout=max(timeout_s, 0.001),
+                headers=telemetry.traceparent(),
             )
         except InferenceServerException as exc:
             self._recovery.notice(self._model, exc.message() or "")

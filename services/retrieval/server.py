@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health
 from ragmesh.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
-from services.common import serving
+from services.common import metrics, serving
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.core import RetrievalCore
 from services.retrieval.corpus_log import CorpusLog
@@ -27,9 +27,11 @@ class RetrievalServer:
     core: RetrievalCore
     health: health.aio.HealthServicer
     replicator: Replicator | None
+    metrics_port: int
 
     async def start(self) -> None:
         """Applies what the log holds beyond Milvus (after a crash) before serving."""
+        metrics.serve(self.metrics_port)
         await self.core.recover()
         await self.server.start()
         if self.replicator is not None:
@@ -62,10 +64,15 @@ def build_server(config: RetrievalConfig) -> RetrievalServer:
     replicator = None
     if config.primary_target:
         replicator = Replicator(core, config.primary_target, config.replication_interval_s)
-    server = serving.new_server()
+    server = serving.new_server("retrieval")
     retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(core), server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
     return RetrievalServer(
-        server=server, port=port, core=core, health=health_servicer, replicator=replicator
+        server=server,
+        port=port,
+        core=core,
+        health=health_servicer,
+        replicator=replicator,
+        metrics_port=config.metrics_port,
     )

@@ -28,7 +28,7 @@ class FakeRetrieval:
         self.version = "7"
         self.calls = 0
 
-    async def search(self, request, timeout_s, metadata) -> rpb.SearchResponse:
+    async def search(self, request, timeout_s) -> rpb.SearchResponse:
         self.calls += 1
         if self.down is not None:
             raise self.down

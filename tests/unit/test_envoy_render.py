@@ -18,6 +18,7 @@ from edge.render import PUBLIC_SERVICES, UNKNOWN_FIELDS_LUA, _duration, render, 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from services.common.telemetry import TelemetryConfig
 from services.mesh.config import MeshConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,11 +292,49 @@ def _envoy() -> str:
     return found
 
 
+def _traced(config: MeshConfig) -> MeshConfig:
+    return dataclasses.replace(
+        config, telemetry=TelemetryConfig(otlp_endpoint="http://127.0.0.1:4318", sample_ratio=0.5)
+    )
+
+
+def test_traces_go_to_the_collector_only_when_one_is_configured(config: MeshConfig) -> None:
+    assert "otlp" not in _clusters(render(config))
+    assert "tracing" not in _manager(_listener(render(config), "public"))
+    doc = render(_traced(config))
+    for name in ("public", "internal-local", "internal-remote"):
+        tracing = _manager(_listener(doc, name))["tracing"]
+        assert tracing["random_sampling"] == {"value": 50.0}
+        provider = tracing["provider"]["typed_config"]
+        assert provider["service_name"] == "ragmesh-edge"
+        assert provider["http_service"]["http_uri"]["uri"] == "http://127.0.0.1:4318/v1/traces"
+    assert _endpoints_of(_clusters(doc)["otlp"]) == [("127.0.0.1", 4318)]
+
+
+def _endpoints_of(cluster: dict[str, Any]) -> list[tuple[str, int]]:
+    return [
+        (p, h)
+        for _, p, h in _endpoints(
+            {
+                **cluster,
+                "load_assignment": {
+                    "endpoints": [
+                        {"priority": 0, **group}
+                        for group in cluster["load_assignment"]["endpoints"]
+                    ]
+                },
+            }
+        )
+    ]
+
+
+@pytest.mark.parametrize("traced", [False, True])
 def test_envoy_validates_the_rendered_config(
-    config: MeshConfig, descriptor_set: Path, tmp_path: Path
+    config: MeshConfig, descriptor_set: Path, tmp_path: Path, traced: bool
 ) -> None:
     out = tmp_path / "envoy.yaml"
-    out.write_text(yaml.safe_dump(render(config, descriptor_set=descriptor_set)), encoding="utf-8")
+    doc = render(_traced(config) if traced else config, descriptor_set=descriptor_set)
+    out.write_text(yaml.safe_dump(doc), encoding="utf-8")
     result = subprocess.run(
         [_envoy(), "--mode", "validate", "-c", str(out), "--log-level", "warn"],
         cwd=tmp_path,

@@ -1,0 +1,81 @@
+"""Traces: OpenTelemetry in every Python service, exported over OTLP/HTTP off the request path.
+
+Spans are batched in memory (bounded; spans beyond the bound are dropped) and exported
+by a background thread with a short timeout, so a slow or absent collector never delays or
+fails a request. With no endpoint configured, spans are still made (their trace ids name
+every request) but go nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from services.common.config import require
+
+EXPORT_TIMEOUT_S = 2.0
+MAX_QUEUED_SPANS = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    # OTLP/HTTP collector, e.g. http://127.0.0.1:6006 (Phoenix) or :4318 (a collector);
+    # empty: spans are made but not exported. `make up TRACES=1` sets it to Phoenix.
+    otlp_endpoint: str = ""
+    # Share of new traces kept; a request that arrives with a sampled parent is kept.
+    sample_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.sample_ratio <= 1.0, "telemetry.sample_ratio", "must be 0..1")
+        require(
+            not self.otlp_endpoint or self.otlp_endpoint.startswith(("http://", "https://")),
+            "telemetry.otlp_endpoint",
+            "must be an http(s):// URL",
+        )
+
+
+def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
+    """Installs the process's tracer provider; call once at start, shut it down at exit."""
+    resource = Resource.create({"service.name": service, "ragmesh.region": region})
+    provider = TracerProvider(
+        resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sample_ratio))
+    )
+    if config.otlp_endpoint:
+        exporter = OTLPSpanExporter(
+            endpoint=f"{config.otlp_endpoint.rstrip('/')}/v1/traces", timeout=EXPORT_TIMEOUT_S
+        )
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter,
+                max_queue_size=MAX_QUEUED_SPANS,
+                schedule_delay_millis=500,
+                export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
+            )
+        )
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def traceparent(span: trace.Span | None = None) -> dict[str, str]:
+    """W3C trace context naming `span` (default: the current one) as the parent, for a call
+    the gRPC instrumentation does not see (tritonclient's)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span) if span else None)
+    return carrier
+
+
+def trace_id() -> str:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def digest(text: str) -> str:
+    """A short stable hash: names a tenant or a prompt in telemetry without its text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,177 @@
+"""One trace per request across Envoy, gateway, retrieval and Triton, received over OTLP."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from ragmesh.v1 import gateway_pb2 as pb
+from ragmesh.v1 import gateway_pb2_grpc
+
+from services.common.telemetry import TelemetryConfig, digest
+from services.mesh.config import MeshConfig
+from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.regions import first
+
+pytestmark = pytest.mark.integration
+
+
+def _body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The request body, sent with a length or chunked."""
+    if handler.headers["content-length"] is not None:
+        return handler.rfile.read(int(handler.headers["content-length"]))
+    chunks = []
+    while size := int(handler.rfile.readline().strip() or b"0", 16):
+        chunks.append(handler.rfile.read(size))
+        handler.rfile.readline()
+    handler.rfile.readline()
+    return b"".join(chunks)
+
+
+def _hex_ids_to_base64(node: object) -> object:
+    """OTLP/JSON writes trace and span ids in hex where protobuf's JSON expects base64."""
+    if isinstance(node, dict):
+        return {
+            k: base64.b64encode(bytes.fromhex(v)).decode()
+            if k in ("traceId", "spanId", "parentSpanId") and isinstance(v, str)
+            else _hex_ids_to_base64(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(v) for v in node]
+    return node
+
+
+def _decode(headers, body: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
+    """OTLP/HTTP in any of its encodings: protobuf or JSON, gzip or not."""
+    if headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    if "json" in (headers.get("content-type") or ""):
+        json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request)
+    else:
+        request.ParseFromString(body)
+    return request
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver: keeps every span with its service's name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                request = _decode(self.headers, _body(self))
+                with receiver.lock:
+                    for resource_spans in request.resource_spans:
+                        attrs = {
+                            a.key: a.value.string_value for a in resource_spans.resource.attributes
+                        }
+                        for scope in resource_spans.scope_spans:
+                            for span in scope.spans:
+                                receiver.spans.append((attrs.get("service.name", ""), span))
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: str) -> list[tuple[str, object]]:
+        with self.lock:
+            return [(s, span) for s, span in self.spans if span.trace_id.hex() == trace_id]
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory):
+    receiver = Receiver()
+    base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
+    config = isolated(base, tmp_path_factory.mktemp("traced"))
+    config = dataclasses.replace(config, telemetry=TelemetryConfig(otlp_endpoint=receiver.url))
+    with Mesh(config) as mesh:
+        yield mesh, receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def _attributes(span) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for a in span.attributes:
+        kind = a.value.WhichOneof("value")
+        found[a.key] = getattr(a.value, kind) if kind else None
+    return found
+
+
+def test_one_generate_is_one_trace_across_every_layer(traced):
+    mesh, receiver = traced
+    key = mesh.config.mesh.demo_key
+    with grpc.insecure_channel(mesh.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        document = pb.Document(id="kiln", title="Kilns", text="A kiln fires clay at 1200 degrees.")
+        stub.IngestDocuments(
+            pb.IngestDocumentsRequest(documents=[document]),
+            metadata=(("x-api-key", key),),
+            timeout=60,
+        )
+        query = "How hot does a kiln fire clay?"
+        reply = stub.Generate(
+            pb.GenerateRequest(query=query, max_tokens=16),
+            metadata=(("x-api-key", key),),
+            timeout=120,
+        )
+    deadline = time.monotonic() + 20
+    while True:
+        spans = receiver.trace(reply.trace_id)
+        services = {service for service, _ in spans}
+        if {"ragmesh-edge", "ragmesh-gateway", "ragmesh-retrieval"} <= services and any(
+            "triton" in s for s in services
+        ):
+            break
+        assert time.monotonic() < deadline, (services, len(receiver.spans))
+        time.sleep(0.5)
+    # One tree: Envoy's span is the root, every other span's parent is in the trace.
+    ids = {span.span_id for _, span in spans}
+    roots = [(service, span.name) for service, span in spans if not span.parent_span_id]
+    assert [service for service, _ in roots] == ["ragmesh-edge"], roots
+    assert all(span.parent_span_id in ids for _, span in spans if span.parent_span_id)
+    by_name = defaultdict(list)
+    for service, span in spans:
+        by_name[(service, span.name)].append(_attributes(span))
+    (chat,) = [a for (s, n), attrs in by_name.items() if n.startswith("chat ") for a in attrs]
+    assert chat["gen_ai.operation.name"] == "chat"
+    assert chat["gen_ai.request.model"] == "standard"
+    assert chat["gen_ai.usage.input_tokens"] > 0 and 0 < chat["gen_ai.usage.output_tokens"] <= 16
+    assert chat["gen_ai.response.finish_reasons"]
+    (request,) = by_name[("ragmesh-gateway", "/ragmesh.v1.Gateway/Generate")]
+    assert request["ragmesh.tenant"] == digest("demo")
+    assert request["ragmesh.region"] == "local" and request["ragmesh.tier"] == "standard"
+    assert request["ragmesh.cache_status"] == "miss" and request["ragmesh.degraded"] is False
+    assert request["ragmesh.retrieval.k"] >= 1 and request["ragmesh.retrieval.top_score"] > 0
+    assert request["ragmesh.corpus_version"] and request["ragmesh.prompt_hash"]
+    (retrieve,) = by_name[("ragmesh-retrieval", "retrieve")]
+    assert retrieve["openinference.span.kind"] == "RETRIEVER"
+    assert retrieve["retrieval.documents.0.document.id"] == "kiln"
+    # Nothing of the prompt, the documents or the key in clear.
+    text = str([(s, _attributes(span)) for s, span in spans])
+    for secret in (query, "1200 degrees", key, "demo'"):
+        assert secret not in text

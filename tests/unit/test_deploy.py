@@ -1,0 +1,78 @@
+"""deploy/: the Prometheus scrape config, SLO rules and Grafana dashboard name only metrics
+and ports the mesh really has."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client import REGISTRY
+
+import services.common.metrics
+import services.gateway.metrics  # noqa: F401  (registers the gateway's metrics)
+from services.mesh.config import MeshConfig
+from services.mesh.regions import regions
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+NAME = re.compile(r"\bragmesh(?:_[a-z_]+|:[a-z_0-9:]+)")
+
+
+def _exported() -> set[str]:
+    """Every sample name our registry can produce (histograms' _bucket, counters' _total)."""
+    suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",)}
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("ragmesh_")
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def _rules() -> dict:
+    return yaml.safe_load((DEPLOY / "prometheus" / "slo-rules.yml").read_text())
+
+
+def _expressions() -> list[str]:
+    rules = [r for group in _rules()["groups"] for r in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "ragmesh.json").read_text())
+    return [r["expr"] for r in rules] + [
+        t["expr"] for panel in dashboard["panels"] for t in panel["targets"]
+    ]
+
+
+def test_rules_and_dashboard_name_only_exported_metrics_and_recorded_rules() -> None:
+    recorded = {r["record"] for g in _rules()["groups"] for r in g["rules"] if "record" in r}
+    known = _exported() | recorded
+    used = {name for expr in _expressions() for name in NAME.findall(expr)}
+    assert used, "no ragmesh metric referenced"
+    assert used <= known, sorted(used - known)
+    assert {"ragmesh_request_duration_seconds_bucket", "ragmesh_breaker_state"} <= used
+
+
+def test_every_alert_burns_on_two_windows_and_says_which_layer() -> None:
+    alerts = [r for g in _rules()["groups"] for r in g["rules"] if "alert" in r]
+    assert {a["labels"]["layer"] for a in alerts} == {"gateway", "retrieval"}
+    assert {a["labels"]["severity"] for a in alerts} == {"page", "ticket"}
+    for alert in alerts:
+        windows = re.findall(r":rate(\d+[mh])", alert["expr"])
+        assert len(windows) == 2 and windows[0] != windows[1], alert["expr"]
+
+
+def test_scrape_targets_are_the_mesh_metrics_ports() -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: {t for c in job["static_configs"] for t in c["targets"]}
+        for job in scrape["scrape_configs"]
+    }
+    mesh = regions(MeshConfig.load(ROOT / "config" / "mesh.yaml"))
+    assert targets["ragmesh-gateway"] == {
+        f"127.0.0.1:{r.config.gateway.metrics_port}" for r in mesh
+    }
+    assert targets["ragmesh-retrieval"] == {
+        f"127.0.0.1:{r.config.retrieval.metrics_port}" for r in mesh
+    }
+    assert targets["triton"] == {f"127.0.0.1:{r.config.triton.metrics_port}" for r in mesh}
+    assert targets["envoy"] == {f"127.0.0.1:{mesh[0].config.edge.admin_port}"}
