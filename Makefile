@@ -8,6 +8,8 @@ MODELS_VENV := .venv-models
 BIN := $(VENV)/bin
 CONFIG ?= config/mesh.yaml
 REGIONS ?= 1
+TRACES ?= 0
+PHOENIX_VENV := .venv-phoenix
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -44,8 +46,14 @@ envoy-config: install ## render the Envoy config from the mesh config into build
 	$(BIN)/python -m edge.render --config $(CONFIG) --out build/envoy.yaml
 
 .PHONY: up
-up: install ## run the whole mesh in the foreground (sample corpus included); REGIONS=2 for two
-	$(BIN)/ragmesh --config $(CONFIG) up --regions $(REGIONS)
+up: install $(if $(filter 1,$(TRACES)),$(PHOENIX_VENV)/.installed) ## run the mesh in the foreground (sample corpus included); REGIONS=2, TRACES=1
+	$(BIN)/ragmesh --config $(CONFIG) up --regions $(REGIONS) $(if $(filter 1,$(TRACES)),--traces)
+
+# The trace viewer of `make up TRACES=1`, in a venv of its own (it pins its own protobuf).
+$(PHOENIX_VENV)/.installed:
+	test -x $(PHOENIX_VENV)/bin/python || $(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install -q 'arize-phoenix==20.26.*'
+	touch $@
 
 .PHONY: test
 test: install ## run lint, types, unit and integration tests

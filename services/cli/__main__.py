@@ -97,7 +97,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         config = first(MeshConfig.load(args.config), args.regions)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
-    run(config, sample=not args.no_sample)
+    run(config, sample=not args.no_sample, traces=args.traces)
 
 
 def cmd_hash_key(args: argparse.Namespace) -> None:
@@ -115,6 +115,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--no-sample", action="store_true", help="skip the sample corpus")
     up.add_argument(
         "--regions", type=int, default=1, help="run the first N regions of mesh.regions"
+    )
+    up.add_argument(
+        "--traces",
+        action="store_true",
+        help="also run Arize Phoenix (.venv-phoenix, `make up TRACES=1`) and trace into it",
     )
     up.set_defaults(run=cmd_up)
     ask = commands.add_parser("ask", help="answer a question with citations")

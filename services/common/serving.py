@@ -14,11 +14,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
 from services.common.errors import ErrorInterceptor
 from services.common.metrics import MetricsInterceptor
 
 LOGGER = logging.getLogger(__name__)
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # Generous limits: documents up to the gateway's own size limit must fit in one message.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -37,7 +39,9 @@ CHANNEL_OPTIONS = (
 def new_server(layer: str) -> grpc.aio.Server:
     """A server whose every call is a span (continuing the caller's trace), is timed in
     `layer`'s metrics, and whose errors map to gRPC status by the one table."""
-    interceptors = [aio_server_interceptor(), ErrorInterceptor(), MetricsInterceptor(layer)]  # type: ignore[no-untyped-call]
+    # Health checks (Envoy's, every second) are not worth a span each.
+    traced = aio_server_interceptor(filter_=negate(service_name(HEALTH)))  # type: ignore[no-untyped-call]
+    interceptors = [traced, ErrorInterceptor(), MetricsInterceptor(layer)]
     return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
 
 

@@ -31,6 +31,10 @@ class TelemetryConfig:
     otlp_endpoint: str = ""
     # Share of new traces kept; a request that arrives with a sampled parent is kept.
     sample_ratio: float = 1.0
+    # The local trace viewer (Arize Phoenix) of `make up TRACES=1`: its UI and OTLP/HTTP
+    # port, and its OTLP/gRPC port.
+    viewer_port: int = 6006
+    viewer_grpc_port: int = 4317
 
     def __post_init__(self) -> None:
         require(0.0 <= self.sample_ratio <= 1.0, "telemetry.sample_ratio", "must be 0..1")

@@ -145,7 +145,14 @@ class Mesh:
     `planes` picks a prefix of the start order, e.g. ("triton",) for inference benchmarks.
     """
 
-    def __init__(self, config: MeshConfig, planes: tuple[str, ...] = PLANES) -> None:
+    def __init__(
+        self, config: MeshConfig, planes: tuple[str, ...] = PLANES, *, trace_viewer: bool = False
+    ) -> None:
+        if trace_viewer:  # every layer exports to the viewer
+            viewer = f"http://127.0.0.1:{config.telemetry.viewer_port}"
+            telemetry = dataclasses.replace(config.telemetry, otlp_endpoint=viewer)
+            config = dataclasses.replace(config, telemetry=telemetry)
+        self.trace_viewer = trace_viewer
         self.config = config
         self.planes = planes
         self.regions = regions(config)
@@ -228,6 +235,18 @@ class Mesh:
         argv = [sys.executable, "-m", f"services.{plane}", "--config", str(config_path)]
         return _Spec(argv, None, lambda: _grpc_serving(f"127.0.0.1:{port}"))
 
+    def _phoenix(self) -> _Spec:
+        """Arize Phoenix, the trace viewer of `make up TRACES=1`, from its own venv."""
+        t = self.config.telemetry
+        env = {
+            "PHOENIX_HOST": "127.0.0.1",
+            "PHOENIX_PORT": str(t.viewer_port),
+            "PHOENIX_GRPC_PORT": str(t.viewer_grpc_port),
+            "PHOENIX_WORKING_DIR": str(self.data_dir / "phoenix"),
+        }
+        argv = [str(ROOT / ".venv-phoenix" / "bin" / "phoenix"), "serve"]
+        return _Spec(argv, env, lambda: _http_ok(f"http://127.0.0.1:{t.viewer_port}/"))
+
     def _envoy(self) -> _Spec:
         envoy = Path(sys.executable).parent / "envoy"
         argv = [
@@ -250,6 +269,8 @@ class Mesh:
     def start(self) -> Mesh:
         try:
             self._write_configs()
+            if self.trace_viewer:
+                self._start("phoenix", self._phoenix())
             for plane in self.planes:
                 if plane == "envoy":
                     self._start("envoy", self._envoy())

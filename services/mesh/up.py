@@ -42,6 +42,12 @@ def _region_lines(mesh: Mesh) -> str:
     return "\n".join(lines)
 
 
+def _viewer_line(mesh: Mesh) -> str:
+    if not mesh.trace_viewer:
+        return ""
+    return f"\n  traces (Arize Phoenix)   {mesh.config.telemetry.otlp_endpoint}"
+
+
 def banner(mesh: Mesh, seconds: float) -> str:
     c = mesh.config
     key = c.mesh.demo_key
@@ -52,7 +58,7 @@ ragmesh is up in {seconds:.0f}s (regions {names}). Ctrl-C stops everything.
   edge (gRPC + HTTP/JSON)  {mesh.http_url}
   Envoy admin              {mesh.admin_url}
 {_region_lines(mesh)}
-  logs                     {mesh.run_dir / "logs"}
+  logs                     {mesh.run_dir / "logs"}{_viewer_line(mesh)}
   demo API key             {key}
 
 Try:
@@ -69,14 +75,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(config: MeshConfig, *, sample: bool = True) -> None:
+def run(config: MeshConfig, *, sample: bool = True, traces: bool = False) -> None:
     """Runs until Ctrl-C, SIGTERM or the death of any process; then stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     started = time.monotonic()
     try:
-        with Mesh(config) as mesh:
+        with Mesh(config, trace_viewer=traces) as mesh:
             if sample:
                 seed(mesh)
             print(banner(mesh, time.monotonic() - started), flush=True)

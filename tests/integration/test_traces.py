@@ -171,6 +171,8 @@ def test_one_generate_is_one_trace_across_every_layer(traced):
     (retrieve,) = by_name[("ragmesh-retrieval", "retrieve")]
     assert retrieve["openinference.span.kind"] == "RETRIEVER"
     assert retrieve["retrieval.documents.0.document.id"] == "kiln"
+    # Envoy's health checks, every second, are no spans of ours.
+    assert not [span.name for _, span in receiver.spans if "grpc.health" in span.name]
     # Nothing of the prompt, the documents or the key in clear.
     text = str([(s, _attributes(span)) for s, span in spans])
     for secret in (query, "1200 degrees", key, "demo'"):
