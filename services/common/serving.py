@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
+from services.common import telemetry
 from services.common.errors import ErrorInterceptor
 from services.common.metrics import MetricsInterceptor
 
@@ -122,7 +123,5 @@ def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:
     parser.add_argument("--config", default="config/mesh.yaml")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    telemetry.log_json(f"ragmesh-{prog.rsplit('.', 1)[-1]}", args.log_level)
     asyncio.run(serve(args.config))

@@ -9,6 +9,9 @@ every request) but go nowhere.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import time
 from dataclasses import dataclass
 
 from opentelemetry import propagate, trace
@@ -78,6 +81,43 @@ def traceparent(span: trace.Span | None = None) -> dict[str, str]:
 def trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line, with the trace and span of the request being served.
+
+    Messages follow the house rule (sizes and hashes, never a prompt, document or key), so
+    the formatter adds only context, never request data.
+    """
+
+    converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": self._service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = format(context.trace_id, "032x")
+            entry["span_id"] = format(context.span_id, "016x")
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def log_json(service: str, level: str) -> None:
+    """Configures the root logger to write JsonLogFormatter lines to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter(service))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def digest(text: str) -> str:

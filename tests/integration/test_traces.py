@@ -140,20 +140,22 @@ def test_one_generate_is_one_trace_across_every_layer(traced):
             timeout=120,
         )
     deadline = time.monotonic() + 20
-    while True:
+    while True:  # until every service's spans are in, and every span's parent
         spans = receiver.trace(reply.trace_id)
         services = {service for service, _ in spans}
-        if {"ragmesh-edge", "ragmesh-gateway", "ragmesh-retrieval"} <= services and any(
-            "triton" in s for s in services
+        ids = {span.span_id for _, span in spans}
+        complete = all(span.parent_span_id in ids for _, span in spans if span.parent_span_id)
+        if (
+            complete
+            and {"ragmesh-edge", "ragmesh-gateway", "ragmesh-retrieval"} <= services
+            and any("triton" in s for s in services)
         ):
             break
-        assert time.monotonic() < deadline, (services, len(receiver.spans))
+        assert time.monotonic() < deadline, (services, complete, len(receiver.spans))
         time.sleep(0.5)
     # One tree: Envoy's span is the root, every other span's parent is in the trace.
-    ids = {span.span_id for _, span in spans}
     roots = [(service, span.name) for service, span in spans if not span.parent_span_id]
     assert [service for service, _ in roots] == ["ragmesh-edge"], roots
-    assert all(span.parent_span_id in ids for _, span in spans if span.parent_span_id)
     by_name = defaultdict(list)
     for service, span in spans:
         by_name[(service, span.name)].append(_attributes(span))
@@ -171,6 +173,12 @@ def test_one_generate_is_one_trace_across_every_layer(traced):
     (retrieve,) = by_name[("ragmesh-retrieval", "retrieve")]
     assert retrieve["openinference.span.kind"] == "RETRIEVER"
     assert retrieve["retrieval.documents.0.document.id"] == "kiln"
+    # Logs are JSON lines naming the trace they were written in: the ingest's is exported.
+    log = mesh.processes["retrieval-local"].log_path.read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    (upserted,) = [line for line in lines if line["message"].startswith("upserted 1 documents")]
+    assert any(span.trace_id.hex() == upserted["trace_id"] for _, span in receiver.spans)
+    assert "1200 degrees" not in log and key not in log
     # Envoy's health checks, every second, are no spans of ours.
     assert not [span.name for _, span in receiver.spans if "grpc.health" in span.name]
     # Nothing of the prompt, the documents or the key in clear.
