@@ -55,8 +55,13 @@ $(PHOENIX_VENV)/.installed:
 	$(PHOENIX_VENV)/bin/pip install -q 'arize-phoenix==20.26.*'
 	touch $@
 
+# Debian's Chromium, for the test that screenshots the topology page (needs root and apt).
+.PHONY: browser
+browser: ## install Debian's chromium for the topology page test
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 .PHONY: test
-test: install ## run lint, types, unit and integration tests
+test: install browser ## run lint, types, unit and integration tests
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy services envoy loadtest
@@ -65,6 +70,10 @@ test: install ## run lint, types, unit and integration tests
 .PHONY: bench
 bench: install ## measure /v1/generate latency through Envoy on a mesh it starts itself
 	$(BIN)/python -m loadtest.latency --requests 200
+
+.PHONY: bench-telemetry
+bench-telemetry: install ## gateway CPU and throughput with telemetry on vs off, side by side
+	$(BIN)/python -m loadtest.bench_telemetry
 
 .PHONY: gameday
 gameday: install ## game days on two regions: kill and slow parts under load, print the table

@@ -54,6 +54,7 @@ _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProt
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _OTEL = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+_FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 _PREVIOUS_PRIORITIES = (
     "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3"
     ".PreviousPrioritiesConfig"
@@ -291,9 +292,35 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
         _transcoder(descriptor_set),
         _router(),
     ]
-    routes = _route_config("public", [route])
+    routes = _route_config("public", [_console_route(), route])
     manager = _connection_manager("public", "AUTO", routes, filters, _tracing(config))
     return _listener("public", edge.listen_port, manager)
+
+
+def _console_route() -> dict[str, Any]:
+    """/topology goes to the console (plain HTTP, GET): transcoding and the body check are off."""
+    off = {"@type": _FILTER_CONFIG, "disabled": True}
+    return {
+        "match": {"prefix": "/topology"},
+        "route": {"cluster": "console", "timeout": "5s"},
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": off,
+            "envoy.filters.http.lua": off,
+        },
+    }
+
+
+def _console_cluster(port: int) -> dict[str, Any]:
+    """The topology page's server: HTTP/1.1 on loopback."""
+    return {
+        "name": "console",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "console",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+        },
+    }
 
 
 def _fault(region: str) -> dict[str, Any]:
@@ -436,13 +463,15 @@ def render(config: MeshConfig, *, descriptor_set: Path | None = None) -> dict[st
     descriptor = (descriptor_set or Path(config.edge.descriptor_set)).resolve()
     listeners = [_public_listener(config, descriptor)]
     listeners += [_internal_listener(region) for region in mesh]
-    clusters = _clusters(mesh)
+    clusters = [*_clusters(mesh), _console_cluster(config.console.port)]
     if config.telemetry.otlp_endpoint:
         clusters.append(_otlp_cluster(config.telemetry.otlp_endpoint))
     return {
         "admin": {"address": _address(config.edge.admin_port)},
         # The admin layer lets /runtime_modify set the chaos keys of the fault filters.
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
+        # Histograms reach /stats/prometheus at each flush: every second, for the console.
+        "stats_flush_interval": "1s",
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 

@@ -97,14 +97,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def _questions() -> list[pb.GenerateRequest]:
+def runbook_questions() -> list[pb.GenerateRequest]:
     return [
         pb.GenerateRequest(query=f"Which team is on call for the {team} service?", tier="economy")
         for team in TEAMS
     ]
 
 
-def _corpus() -> list[pb.Document]:
+def runbook_corpus() -> list[pb.Document]:
     return [
         pb.Document(
             id=f"service-{team}",
@@ -127,7 +127,7 @@ class Load:
         self._stub = stub
         self._metadata = (("x-api-key", key),)
         self._rate = rate
-        self._questions = _questions()
+        self._questions = runbook_questions()
         self.start = 0.0
         self.answered: list[Sample] = []  # as they complete
 
@@ -235,7 +235,7 @@ class GameDay:
         async with grpc.aio.insecure_channel(self.mesh.edge_target) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             await stub.IngestDocuments(
-                pb.IngestDocumentsRequest(documents=_corpus()),
+                pb.IngestDocumentsRequest(documents=runbook_corpus()),
                 metadata=(("x-api-key", self.key),),
                 timeout=120,
             )

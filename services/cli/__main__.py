@@ -5,6 +5,7 @@ ragmesh ingest docs/ notes.md   ingest txt, md and html files
 ragmesh ask "how do I parse JSON?" [--stream]
 ragmesh search "json decoder"
 ragmesh status
+ragmesh slo [--window 30]       p95/p99 per layer against the SLO budgets
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -89,6 +91,31 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(f"  {d.name:14} {state} breaker {d.breaker:9} {d.target}  {d.detail}")
 
 
+def cmd_slo(args: argparse.Namespace) -> None:
+    from services.console.layers import slo
+    from services.console.observe import Observer
+
+    config = MeshConfig.load(args.config)
+    observer = Observer(config, window_s=args.window)
+    observer.poll()
+    if args.window > 0:
+        time.sleep(args.window)
+        observer.poll()
+    span = f"the last {args.window:g} s" if args.window > 0 else "each process's lifetime"
+    print(f"SLO budgets (p99) over {span}")
+    print(f"  {'stage':20} {'requests':>8} {'p95 ms':>9} {'p99 ms':>9} {'budget':>9}")
+    rows = slo(observer, config.slo)
+    for row in rows:
+        p95, p99 = (f"{v:9.1f}" if v is not None else f"{'-':>9}" for v in (row.p95_ms, row.p99_ms))
+        verdict = "ok" if row.ok else "OVER BUDGET"
+        print(
+            f"  {row.stage:20} {row.requests:8d} {p95} {p99} {row.budget_ms:9g}  "
+            f"{verdict:11} {row.note}"
+        )
+    if not all(row.ok for row in rows):
+        sys.exit(1)
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     from services.mesh.regions import first
     from services.mesh.up import run
@@ -139,6 +166,11 @@ def parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=cmd_ingest)
     status = commands.add_parser("status", help="region, corpus version, dependencies")
     status.set_defaults(run=cmd_status)
+    slo = commands.add_parser("slo", help="p95/p99 per layer against the SLO budgets")
+    slo.add_argument(
+        "--window", type=float, default=0.0, help="seconds to watch (0: since each start)"
+    )
+    slo.set_defaults(run=cmd_slo)
     # Its flags are services.mesh.trtllm's own; main() hands them over.
     commands.add_parser(
         "gpu-render",

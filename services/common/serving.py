@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
 from services.common import telemetry
@@ -37,22 +37,24 @@ CHANNEL_OPTIONS = (
 )
 
 
-def new_server(layer: str) -> grpc.aio.Server:
+def new_server(layer: str, *, instrumented: bool = True) -> grpc.aio.Server:
     """A server whose every call is a span (continuing the caller's trace), is timed in
-    `layer`'s metrics, and whose errors map to gRPC status by the one table."""
-    # Health checks (Envoy's, every second) are not worth a span each.
-    traced = aio_server_interceptor(filter_=negate(service_name(HEALTH)))  # type: ignore[no-untyped-call]
-    interceptors = [traced, ErrorInterceptor(), MetricsInterceptor(layer)]
+    `layer`'s metrics, and whose errors map to gRPC status by the one table.
+
+    Not instrumented: errors are mapped, nothing else (telemetry.enabled false)."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if instrumented:
+        # Health checks (Envoy's, every second) are not worth a span each.
+        traced = aio_server_interceptor(filter_=negate(service_name(HEALTH)))  # type: ignore[no-untyped-call]
+        interceptors = [traced, ErrorInterceptor(), MetricsInterceptor(layer)]
     return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
 
 
 def new_channel(target: str) -> grpc.aio.Channel:
-    """A client channel whose calls are spans and carry the trace context."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=CHANNEL_OPTIONS,
-        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-    )
+    """A client channel; callers send the trace context as `telemetry.traceparent()`
+    metadata (a client span per call would double the spans for nothing: the server's span
+    is the call's)."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:

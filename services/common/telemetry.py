@@ -29,6 +29,9 @@ MAX_QUEUED_SPANS = 4096
 
 @dataclass(frozen=True, kw_only=True)
 class TelemetryConfig:
+    # False: no spans, no per-call metrics, no metrics endpoint. Only for measuring what
+    # telemetry costs (loadtest/bench_telemetry.py); the mesh always runs with it.
+    enabled: bool = True
     # OTLP/HTTP collector, e.g. http://127.0.0.1:6006 (Phoenix) or :4318 (a collector);
     # empty: spans are made but not exported. `make up TRACES=1` sets it to Phoenix.
     otlp_endpoint: str = ""
@@ -49,7 +52,10 @@ class TelemetryConfig:
 
 
 def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
-    """Installs the process's tracer provider; call once at start, shut it down at exit."""
+    """Installs the process's tracer provider; call once at start, shut it down at exit.
+
+    Disabled, the provider is returned but not installed: spans stay OpenTelemetry's no-ops.
+    """
     resource = Resource.create({"service.name": service, "ragmesh.region": region})
     provider = TracerProvider(
         resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sample_ratio))
@@ -66,7 +72,8 @@ def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
                 export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
             )
         )
-    trace.set_tracer_provider(provider)
+    if config.enabled:
+        trace.set_tracer_provider(provider)
     return provider
 
 

@@ -9,6 +9,7 @@ import grpc
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
+from services.common import telemetry
 from services.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -30,7 +31,7 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[RagmeshError]] = {
 
 class RetrievalClient:
     def __init__(self, target: str) -> None:
-        self._channel = new_channel(target)  # calls carry the trace context
+        self._channel = new_channel(target)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
     async def _call(
@@ -40,7 +41,9 @@ class RetrievalClient:
         timeout_s: float,
     ) -> R:
         try:
-            return await method(request, timeout=max(timeout_s, 0.001))
+            # The call carries the trace: retrieval's span is a child of the current one.
+            metadata = tuple(telemetry.traceparent().items())
+            return await method(request, timeout=max(timeout_s, 0.001), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             error = _PASSED_THROUGH.get(exc.code(), Unavailable)
             message = exc.details() or exc.code().name

@@ -48,11 +48,12 @@ class GatewayServer:
         await self.close_clients()
 
 
-def build_server(config: GatewayConfig) -> GatewayServer:
+def build_server(config: GatewayConfig, *, instrumented: bool = True) -> GatewayServer:
+    """Not instrumented (telemetry.enabled false): no spans, per-call metrics or endpoint."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
     core = GatewayCore(config, retrieval, tiers)
-    server = serving.new_server("gateway")
+    server = serving.new_server("gateway", instrumented=instrumented)
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(core, Authenticator(config.api_keys)), server
     )
@@ -64,5 +65,5 @@ def build_server(config: GatewayConfig) -> GatewayServer:
         health=health_servicer,
         retrieval=retrieval,
         tiers=tiers,
-        metrics_port=config.metrics_port,
+        metrics_port=config.metrics_port if instrumented else 0,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.common.config import build, read_yaml, require
 from services.common.telemetry import TelemetryConfig
+from services.console.config import ConsoleConfig, SloConfig
 from services.gateway.config import GatewayConfig
 from services.retrieval.config import RetrievalConfig
 
@@ -76,6 +77,8 @@ class MeshConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> MeshConfig:
@@ -90,6 +93,8 @@ class MeshConfig:
             "retrieval": RetrievalConfig,
             "triton": TritonConfig,
             "telemetry": TelemetryConfig,
+            "console": ConsoleConfig,
+            "slo": SloConfig,
         }
         unknown = sorted(set(data) - set(types))
         require(not unknown, "mesh config", f"unknown section(s) {', '.join(unknown)}")

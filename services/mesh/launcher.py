@@ -70,6 +70,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
             corpus_log=str(data_dir / "corpus-log.db"),
         )
         gateway = dataclasses.replace(config.gateway, port=free_port(), metrics_port=free_port())
+        console = dataclasses.replace(config.console, port=free_port())
         stride = random.randrange(1000, 5000)
         shifted = [
             p + i * stride
@@ -89,7 +90,13 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
             break
     mesh = dataclasses.replace(config.mesh, data_dir=str(data_dir), port_stride=stride)
     return dataclasses.replace(
-        config, mesh=mesh, edge=edge, triton=triton, retrieval=retrieval, gateway=gateway
+        config,
+        mesh=mesh,
+        edge=edge,
+        triton=triton,
+        retrieval=retrieval,
+        gateway=gateway,
+        console=console,
     )
 
 
@@ -112,7 +119,7 @@ def _grpc_serving(target: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-PLANES = ("triton", "retrieval", "gateway", "envoy")
+PLANES = ("triton", "retrieval", "gateway", "envoy", "console")
 
 
 def _triton_tracing(region: Region) -> list[str]:
@@ -141,7 +148,8 @@ class _Spec:
 class Mesh:
     """The running mesh, every region of it; a context manager that always stops it all.
 
-    Processes are named `<plane>-<region>` (`gateway-local`), Envoy just `envoy`.
+    Processes are named `<plane>-<region>` (`gateway-local`); Envoy and the console by
+    their plane alone.
     `planes` picks a prefix of the start order, e.g. ("triton",) for inference benchmarks.
     """
 
@@ -177,7 +185,11 @@ class Mesh:
         return next(r for r in self.regions if r.name == name)
 
     def _write_configs(self) -> None:
-        """run/<region>/mesh.yaml for each region's services; run/envoy.yaml for the edge."""
+        """run/<region>/mesh.yaml for each region's services, run/mesh.yaml (every region)
+        for the console, run/envoy.yaml for the edge."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        whole = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        (self.run_dir / "mesh.yaml").write_text(whole, encoding="utf-8")
         for region in self.regions:
             c = region.config
             retrieval = dataclasses.replace(
@@ -215,6 +227,8 @@ class Mesh:
             f"--http-port={t.http_port}",
             "--metrics-address=127.0.0.1",
             f"--metrics-port={t.metrics_port}",
+            # p95/p99 of recent requests, which the topology page shows.
+            "--metrics-config=summary_latencies=true",
             # Explicit control with every model loaded: models can be loaded and unloaded
             # at run time (canaries, and tests of a tier going away).
             "--model-control-mode=explicit",
@@ -230,10 +244,17 @@ class Mesh:
         url = f"http://127.0.0.1:{t.http_port}/v2/health/ready"
         return _Spec(argv, env, lambda: _http_ok(url))
 
-    def _service(self, plane: str, region: Region, port: int) -> _Spec:
-        config_path = self.run_dir / region.name / "mesh.yaml"
+    def _service(self, plane: str, config_path: Path, port: int) -> _Spec:
         argv = [sys.executable, "-m", f"services.{plane}", "--config", str(config_path)]
         return _Spec(argv, None, lambda: _grpc_serving(f"127.0.0.1:{port}"))
+
+    def start_gateway(self, name: str, config: MeshConfig) -> None:
+        """One more gateway, `name`, with a config of its own (benchmarks compare variants
+        side by side on the same retrieval and Triton)."""
+        path = self.run_dir / name / "mesh.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        self._start(name, self._service("gateway", path, config.gateway.port))
 
     def _phoenix(self) -> _Spec:
         """Arize Phoenix, the trace viewer of `make up TRACES=1`, from its own venv."""
@@ -259,12 +280,19 @@ class Mesh:
         ]
         return _Spec(argv, None, lambda: _grpc_serving(self.edge_target))
 
+    def _console(self) -> _Spec:
+        """The topology page's server, reading every region's metrics."""
+        config_path = self.run_dir / "mesh.yaml"
+        argv = [sys.executable, "-m", "services.console", "--config", str(config_path)]
+        url = f"http://127.0.0.1:{self.config.console.port}/topology/view.json"
+        return _Spec(argv, None, lambda: _http_ok(url))
+
     def _spec(self, plane: str, region: Region) -> _Spec:
         c = region.config
         if plane == "triton":
             return self._triton(region)
         port = c.retrieval.port if plane == "retrieval" else c.gateway.port
-        return self._service(plane, region, port)
+        return self._service(plane, self.run_dir / region.name / "mesh.yaml", port)
 
     def start(self) -> Mesh:
         try:
@@ -272,8 +300,8 @@ class Mesh:
             if self.trace_viewer:
                 self._start("phoenix", self._phoenix())
             for plane in self.planes:
-                if plane == "envoy":
-                    self._start("envoy", self._envoy())
+                if plane in ("envoy", "console"):
+                    self._start(plane, self._envoy() if plane == "envoy" else self._console())
                     continue
                 for region in self.regions:
                     self._start(f"{plane}-{region.name}", self._spec(plane, region))

@@ -56,6 +56,7 @@ def banner(mesh: Mesh, seconds: float) -> str:
 ragmesh is up in {seconds:.0f}s (regions {names}). Ctrl-C stops everything.
 
   edge (gRPC + HTTP/JSON)  {mesh.http_url}
+  topology (live)          {mesh.http_url}/topology
   Envoy admin              {mesh.admin_url}
 {_region_lines(mesh)}
   logs                     {mesh.run_dir / "logs"}{_viewer_line(mesh)}
@@ -68,6 +69,7 @@ Try:
     {mesh.http_url}/v1/generate:stream
   .venv/bin/ragmesh ask --stream "How do I make a temporary directory?"
   .venv/bin/ragmesh status
+  .venv/bin/ragmesh slo --window 30
 """
 
 

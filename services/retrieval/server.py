@@ -53,7 +53,8 @@ class RetrievalServer:
         await self._close()
 
 
-def build_server(config: RetrievalConfig) -> RetrievalServer:
+def build_server(config: RetrievalConfig, *, instrumented: bool = True) -> RetrievalServer:
+    """Not instrumented (telemetry.enabled false): no spans, per-call metrics or endpoint."""
     store = MilvusStore(
         config.milvus_uri, config.milvus_token, config.collection, config.embedding_dim
     )
@@ -64,7 +65,7 @@ def build_server(config: RetrievalConfig) -> RetrievalServer:
     replicator = None
     if config.primary_target:
         replicator = Replicator(core, config.primary_target, config.replication_interval_s)
-    server = serving.new_server("retrieval")
+    server = serving.new_server("retrieval", instrumented=instrumented)
     retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(core), server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
@@ -74,5 +75,5 @@ def build_server(config: RetrievalConfig) -> RetrievalServer:
         core=core,
         health=health_servicer,
         replicator=replicator,
-        metrics_port=config.metrics_port,
+        metrics_port=config.metrics_port if instrumented else 0,
     )

@@ -76,3 +76,16 @@ def test_scrape_targets_are_the_mesh_metrics_ports() -> None:
     }
     assert targets["triton"] == {f"127.0.0.1:{r.config.triton.metrics_port}" for r in mesh}
     assert targets["envoy"] == {f"127.0.0.1:{mesh[0].config.edge.admin_port}"}
+
+
+def test_slow_ratio_bounds_are_the_mesh_configs_slo_budgets() -> None:
+    """ "99 % under a bound" is a p99 budget: the rules and `ragmesh slo` must agree."""
+    slo = MeshConfig.load(ROOT / "config" / "mesh.yaml").slo
+    bounds = {
+        "retrieval": r'layer="retrieval",method="Search",le="([0-9.]+)"',
+        "time_to_first_token": r'ragmesh_time_to_first_token_seconds_bucket\{le="([0-9.]+)"',
+    }
+    expressions = " ".join(_expressions())
+    for stage, pattern in bounds.items():
+        found = {float(le) * 1000 for le in re.findall(pattern, expressions)}
+        assert found == {slo.budget_ms(stage)}, stage

@@ -133,6 +133,7 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
     doc = render(config)
     clusters = _clusters(doc)
     assert sorted(clusters) == [
+        "console",
         "gateway",
         "retrieval-governance",
         "retrieval-local",
@@ -165,7 +166,7 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
 def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfig) -> None:
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
-    (route,) = vhost["routes"]
+    _, route = vhost["routes"]  # the console's route first (its own test)
     action = route["route"]
     assert action["cluster"] == "gateway"
     assert action["timeout"] == "60s" == f"{config.edge.route_timeout_s:g}s"
@@ -192,7 +193,9 @@ def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfi
 
 
 def test_clusters_are_health_checked_ejecting_and_bounded(config: MeshConfig) -> None:
-    for cluster in _clusters(render(config)).values():
+    upstreams = _clusters(render(config))
+    del upstreams["console"]  # the topology page over HTTP/1.1 (its own test)
+    for cluster in upstreams.values():
         (options,) = cluster["typed_extension_protocol_options"].values()
         assert options["explicit_http_config"] == {"http2_protocol_options": {}}
         (check,) = cluster["health_checks"]
@@ -465,3 +468,20 @@ def test_lua_filter_embeds_the_generated_schema(config: MeshConfig) -> None:
     assert '["metadata"] = "map",' in source
     assert source.endswith(UNKNOWN_FIELDS_LUA.read_text(encoding="utf-8"))
     assert "function envoy_on_request(request_handle)" in source
+
+
+def test_topology_route_goes_to_the_console_untranscoded(config: MeshConfig) -> None:
+    doc = render(config)
+    public = doc["static_resources"]["listeners"][0]
+    manager = public["filter_chains"][0]["filters"][0]["typed_config"]
+    first, last = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert first["match"] == {"prefix": "/topology"}
+    assert first["route"]["cluster"] == "console"
+    disabled = first["typed_per_filter_config"]
+    assert {f["name"] for f in manager["http_filters"]} >= set(disabled)
+    assert all(c["disabled"] for c in disabled.values())
+    assert last["match"] == {"prefix": "/"} and last["route"]["cluster"] == "gateway"
+    console = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "console")
+    endpoint = console["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"]["port_value"] == config.console.port
+    assert doc["stats_flush_interval"] == "1s"  # the console's histograms stay fresh

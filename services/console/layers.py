@@ -1,0 +1,243 @@
+"""Per-layer figures from a window of scrapes: the topology view and the SLO table.
+
+Sources: the edge is Envoy's view of the gateway cluster (milliseconds); gateway and
+retrieval are their `ragmesh_request_duration_seconds` histograms; inference is Triton's
+request counters and latency summary (microseconds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from services.console.config import SloConfig
+from services.console.observe import HOST_ERRORS, HOST_HEALTHY, HOST_RQ, Observer
+from services.console.scrape import Scrape, quantile
+from services.mesh.regions import Region
+
+REQUEST = "ragmesh_request_duration_seconds"
+TTFT = "ragmesh_time_to_first_token_seconds"
+EDGE_TIME = "envoy_cluster_upstream_rq_time"
+# The calls that answer questions: what latency budgets are about (ingest is bulk work).
+READS = {"gateway": ("Generate", "GenerateStream", "Search"), "retrieval": ("Search",)}
+BREAKER_STATES = {0.0: "closed", 1.0: "half_open", 2.0: "open"}
+EMBEDDER = "embedder"
+
+Window = dict[str, Scrape | None]
+
+
+def _ms(q: float, buckets: list[tuple[float, float]], scale: float) -> float | None:
+    value = quantile(q, buckets)
+    return None if value is None else value * scale
+
+
+def _sum_buckets(parts: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    counts: dict[float, float] = {}
+    for part in parts:
+        for bound, count in part:
+            counts[bound] = counts.get(bound, 0.0) + count
+    return sorted(counts.items())
+
+
+def _rate(count: float, span: float) -> float:
+    return count / span if span > 0 else 0.0
+
+
+def _node(
+    up: bool,
+    rps: float,
+    buckets: list[tuple[float, float]],
+    scale: float,
+    errors: float,
+    calls: float,
+) -> dict[str, Any]:
+    return {
+        "up": up,
+        "rps": rps,
+        "p95_ms": _ms(0.95, buckets, scale),
+        "p99_ms": _ms(0.99, buckets, scale),
+        "error_rate": errors / calls if calls else 0.0,
+    }
+
+
+def _edge(window: Window, span: float, up: bool) -> dict[str, Any]:
+    """Requests the edge sent to gateways (health checks aside), those that failed there
+    (5xx, resets, timeouts), and how long the gateways took as Envoy saw it."""
+    hosts, stats = window.get("envoy-hosts"), window.get("envoy")
+    calls = hosts.total(HOST_RQ, cluster="gateway") if hosts else 0.0
+    errors = hosts.total(HOST_ERRORS, cluster="gateway") if hosts else 0.0
+    buckets = stats.buckets(EDGE_TIME, envoy_cluster_name="gateway") if stats else []
+    return _node(up, _rate(calls, span), buckets, 1.0, errors, calls)
+
+
+def _service(d: Scrape | None, layer: str, span: float, up: bool) -> dict[str, Any]:
+    if d is None:
+        return _node(up, 0.0, [], 1000.0, 0.0, 0.0)
+    calls = d.total(f"{REQUEST}_count", layer=layer)
+    ok = d.total(f"{REQUEST}_count", layer=layer, code="OK")
+    return _node(up, _rate(calls, span), d.buckets(REQUEST, layer=layer), 1000.0, calls - ok, calls)
+
+
+def _gateway(d: Scrape | None, latest: Scrape | None, span: float) -> dict[str, Any]:
+    node = _service(d, "gateway", span, latest is not None)
+    hits = d.total("ragmesh_cache_lookups_total", kind="answer", result="hit") if d else 0.0
+    misses = d.total("ragmesh_cache_lookups_total", kind="answer", result="miss") if d else 0.0
+    node["cache_hit_ratio"] = hits / (hits + misses) if hits + misses else None
+    breakers = []
+    for (name, labels), value in sorted((latest.samples if latest else {}).items()):
+        if name == "ragmesh_breaker_state":
+            name = dict(labels)["endpoint"].replace("127.0.0.1:", ":")  # short on a card
+            breakers.append({"name": name, "state": BREAKER_STATES[value]})
+    node["breakers"] = breakers
+    return node
+
+
+def _triton_requests(d: Scrape | None, embedder: bool | None) -> tuple[float, float]:
+    """(requests, failures) at Triton; embedder True/False picks its model or the others."""
+    if d is None:
+        return 0.0, 0.0
+    totals = []
+    for name in ("nv_inference_request_success_total", "nv_inference_request_failure_total"):
+        every = d.total(name)
+        embeds = d.total(name, model=EMBEDDER)
+        totals.append(every if embedder is None else embeds if embedder else every - embeds)
+    return totals[0] + totals[1], totals[1]
+
+
+def _inference(d: Scrape | None, latest: Scrape | None, span: float) -> dict[str, Any]:
+    calls, failures = _triton_requests(d, None)
+    node = _node(latest is not None, _rate(calls, span), [], 1.0, failures, calls)
+    if latest is not None:  # Triton's own summary: quantiles over its recent requests (us)
+        for q in ("0.95", "0.99"):
+            values = [
+                v
+                for (n, labels), v in latest.samples.items()
+                if n == "nv_inference_request_summary_us"
+                and ("quantile", q) in labels
+                and v == v  # NaN: no requests lately
+            ]
+            node[f"p{q[2:]}_ms"] = max(values) / 1000.0 if values else None
+    return node
+
+
+def _region(
+    region: Region,
+    latest: dict[str, Scrape | None],
+    window: Window,
+    span: float,
+    links: list[dict[str, Any]],
+) -> dict[str, Any]:
+    n = region.name
+    gateway = _gateway(window.get(f"gateway-{n}"), latest.get(f"gateway-{n}"), span)
+    retrieval = _service(
+        window.get(f"retrieval-{n}"), "retrieval", span, latest.get(f"retrieval-{n}") is not None
+    )
+    triton = window.get(f"inference-{n}")
+    inference = _inference(triton, latest.get(f"inference-{n}"), span)
+    port = (("cluster", "gateway"), ("port", str(region.config.gateway.port)))
+    hosts, recent = window.get("envoy-hosts"), latest.get("envoy-hosts")
+    edge_healthy = recent is None or recent.samples.get((HOST_HEALTHY, port), 1.0) > 0
+    sent = hosts.samples.get((HOST_RQ, port), 0.0) if hosts else 0.0
+    searches = window.get(f"retrieval-{n}")
+    links += [
+        {"from": "edge", "to": f"gateway-{n}", "rps": _rate(sent, span)},
+        {
+            "from": f"gateway-{n}",
+            "to": f"retrieval-{n}",
+            "rps": _rate(
+                searches.total(f"{REQUEST}_count", method="Search") if searches else 0, span
+            ),
+        },
+        {
+            "from": f"gateway-{n}",
+            "to": f"inference-{n}",
+            "rps": _rate(_triton_requests(triton, False)[0], span),
+        },
+        {
+            "from": f"retrieval-{n}",
+            "to": f"inference-{n}",
+            "rps": _rate(_triton_requests(triton, True)[0], span),
+        },
+    ]
+    return {
+        "name": n,
+        "priority": region.priority,
+        "healthy": edge_healthy and gateway["up"] and retrieval["up"] and inference["up"],
+        "gateway": gateway,
+        "retrieval": retrieval,
+        "inference": inference,
+    }
+
+
+def view(observer: Observer) -> dict[str, Any]:
+    """The topology page's data: nodes with their overlays, links with their rates."""
+    latest, window, span = observer.window()
+    edge = _edge(window, span, latest.scrapes.get("envoy") is not None)
+    links: list[dict[str, Any]] = [{"from": "client", "to": "edge", "rps": edge["rps"]}]
+    regions = [_region(r, latest.scrapes, window, span, links) for r in observer.regions]
+    answered = sum(s is not None for s in latest.scrapes.values())
+    endpoint = observer.config.telemetry.otlp_endpoint
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "window_s": round(span, 1),
+        "edge": edge,
+        "regions": regions,
+        "links": links,
+        "telemetry": {
+            "up": answered == len(latest.scrapes),
+            "detail": [
+                f"otlp → {endpoint}" if endpoint else "otlp: not exported",
+                f"prometheus: {answered}/{len(latest.scrapes)} endpoints",
+            ],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class SloRow:
+    stage: str
+    requests: int
+    p95_ms: float | None
+    p99_ms: float | None
+    budget_ms: float
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.p99_ms is None or self.p99_ms <= self.budget_ms
+
+
+def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
+    """p95/p99 per stage against its p99 budget, every region together."""
+    _, window, _ = observer.window()
+    scrapes = [s for s in window.values() if s is not None]
+
+    def histogram(name: str, scale: float, **match: str) -> tuple[int, float | None, float | None]:
+        buckets = _sum_buckets([s.buckets(name, **match) for s in scrapes])
+        count = int(buckets[-1][1]) if buckets else 0
+        return count, _ms(0.95, buckets, scale), _ms(0.99, buckets, scale)
+
+    def layer(name: str) -> tuple[int, float | None, float | None]:
+        parts = [s.buckets(REQUEST, layer=name, method=m) for s in scrapes for m in READS[name]]
+        buckets = _sum_buckets(parts)
+        count = int(buckets[-1][1]) if buckets else 0
+        return count, _ms(0.95, buckets, 1000.0), _ms(0.99, buckets, 1000.0)
+
+    total = histogram(EDGE_TIME, 1.0, envoy_cluster_name="gateway")
+    gateway = layer("gateway")
+    added = [
+        max(t - g, 0.0) if t is not None and g is not None else None
+        for t, g in zip(total[1:], gateway[1:], strict=True)
+    ]
+    figures = {
+        "total": (*total, "at the edge"),
+        "edge": (total[0], added[0], added[1], "edge minus gateway, an estimate"),
+        "gateway": (*gateway, "Generate, GenerateStream, Search"),
+        "retrieval": (*layer("retrieval"), "Search"),
+        "time_to_first_token": (*histogram(TTFT, 1000.0), "at the gateway"),
+    }
+    return [
+        SloRow(stage, count, p95, p99, budgets.budget_ms(stage), note)
+        for stage, (count, p95, p99, note) in figures.items()
+    ]

@@ -1,0 +1,103 @@
+"""What the mesh is doing now: every layer's metrics, scraped in one pass, kept for a window.
+
+One Snapshot holds a scrape of each endpoint (Envoy's stats and its hosts' health, and each
+region's gateway, retrieval and Triton metrics); an Observer keeps the snapshots of the
+last `window_s` seconds, and the difference between the oldest and the newest is what the
+topology page and `ragmesh slo` report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass
+
+from services.console.scrape import TIMEOUT_S, Labels, Scrape, fetch
+from services.mesh.config import MeshConfig
+from services.mesh.regions import Region, regions
+
+HOST_RQ = "envoy_host_rq_total"
+HOST_ERRORS = "envoy_host_rq_error_total"
+HOST_HEALTHY = "envoy_host_healthy"
+
+
+def targets(config: MeshConfig) -> dict[str, str]:
+    """Endpoint name -> metrics URL: `envoy`, and `<plane>-<region>` for every region."""
+    urls = {"envoy": f"http://127.0.0.1:{config.edge.admin_port}/stats/prometheus"}
+    for region in regions(config):
+        c = region.config
+        urls[f"gateway-{region.name}"] = f"http://127.0.0.1:{c.gateway.metrics_port}/metrics"
+        urls[f"retrieval-{region.name}"] = f"http://127.0.0.1:{c.retrieval.metrics_port}/metrics"
+        urls[f"inference-{region.name}"] = f"http://127.0.0.1:{c.triton.metrics_port}/metrics"
+    return urls
+
+
+def envoy_hosts(admin_url: str) -> Scrape | None:
+    """Envoy's per-host view (/clusters): requests sent to and health of each upstream, as
+    samples labelled by cluster and port."""
+    try:
+        with urllib.request.urlopen(f"{admin_url}/clusters?format=json", timeout=TIMEOUT_S) as r:
+            clusters = json.load(r)["cluster_statuses"]
+    except (OSError, ValueError, KeyError):
+        return None
+    samples: dict[tuple[str, Labels], float] = {}
+    for cluster in clusters:
+        for host in cluster.get("host_statuses", []):
+            port = str(host["address"]["socket_address"]["port_value"])
+            labels: Labels = (("cluster", str(cluster["name"])), ("port", port))
+            stats = {s["name"]: float(s.get("value", 0)) for s in host.get("stats", [])}
+            health = host.get("health_status", {})
+            failed = health.get("failed_active_health_check") or health.get("failed_outlier_check")
+            samples[(HOST_RQ, labels)] = stats.get("rq_total", 0.0)
+            samples[(HOST_ERRORS, labels)] = stats.get("rq_error", 0.0)
+            samples[(HOST_HEALTHY, labels)] = 0.0 if failed else 1.0
+    return Scrape(samples)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # time.monotonic()
+    scrapes: dict[str, Scrape | None]  # endpoint name -> its scrape, None if it did not answer
+
+    def since(self, earlier: Snapshot | None) -> dict[str, Scrape | None]:
+        """Per endpoint, what happened between `earlier` and this snapshot."""
+        old = earlier.scrapes if earlier else {}
+        return {
+            name: s.since(old.get(name)) if s is not None else None
+            for name, s in self.scrapes.items()
+        }
+
+
+class Observer:
+    """Scrapes the mesh on poll() and keeps the last `window_s` seconds of snapshots."""
+
+    def __init__(self, config: MeshConfig, window_s: float) -> None:
+        self.config = config
+        self.regions: list[Region] = regions(config)
+        self.window_s = window_s
+        self._targets = targets(config)
+        self._admin = f"http://127.0.0.1:{config.edge.admin_port}"
+        self._history: deque[Snapshot] = deque()
+
+    def poll(self) -> Snapshot:
+        scrapes = {name: fetch(url) for name, url in self._targets.items()}
+        scrapes["envoy-hosts"] = envoy_hosts(self._admin)
+        return self.record(Snapshot(time.monotonic(), scrapes))
+
+    def record(self, snapshot: Snapshot) -> Snapshot:
+        self._history.append(snapshot)
+        while len(self._history) > 2 and snapshot.at - self._history[1].at >= self.window_s:
+            self._history.popleft()
+        return snapshot
+
+    def window(self) -> tuple[Snapshot, dict[str, Scrape | None], float]:
+        """The newest snapshot, what happened over the window, and the window's seconds.
+
+        With one snapshot only, everything since each process started, over 0 seconds.
+        """
+        latest = self._history[-1]
+        oldest = self._history[0] if len(self._history) > 1 else None
+        span = latest.at - oldest.at if oldest else 0.0
+        return latest, latest.since(oldest), span
