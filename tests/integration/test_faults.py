@@ -69,16 +69,32 @@ def _kill_stubs(mesh: Mesh, model: str) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _until_served_by(stub, key: str, tier: str) -> None:
+def _until_served_by(mesh: Mesh, stub, key: str, tier: str) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
             if _ask(stub, key, tier).tier == tier:
                 return
         except grpc.RpcError as exc:
+            _unless_triton_aborted(mesh)
             assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
         assert time.monotonic() < deadline, "Triton did not bring the model back"
         time.sleep(1)
+
+
+def _unless_triton_aborted(mesh: Mesh) -> None:
+    """Triton's python backend sometimes aborts the whole server when a stub dies holding
+    their shared IPC lock (`boost::interprocess::lock_exception`, a known bug:
+    triton-inference-server/server#8882). That is not the behaviour under test: restart
+    Triton for the tests after this one and report this one as an expected failure."""
+    triton = mesh.processes["triton-local"]
+    if triton.alive():
+        return
+    aborted = "lock_exception" in triton.log_path.read_text(errors="replace")
+    mesh.restart("triton-local")
+    if not aborted:
+        pytest.fail("Triton exited after a stub was killed")
+    pytest.xfail("Triton aborted on a dead stub's IPC lock (triton-inference-server#8882)")
 
 
 @pytest.mark.parametrize("tier", ["economy", "standard"])
@@ -94,6 +110,7 @@ def test_killed_stub_fails_fast_then_recovers(own_mesh, tier):
             reply = _ask(stub, key, tier)
             outcome = reply.tier
         except grpc.RpcError as exc:
+            _unless_triton_aborted(own_mesh)
             outcome, detail = exc.code().name, exc.details()
         # economy has no stand-in; standard has economy, marked degraded.
         assert outcome in (
@@ -102,7 +119,7 @@ def test_killed_stub_fails_fast_then_recovers(own_mesh, tier):
         if outcome == "economy" and tier == "standard":
             assert reply.degraded_reason == "tier standard unavailable: answered by economy"
         assert time.monotonic() - started < 10, "a dead model instance must not hang the request"
-        _until_served_by(stub, key, tier)
+        _until_served_by(own_mesh, stub, key, tier)
 
 
 LONG = pb.GenerateRequest(
@@ -117,7 +134,7 @@ def test_a_grpc_stream_cut_after_its_first_token_ends_with_an_error(own_mesh):
     key = own_mesh.config.mesh.demo_key
     with grpc.insecure_channel(own_mesh.edge_target) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
-        _until_served_by(stub, key, "standard")
+        _until_served_by(own_mesh, stub, key, "standard")
         stream = stub.GenerateStream(LONG, metadata=(("x-api-key", key),), timeout=120)
         events = []
         with pytest.raises(grpc.RpcError) as err:
@@ -130,13 +147,13 @@ def test_a_grpc_stream_cut_after_its_first_token_ends_with_an_error(own_mesh):
         assert events[-1].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "generation failed after it started" in err.value.details()
-        _until_served_by(stub, key, "standard")
+        _until_served_by(own_mesh, stub, key, "standard")
 
 
 def test_an_http_stream_cut_after_its_first_token_ends_with_an_error(own_mesh):
     key = own_mesh.config.mesh.demo_key
     with grpc.insecure_channel(own_mesh.edge_target) as channel:
-        _until_served_by(gateway_pb2_grpc.GatewayStub(channel), key, "standard")
+        _until_served_by(own_mesh, gateway_pb2_grpc.GatewayStub(channel), key, "standard")
     body = json.dumps(json_format.MessageToDict(LONG, preserving_proto_field_name=True))
     request = urllib.request.Request(
         f"{own_mesh.http_url}/v1/generate:stream",
