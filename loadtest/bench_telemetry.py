@@ -6,9 +6,10 @@ Starts a one-region mesh on free ports whose every layer exports spans over OTLP
 inside this process (so export is paid for, as in production), then two more gateways on
 the same retrieval and Triton: `gateway-on` (every trace exported, per-call metrics),
 `gateway-10%` (the same, one trace in ten kept: `telemetry.sample_ratio` 0.1) and
-`gateway-off` (telemetry.enabled false). Rounds alternate between them, each a closed loop
-of `--concurrency` clients sending economy-tier Generate calls straight to the gateway
-(no answer cache), and read the gateway's own CPU time from /proc.
+`gateway-off` (telemetry.enabled false). In each round all three are under load at once,
+each from its own closed loop of `--concurrency` clients sending economy-tier Generate
+calls straight to it (no answer cache), so the machine's noise hits them alike; each
+gateway's own CPU time comes from /proc.
 
 Gateway throughput on this 2-core machine is set by CPU, so the figure that decides it is
 the gateway's CPU time per request; requests per second are printed beside it.
@@ -116,30 +117,33 @@ async def closed_loop(target: str, key: str, seconds: float, concurrency: int) -
 async def measure(
     mesh: Mesh, variants: dict[str, int], rounds: int, seconds: float, concurrency: int
 ) -> dict[str, Tally]:
-    """Alternating rounds, the order flipped each round, so drift hits both alike."""
+    """Every variant under load at the same time, so whatever else the machine does hits
+    them alike; each gateway's CPU time over the same seconds."""
     key = mesh.config.mesh.demo_key
     totals = {name: Tally() for name in variants}
     for port in variants.values():  # warm-up: connections, lazy imports, caches
         await closed_loop(f"127.0.0.1:{port}", key, 2.0, concurrency)
+    pids = {name: mesh.processes[name].pid for name in variants}
     for r in range(rounds):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for name in order:
-            pid = mesh.processes[name].pid
-            before = cpu_seconds(pid)
-            tally = await closed_loop(f"127.0.0.1:{variants[name]}", key, seconds, concurrency)
-            used = cpu_seconds(pid) - before
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        tallies = await asyncio.gather(
+            *(
+                closed_loop(f"127.0.0.1:{port}", key, seconds, concurrency)
+                for port in variants.values()
+            )
+        )
+        line = []
+        for name, tally in zip(variants, tallies, strict=True):
+            used = cpu_seconds(pids[name]) - before[name]
             total = totals[name]
             total.cpu_s += used
             total.requests += tally.requests
             total.errors += tally.errors
             total.seconds += tally.seconds
             total.latencies_ms += tally.latencies_ms
-            cpu_ms = 1000 * used / max(tally.requests, 1)
-            total.rounds_cpu_ms.append(cpu_ms)
-            print(
-                f"  round {r + 1} {name:12} {tally.rps:7.1f} req/s {cpu_ms:7.3f} CPU ms/req",
-                flush=True,
-            )
+            total.rounds_cpu_ms.append(1000 * used / max(tally.requests, 1))
+            line.append(f"{name} {tally.rps:5.1f} req/s {total.rounds_cpu_ms[-1]:6.3f} CPU ms/req")
+        print(f"  round {r + 1}: " + ", ".join(line), flush=True)
     return totals
 
 
@@ -162,8 +166,7 @@ def report(totals: dict[str, Tally]) -> None:
     print()
     for name in ("gateway-on", "gateway-10%"):
         on = totals[name]
-        # Each round's pair ran back to back: the median of their ratios resists a round
-        # that something else on the machine slowed.
+        # The median of the rounds' ratios resists a round that something else disturbed.
         pairs = zip(on.rounds_cpu_ms, off.rounds_cpu_ms, strict=True)
         cost = statistics.median(a / b for a, b in pairs) - 1
         print(
@@ -177,9 +180,9 @@ def report(totals: dict[str, Tally]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4, help="clients per gateway")
     args = parser.parse_args()
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()

@@ -14,7 +14,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
 from services.common import telemetry
 from services.common.errors import ErrorInterceptor
@@ -37,6 +36,12 @@ CHANNEL_OPTIONS = (
 )
 
 
+def _not_health(details: grpc.HandlerCallDetails) -> bool:
+    """Health checks (Envoy's, every second) are not worth a span each. (The instrumentation's
+    own filters parse the method name on every call: a tenth of its cost here.)"""
+    return not details.method.startswith(f"/{HEALTH}/")
+
+
 def new_server(layer: str, *, instrumented: bool = True) -> grpc.aio.Server:
     """A server whose every call is a span (continuing the caller's trace), is timed in
     `layer`'s metrics, and whose errors map to gRPC status by the one table.
@@ -44,8 +49,7 @@ def new_server(layer: str, *, instrumented: bool = True) -> grpc.aio.Server:
     Not instrumented: errors are mapped, nothing else (telemetry.enabled false)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
     if instrumented:
-        # Health checks (Envoy's, every second) are not worth a span each.
-        traced = aio_server_interceptor(filter_=negate(service_name(HEALTH)))  # type: ignore[no-untyped-call]
+        traced = aio_server_interceptor(filter_=_not_health)  # type: ignore[no-untyped-call]
         interceptors = [traced, ErrorInterceptor(), MetricsInterceptor(layer)]
     return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
 
