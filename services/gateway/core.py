@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -227,7 +227,7 @@ class GatewayCore:
             filters,
         )
 
-    async def generate(self, call: Call, params: GenerateParams) -> AsyncIterator[str | Answer]:
+    async def generate(self, call: Call, params: GenerateParams) -> AsyncGenerator[str | Answer]:
         """Yields answer text as the model produces it, then one Answer.
 
         Degrades rather than fails: retrieval down or late -> a fresh cached answer, else an

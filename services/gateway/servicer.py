@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -81,9 +82,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         call = self._call(context)
-        async for event in self._core.generate(call, _params(request)):
-            if isinstance(event, Answer):
-                return _final(event, call, self._core.config.region)
+        # Closed here, not by the garbage collector on another turn of the loop.
+        async with contextlib.aclosing(self._core.generate(call, _params(request))) as events:
+            async for event in events:
+                if isinstance(event, Answer):
+                    return _final(event, call, self._core.config.region)
         raise RuntimeError("generation ended without an answer")
 
     async def GenerateStream(
