@@ -87,7 +87,7 @@ def test_the_page_draws_every_layer_with_live_numbers(mesh, stub, demo_key, corp
     rates = [float(r) for r in re.findall(r"(\d+\.\d+) rps", dom.stdout)]
     assert any(r > 0 for r in rates), "no live request rate is drawn"
     assert re.search(r"p99 \d", dom.stdout), "no live p99 is drawn"
-    assert 'class="live' in dom.stdout or "live" in re.findall(r'class="([^"]*)"', dom.stdout)
+    assert 'class="live link"' in dom.stdout, "no link pulses with traffic"
 
     shot = tmp_path / "topology.png"
     _chromium(f"--screenshot={shot}", "--virtual-time-budget=3000", f"{mesh.http_url}/topology")
