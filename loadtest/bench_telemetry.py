@@ -1,6 +1,6 @@
 """What telemetry costs the gateway: the same gateway with it on and off, side by side.
 
-    python -m loadtest.bench_telemetry [--rounds 4] [--seconds 8] [--concurrency 8]
+    python -m loadtest.bench_telemetry [--rounds 10] [--seconds 8] [--concurrency 4]
 
 Starts a one-region mesh on free ports whose every layer exports spans over OTLP to a sink
 inside this process (so export is paid for, as in production), then two more gateways on
@@ -34,6 +34,7 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.gameday import runbook_corpus, runbook_questions
+from loadtest.latency import percentile
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, free_port, isolated
 from services.mesh.regions import first
@@ -145,10 +146,6 @@ async def measure(
             line.append(f"{name} {tally.rps:5.1f} req/s {total.rounds_cpu_ms[-1]:6.3f} CPU ms/req")
         print(f"  round {r + 1}: " + ", ".join(line), flush=True)
     return totals
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[round(q * 100) - 1]
 
 
 def report(totals: dict[str, Tally]) -> None:

@@ -33,6 +33,7 @@ from google.protobuf import empty_pb2
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
+from loadtest.latency import percentile
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, isolated
 from services.mesh.regions import first
@@ -90,11 +91,6 @@ class Outcome:
     @property
     def failed(self) -> int:
         return sum(s.status != "OK" for s in self.samples)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def runbook_questions() -> list[pb.GenerateRequest]:

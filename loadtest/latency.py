@@ -41,8 +41,9 @@ QUESTIONS = (
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile; 0.0 for no values."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def timed(call: Callable[[str], object], requests: int) -> list[float]:

@@ -213,31 +213,35 @@ def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
     _, window, _ = observer.window()
     scrapes = [s for s in window.values() if s is not None]
 
-    def histogram(name: str, scale: float, **match: str) -> tuple[int, float | None, float | None]:
-        buckets = _sum_buckets([s.buckets(name, **match) for s in scrapes])
+    def figures(
+        parts: list[list[tuple[float, float]]], scale: float
+    ) -> tuple[int, float | None, float | None]:
+        """Requests, p95 and p99 (ms) of histograms added together."""
+        buckets = _sum_buckets(parts)
         count = int(buckets[-1][1]) if buckets else 0
         return count, _ms(0.95, buckets, scale), _ms(0.99, buckets, scale)
 
-    def layer(name: str) -> tuple[int, float | None, float | None]:
-        parts = [s.buckets(REQUEST, layer=name, method=m) for s in scrapes for m in READS[name]]
-        buckets = _sum_buckets(parts)
-        count = int(buckets[-1][1]) if buckets else 0
-        return count, _ms(0.95, buckets, 1000.0), _ms(0.99, buckets, 1000.0)
+    def reads(layer: str) -> tuple[int, float | None, float | None]:
+        parts = [s.buckets(REQUEST, layer=layer, method=m) for s in scrapes for m in READS[layer]]
+        return figures(parts, 1000.0)
 
-    total = histogram(EDGE_TIME, 1.0, envoy_cluster_name="gateway")
-    gateway = layer("gateway")
+    total = figures([s.buckets(EDGE_TIME, envoy_cluster_name="gateway") for s in scrapes], 1.0)
+    gateway = reads("gateway")
     added = [
         max(t - g, 0.0) if t is not None and g is not None else None
         for t, g in zip(total[1:], gateway[1:], strict=True)
     ]
-    figures = {
+    rows = {
         "total": (*total, "at the edge"),
         "edge": (total[0], added[0], added[1], "edge minus gateway, an estimate"),
         "gateway": (*gateway, "Generate, GenerateStream, Search"),
-        "retrieval": (*layer("retrieval"), "Search"),
-        "time_to_first_token": (*histogram(TTFT, 1000.0), "at the gateway"),
+        "retrieval": (*reads("retrieval"), "Search"),
+        "time_to_first_token": (
+            *figures([s.buckets(TTFT) for s in scrapes], 1000.0),
+            "at the gateway",
+        ),
     }
     return [
         SloRow(stage, count, p95, p99, budgets.budget_ms(stage), note)
-        for stage, (count, p95, p99, note) in figures.items()
+        for stage, (count, p95, p99, note) in rows.items()
     ]
