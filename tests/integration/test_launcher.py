@@ -20,7 +20,10 @@ pytestmark = pytest.mark.integration
 def _descendants(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        children = (task / "children").read_text().split()
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread (or the process) that ended meanwhile
+            continue
         for child in map(int, children):
             found |= {child} | _descendants(child)
     return found
