@@ -11,6 +11,10 @@ REGIONS ?= 1
 TRACES ?= 0
 PHOENIX_VENV := .venv-phoenix
 PYTEST_ARGS ?=
+SCENARIO ?= steady
+RATE ?= 30
+DURATION ?= 30
+PROTOCOL ?= grpc
 
 .PHONY: help
 help: ## list the targets
@@ -70,6 +74,11 @@ test: install browser ## run lint, types, unit and integration tests
 .PHONY: bench
 bench: install ## measure /v1/generate latency through Envoy on a mesh it starts itself
 	$(BIN)/python -m loadtest.latency --requests 200
+
+.PHONY: loadtest
+loadtest: install ## open-loop load on a mesh of its own, then the SLO gate; SCENARIO=steady|burst|degraded RATE= DURATION= PROTOCOL=grpc|http
+	$(BIN)/python -m loadtest.run --scenario $(SCENARIO) --rate $(RATE) --duration $(DURATION) --protocol $(PROTOCOL)
+	$(BIN)/ragmesh --config $(CONFIG) gate build/loadtest/$(SCENARIO).csv
 
 .PHONY: bench-telemetry
 bench-telemetry: install ## gateway CPU and throughput with telemetry on vs off, side by side

@@ -34,6 +34,7 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
+from loadtest.openloop import Load, Sample, grpc_generate, steady
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, isolated
 from services.mesh.regions import first
@@ -57,16 +58,6 @@ class Form:
 
 FULL = Form(rate=8.0, before_s=10.0, during_s=10.0, after_s=15.0, documents=1000)
 SHORT = Form(rate=5.0, before_s=4.0, during_s=4.0, after_s=4.0, documents=100)
-
-
-@dataclass(frozen=True)
-class Sample:
-    at_s: float  # intended send time, from the start of the load
-    latency_s: float  # from the intended send time to the answer
-    status: str  # "OK" or the gRPC status name
-    degraded: bool
-    region: str
-    reason: str = ""  # why it degraded, or the error's message
 
 
 @dataclass
@@ -116,51 +107,6 @@ def runbook_corpus() -> list[pb.Document]:
     ]
 
 
-class Load:
-    """Open-loop load: request i is due at start + i / rate, whatever came before it."""
-
-    def __init__(self, stub: gateway_pb2_grpc.GatewayStub, key: str, rate: float) -> None:
-        self._stub = stub
-        self._metadata = (("x-api-key", key),)
-        self._rate = rate
-        self._questions = runbook_questions()
-        self.start = 0.0
-        self.answered: list[Sample] = []  # as they complete
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time() - self.start
-
-    async def run(self, stop: asyncio.Event) -> list[Sample]:
-        self.start = asyncio.get_running_loop().time()
-        tasks: list[asyncio.Task[Sample]] = []
-        i = 0
-        while not stop.is_set():
-            due = i / self._rate
-            if (wait := due - self.now()) > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), wait)
-                    break
-                except TimeoutError:
-                    pass
-            request = self._questions[i % len(self._questions)]
-            tasks.append(asyncio.create_task(self._one(due, request)))
-            i += 1
-        return list(await asyncio.gather(*tasks))
-
-    async def _one(self, due: float, request: pb.GenerateRequest) -> Sample:
-        try:
-            reply = await self._stub.Generate(
-                request, metadata=self._metadata, timeout=REQUEST_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            sample = Sample(due, self.now() - due, exc.code().name, False, "", exc.details() or "")
-        else:
-            latency = self.now() - due
-            sample = Sample(due, latency, "OK", reply.degraded, reply.region, reply.degraded_reason)
-        self.answered.append(sample)
-        return sample
-
-
 Fault = Callable[["GameDay", Outcome, Load], Awaitable[None]]
 
 
@@ -174,9 +120,11 @@ class GameDay:
     async def scenario(self, name: str, fault: Fault) -> Outcome:
         outcome = Outcome(name, [])
         async with grpc.aio.insecure_channel(self.mesh.edge_target) as channel:
-            load = Load(gateway_pb2_grpc.GatewayStub(channel), self.key, self.form.rate)
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            send = grpc_generate(stub, self.key, runbook_questions(), REQUEST_TIMEOUT_S)
+            load = Load(send, steady(self.form.rate))
             stop = asyncio.Event()
-            running = asyncio.create_task(load.run(stop))
+            running = asyncio.create_task(load.run(stop=stop))
             await asyncio.sleep(self.form.before_s)
             try:
                 await fault(self, outcome, load)

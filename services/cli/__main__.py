@@ -6,6 +6,7 @@ ragmesh ask "how do I parse JSON?" [--stream]
 ragmesh search "json decoder"
 ragmesh status
 ragmesh slo [--window 30]       p95/p99 per layer against the SLO budgets
+ragmesh gate RUN.csv            a load run against the SLO budgets (exit 1 on a breach)
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_slo(args: argparse.Namespace) -> None:
+    from services.console.gate import table
     from services.console.layers import slo
     from services.console.observe import Observer
 
@@ -103,17 +105,28 @@ def cmd_slo(args: argparse.Namespace) -> None:
         observer.poll()
     span = f"the last {args.window:g} s" if args.window > 0 else "each process's lifetime"
     print(f"SLO budgets (p99) over {span}")
-    print(f"  {'stage':20} {'requests':>8} {'p95 ms':>9} {'p99 ms':>9} {'budget':>9}")
     rows = slo(observer, config.slo)
-    for row in rows:
-        p95, p99 = (f"{v:9.1f}" if v is not None else f"{'-':>9}" for v in (row.p95_ms, row.p99_ms))
-        verdict = "ok" if row.ok else "OVER BUDGET"
-        print(
-            f"  {row.stage:20} {row.requests:8d} {p95} {p99} {row.budget_ms:9g}  "
-            f"{verdict:11} {row.note}"
-        )
+    print(table(rows))
     if not all(row.ok for row in rows):
         sys.exit(1)
+
+
+def cmd_gate(args: argparse.Namespace) -> None:
+    from services.console.gate import breaches, read_csv, table
+
+    config = MeshConfig.load(args.config)
+    try:
+        rows = read_csv(Path(args.csv))
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"{args.csv} against the SLO budgets of {args.config}")
+    print(table(rows))
+    broken = breaches(rows, config.slo)
+    for breach in broken:
+        print(f"BREACH {breach}")
+    if broken:
+        sys.exit(1)
+    print("within every budget")
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -171,6 +184,9 @@ def parser() -> argparse.ArgumentParser:
         "--window", type=float, default=0.0, help="seconds to watch (0: since each start)"
     )
     slo.set_defaults(run=cmd_slo)
+    gate = commands.add_parser("gate", help="hold a load run (`make loadtest`) to the budgets")
+    gate.add_argument("csv", metavar="RUN.csv", help="a run's CSV, e.g. build/loadtest/steady.csv")
+    gate.set_defaults(run=cmd_gate)
     # Its flags are services.mesh.trtllm's own; main() hands them over.
     commands.add_parser(
         "gpu-render",

@@ -40,10 +40,13 @@ class SloConfig:
     gateway_ms: float = 30_000.0
     retrieval_ms: float = 250.0
     time_to_first_token_ms: float = 2_500.0
+    # The share of a load run's requests that may fail (any status but OK): `ragmesh gate`.
+    error_rate: float = 0.01
 
     def __post_init__(self) -> None:
         for stage in STAGES:
             require(getattr(self, f"{stage}_ms") > 0, f"slo.{stage}_ms", "must be positive")
+        require(0.0 <= self.error_rate <= 1.0, "slo.error_rate", "must be 0..1")
 
     def budget_ms(self, stage: str) -> float:
         return float(getattr(self, f"{stage}_ms"))

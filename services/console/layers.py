@@ -196,52 +196,78 @@ def view(observer: Observer) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SloRow:
+    """One stage's figures over a window, against its p99 budget; also a row of a load
+    run's CSV (services/console/gate.py)."""
+
     stage: str
     requests: int
     p95_ms: float | None
     p99_ms: float | None
-    budget_ms: float
+    budget_ms: float | None  # None: a stage without a budget (shown for the picture)
     note: str = ""
+    p50_ms: float | None = None
+    errors: int = 0
+    rps: float = 0.0
+    statuses: str = ""  # "OK:980 UNAVAILABLE:20", where the layer says
 
     @property
     def ok(self) -> bool:
-        return self.p99_ms is None or self.p99_ms <= self.budget_ms
+        return self.p99_ms is None or self.budget_ms is None or self.p99_ms <= self.budget_ms
 
 
 def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
-    """p95/p99 per stage against its p99 budget, every region together."""
-    _, window, _ = observer.window()
+    """p50/p95/p99 per stage against its p99 budget, every region together."""
+    _, window, span = observer.window()
     scrapes = [s for s in window.values() if s is not None]
+    Figures = tuple[int, float | None, float | None, float | None]
 
-    def figures(
-        parts: list[list[tuple[float, float]]], scale: float
-    ) -> tuple[int, float | None, float | None]:
-        """Requests, p95 and p99 (ms) of histograms added together."""
+    def figures(parts: list[list[tuple[float, float]]], scale: float) -> Figures:
+        """Requests, p50, p95 and p99 (ms) of histograms added together."""
         buckets = _sum_buckets(parts)
         count = int(buckets[-1][1]) if buckets else 0
-        return count, _ms(0.95, buckets, scale), _ms(0.99, buckets, scale)
+        return count, _ms(0.5, buckets, scale), _ms(0.95, buckets, scale), _ms(0.99, buckets, scale)
 
-    def reads(layer: str) -> tuple[int, float | None, float | None]:
+    def reads(layer: str) -> tuple[Figures, int]:
         parts = [s.buckets(REQUEST, layer=layer, method=m) for s in scrapes for m in READS[layer]]
-        return figures(parts, 1000.0)
+        ok = sum(
+            s.total(f"{REQUEST}_count", layer=layer, method=m, code="OK")
+            for s in scrapes
+            for m in READS[layer]
+        )
+        found = figures(parts, 1000.0)
+        return found, found[0] - int(ok)
 
+    hosts = window.get("envoy-hosts")
     total = figures([s.buckets(EDGE_TIME, envoy_cluster_name="gateway") for s in scrapes], 1.0)
-    gateway = reads("gateway")
+    total_errors = int(hosts.total(HOST_ERRORS, cluster="gateway")) if hosts else 0
+    gateway, gateway_errors = reads("gateway")
+    retrieval, retrieval_errors = reads("retrieval")
     added = [
         max(t - g, 0.0) if t is not None and g is not None else None
         for t, g in zip(total[1:], gateway[1:], strict=True)
     ]
-    rows = {
-        "total": (*total, "at the edge"),
-        "edge": (total[0], added[0], added[1], "edge minus gateway, an estimate"),
-        "gateway": (*gateway, "Generate, GenerateStream, Search"),
-        "retrieval": (*reads("retrieval"), "Search"),
+    rows: dict[str, tuple[Figures, int, str]] = {
+        "total": (total, total_errors, "at the edge"),
+        "edge": ((total[0], added[0], added[1], added[2]), 0, "edge minus gateway, an estimate"),
+        "gateway": (gateway, gateway_errors, "Generate, GenerateStream, Search"),
+        "retrieval": (retrieval, retrieval_errors, "Search"),
         "time_to_first_token": (
-            *figures([s.buckets(TTFT) for s in scrapes], 1000.0),
+            figures([s.buckets(TTFT) for s in scrapes], 1000.0),
+            0,
             "at the gateway",
         ),
     }
     return [
-        SloRow(stage, count, p95, p99, budgets.budget_ms(stage), note)
-        for stage, (count, p95, p99, note) in rows.items()
+        SloRow(
+            stage,
+            count,
+            p95,
+            p99,
+            budgets.budget_ms(stage),
+            note,
+            p50_ms=p50,
+            errors=errors,
+            rps=_rate(count, span),
+        )
+        for stage, ((count, p50, p95, p99), errors, note) in rows.items()
     ]
