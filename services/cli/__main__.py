@@ -37,7 +37,11 @@ def _client(args: argparse.Namespace) -> Client:
 
 def cmd_ask(args: argparse.Namespace) -> None:
     request = pb.GenerateRequest(
-        query=args.query, top_k=args.top_k, max_tokens=args.max_tokens, tier=args.tier
+        query=args.query,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        tier=args.tier,
+        skip_retrieval=args.skip_retrieval,
     )
     client = _client(args)
     if not args.stream:
@@ -168,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-k", type=int, default=0)
     ask.add_argument("--max-tokens", type=int, default=0)
     ask.add_argument("--tier", default="", help="standard, economy, ... (default: the gateway's)")
+    ask.add_argument(
+        "--skip-retrieval", action="store_true", help="ask the model alone: no sources"
+    )
     ask.set_defaults(run=cmd_ask)
     search = commands.add_parser("search", help="show the chunks a question retrieves")
     search.add_argument("query")

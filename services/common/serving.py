@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -130,4 +131,4 @@ def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
     telemetry.log_json(f"ragmesh-{prog.rsplit('.', 1)[-1]}", args.log_level)
-    asyncio.run(serve(args.config))
+    uvloop.run(serve(args.config))  # libuv's event loop: less CPU per call than asyncio's

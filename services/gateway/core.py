@@ -72,6 +72,7 @@ class GenerateParams:
     tier: str = ""
     model_version: str = ""
     bypass_cache: bool = False
+    skip_retrieval: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ class GatewayCore:
         request_span = trace.get_current_span()
         arrived = time.monotonic()
         cacheable = params.temperature == 0.0 and not params.bypass_cache
-        found = await self._retrieve(call, params)
+        found = _Retrieved([], "") if params.skip_retrieval else await self._retrieve(call, params)
         key = self._cache_key(call, params, tier.name, found.corpus_version)
         cached = self._cache.get(key) if cacheable and found.corpus_version else None
         metrics.CACHE.labels("answer", HIT if cached else MISS if cacheable else BYPASS).inc()
@@ -324,7 +325,9 @@ class GatewayCore:
         """
         errors: list[str] = []
         for tier in chain:
-            prompt = tier.prompt(params.query, sources, max_tokens)
+            prompt = tier.prompt(
+                params.query, sources, max_tokens, grounded=not params.skip_retrieval
+            )
             version = pinned if tier is chain[0] else tier.config.version
             for endpoint in tier.endpoints:
                 # A pinned version (a canary, say) bypasses the breakers: its failures say

@@ -7,15 +7,18 @@ serves the CPU models here and the TensorRT-LLM engines on GPU nodes.
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from services.common import serving
 from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.common.triton_recovery import StubRecovery
 
@@ -30,26 +33,61 @@ class Delta:
     model_version: str
 
 
-def _tensor(name: str, value: object, datatype: str, dtype: type) -> triton.InferInput:
-    data: np.ndarray = np.array([[value]], dtype=dtype)
-    tensor = triton.InferInput(name, list(data.shape), datatype)
-    tensor.set_data_from_numpy(data)
-    return tensor
+_INPUTS = (("text_input", "BYTES"), ("max_tokens", "INT32"), ("stream", "BOOL"))
+_TEMPERATURE = ("temperature", "FP32")
+_SHAPE = (1, 1)  # a batch of one
 
 
-def _count(result: triton.InferResult, name: str) -> int:
-    value = result.as_numpy(name)
-    return int(value.reshape(-1)[0]) if value is not None and value.size else -1
+def _request(model: str, version: str, prompt: str, max_tokens: int, temperature: float) -> Any:
+    """The ModelInferRequest, raw little-endian tensors as Triton's gRPC API takes them: no
+    numpy arrays or client-library wrappers per call."""
+    request = service_pb2.ModelInferRequest(
+        model_name=model, model_version=version, id=uuid.uuid4().hex
+    )
+    for name, datatype in (*_INPUTS, _TEMPERATURE):
+        request.inputs.add(name=name, datatype=datatype, shape=_SHAPE)
+    text = prompt.encode()
+    request.raw_input_contents.extend(
+        [
+            struct.pack("<I", len(text)) + text,  # BYTES: a uint32 length, then the bytes
+            struct.pack("<i", max_tokens),
+            b"\x01",
+            struct.pack("<f", temperature),
+        ]
+    )
+    return request
 
 
-def _error(exc: InferenceServerException) -> Exception:
-    message = exc.message() or str(exc)
+def _delta(response: Any) -> Delta:
+    """A streamed response's text and counts, read from its raw output tensors."""
+    outputs = {
+        o.name: raw for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+    text, raw = [], outputs.get("text_output", b"")
+    at = 0
+    while at + 4 <= len(raw):
+        (size,) = struct.unpack_from("<I", raw, at)
+        text.append(raw[at + 4 : at + 4 + size])
+        at += 4 + size
+    return Delta(
+        text=b"".join(text).decode(),
+        prompt_tokens=_count(outputs.get("prompt_tokens")),
+        completion_tokens=_count(outputs.get("completion_tokens")),
+        model_version=response.model_version,
+    )
+
+
+def _count(raw: bytes | None) -> int:
+    return struct.unpack_from("<i", raw)[0] if raw and len(raw) >= 4 else -1
+
+
+def _error(message: str) -> Exception:
     if "max_tokens" in message:
         return InvalidArgument(f"max_tokens: {message}", field="max_tokens")
     if message.startswith("text_input:"):
         detail = message.removeprefix("text_input:").strip()
         return InvalidArgument(f"query: the prompt does not fit the model: {detail}", field="query")
-    if "Deadline" in str(exc.status()) or "deadline" in message.lower():
+    if "deadline" in message.lower():
         return DeadlineExceeded("generation timed out")
     return Unavailable(f"llm unavailable: {message}")
 
@@ -59,7 +97,9 @@ class TritonLLM:
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self._client = triton.InferenceServerClient(target)
+        self._channel = serving.new_channel(target)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._client = triton.InferenceServerClient(target)  # readiness and model control
         self._recovery = StubRecovery(self._client)
 
     async def stream(
@@ -74,45 +114,23 @@ class TritonLLM:
         headers: dict[str, str],
     ) -> AsyncIterator[Delta]:
         """Yields deltas until the model's final response; cancelling stops generation."""
-        inputs = [
-            _tensor("text_input", prompt.encode(), "BYTES", np.object_),
-            _tensor("max_tokens", max_tokens, "INT32", np.int32),
-            _tensor("stream", True, "BOOL", np.bool_),
-            _tensor("temperature", temperature, "FP32", np.float32),
-        ]
-
-        async def one_request() -> AsyncIterator[dict[str, object]]:
-            yield {
-                "model_name": model,
-                "model_version": version,
-                "inputs": inputs,
-                "request_id": uuid.uuid4().hex,
-            }
-
-        responses = self._client.stream_infer(
-            one_request(), stream_timeout=max(timeout_s, 0.001), headers=headers
+        request = _request(model, version, prompt, max_tokens, temperature)
+        call = self._stub.ModelStreamInfer(
+            iter([request]), timeout=max(timeout_s, 0.001), metadata=tuple(headers.items())
         )
         try:
-            async for result, error in responses:
-                if error is not None:
-                    self._recovery.notice(model, error.message() or "")
-                    raise _error(error)
-                text = result.as_numpy("text_output")
-                yield Delta(
-                    text=b"".join(t for t in text.reshape(-1)).decode() if text is not None else "",
-                    prompt_tokens=_count(result, "prompt_tokens"),
-                    completion_tokens=_count(result, "completion_tokens"),
-                    model_version=result.get_response().model_version,
-                )
-        except InferenceServerException as exc:
-            self._recovery.notice(model, exc.message() or "")
-            raise _error(exc) from exc
+            async for response in call:
+                if response.error_message:
+                    self._recovery.notice(model, response.error_message)
+                    raise _error(response.error_message)
+                yield _delta(response.infer_response)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded("generation timed out") from exc
+            self._recovery.notice(model, exc.details() or "")
             raise Unavailable(f"llm unavailable: {exc.code().name}") from exc
         finally:
-            responses.cancel()
+            call.cancel()
 
     async def ready(self, model: str, version: str = "") -> bool:
         try:
@@ -121,4 +139,5 @@ class TritonLLM:
             return False
 
     async def close(self) -> None:
+        await self._channel.close()
         await self._client.close()

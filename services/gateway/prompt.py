@@ -46,6 +46,11 @@ def build_prompt(question: str, sources: Sequence[Source]) -> str:
     )
 
 
+def plain_prompt(question: str) -> str:
+    """The prompt of a request without retrieval: the question, on one line."""
+    return f"Question: {' '.join(question.split())}\nAnswer:"
+
+
 def cited(answer: str, source_count: int) -> list[int]:
     """Source numbers the answer cites as [n] that name a real source, in first-use order."""
     numbers = (int(m) for m in _CITATION.findall(answer))

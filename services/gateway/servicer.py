@@ -61,6 +61,7 @@ def _params(request: pb.GenerateRequest) -> GenerateParams:
         tier=request.tier,
         model_version=request.model_version,
         bypass_cache=request.bypass_cache,
+        skip_retrieval=request.skip_retrieval,
     )
 
 

@@ -10,7 +10,7 @@ from services.common.errors import InvalidArgument
 from services.gateway.breaker import Breaker
 from services.gateway.config import GatewayConfig, TierConfig
 from services.gateway.llm import TritonLLM
-from services.gateway.prompt import Source, build_prompt
+from services.gateway.prompt import Source, build_prompt, plain_prompt
 
 # A conservative estimate for English text under BPE and WordPiece vocabularies.
 CHARS_PER_TOKEN = 3.0
@@ -36,8 +36,11 @@ class Tier:
             raise InvalidArgument("model_version: must be digits", field="model_version")
         return pinned or self.config.version
 
-    def prompt(self, question: str, sources: Sequence[Source], max_tokens: int) -> str:
-        """The prompt with as many of the best sources as fit the tier's context window.
+    def prompt(
+        self, question: str, sources: Sequence[Source], max_tokens: int, *, grounded: bool = True
+    ) -> str:
+        """The prompt with as many of the best sources as fit the tier's context window;
+        not `grounded` (a request that skips retrieval): the question alone.
 
         Sources are dropped first, lowest-ranked first; the question is never cut.
         """
@@ -50,7 +53,7 @@ class Tier:
             )
         kept = list(sources)
         while True:
-            prompt = build_prompt(question, kept)
+            prompt = build_prompt(question, kept) if grounded else plain_prompt(question)
             if math.ceil(len(prompt) / CHARS_PER_TOKEN) <= budget:
                 return prompt
             if not kept:

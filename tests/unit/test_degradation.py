@@ -213,3 +213,12 @@ async def test_bad_input_is_refused_before_any_call(gateway) -> None:
     with pytest.raises(InvalidArgument, match="tier"):
         await _ask(core, tier="nope")
     assert retrieval.calls == 0 and not llms[LOCAL].prompts
+
+
+async def test_a_request_that_skips_retrieval_asks_the_model_alone(gateway) -> None:
+    core, retrieval, llms = gateway
+    retrieval.down = Unavailable("retrieval unavailable")  # not asked, so not degraded
+    _, answer = await _ask(core, skip_retrieval=True)
+    assert retrieval.calls == 0
+    assert not answer.degraded and answer.citations == [] and answer.corpus_version == ""
+    assert llms[LOCAL].prompts == [("standard", "Question: How hot?\nAnswer:")]

@@ -381,6 +381,8 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
         "modelVersion": "scalar",
         "bypass_cache": "scalar",
         "bypassCache": "scalar",
+        "skip_retrieval": "scalar",
+        "skipRetrieval": "scalar",
     }
 
 
