@@ -10,6 +10,7 @@ CONFIG ?= config/mesh.yaml
 REGIONS ?= 1
 TRACES ?= 0
 PHOENIX_VENV := .venv-phoenix
+LITELLM_VENV := .venv-litellm
 PYTEST_ARGS ?=
 SCENARIO ?= steady
 RATE ?= 30
@@ -59,6 +60,13 @@ $(PHOENIX_VENV)/.installed:
 	$(PHOENIX_VENV)/bin/pip install -q 'arize-phoenix==20.26.*'
 	touch $@
 
+# LiteLLM's proxy, the other gateway of the overhead benchmark, in a venv of its own.
+# Pinned exactly: the newest release whose [proxy] extra resolves on PyPI.
+$(LITELLM_VENV)/.installed:
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==1.106.12'
+	touch $@
+
 # Debian's Chromium, for the test that screenshots the topology page (needs root and apt).
 .PHONY: browser
 browser: ## install Debian's chromium for the topology page test
@@ -79,6 +87,10 @@ bench: install ## measure /v1/generate latency through Envoy on a mesh it starts
 loadtest: install ## open-loop load on a mesh of its own, then the SLO gate; SCENARIO=steady|burst|degraded RATE= DURATION= PROTOCOL=grpc|http
 	$(BIN)/python -m loadtest.run --scenario $(SCENARIO) --rate $(RATE) --duration $(DURATION) --protocol $(PROTOCOL)
 	$(BIN)/ragmesh --config $(CONFIG) gate build/loadtest/$(SCENARIO).csv
+
+.PHONY: bench-overhead
+bench-overhead: install $(LITELLM_VENV)/.installed ## added latency of Envoy + gateway vs Triton direct at 100..2000 req/s; LiteLLM beside it
+	$(BIN)/python -m loadtest.bench_overhead
 
 .PHONY: bench-telemetry
 bench-telemetry: install ## gateway CPU and throughput with telemetry on vs off, side by side

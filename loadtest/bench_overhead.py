@@ -5,17 +5,19 @@
 Starts a one-region mesh on free ports and loads `echo` (loadtest/echo: answers each request
 with its own text at once) into its Triton through the model control API; the gateway gets
 an `echo` tier. Then, at each fixed rate, open-loop load (latency from each intended send
-time) over three paths, in interleaved rounds:
+time) over four paths, in interleaved rounds:
 
 - direct: client -> Triton's stream API, the request the gateway would send (lean client);
 - gateway: client -> gateway -> Triton (Generate, echo tier, skip_retrieval, no cache);
+- gateway-untraced: the same on a second gateway with telemetry off;
 - envoy: client -> Envoy -> gateway -> Triton (the same call through the edge).
 
-Prints, per rate, each path's p50/p99 and the added p50/p99 of the gateway and of Envoy plus
-the gateway against direct; the gateway's RSS; and the highest rate whose added p99 stays
-under 10 ms. With `.venv-litellm` present (`make bench-overhead` builds it), LiteLLM's proxy
-runs in the same run against an instant OpenAI-style mock, and its added latency is printed
-beside ours. The load generator shares the machine's cores with what it measures.
+Prints, per rate and path, p50/p99, the added p50/p99 against direct, the CPU each process
+spent per request (from /proc; `client` is this load generator), the gateway's RSS, and
+the highest rate whose added p99 stays under 10 ms. With `.venv-litellm` installed (`make
+bench-overhead` builds it), LiteLLM's proxy then runs in the same way against an instant
+OpenAI-style mock (loadtest/litellm_side.py), and the two best rates are set side by side.
+Everything, the load generator included, shares the machine's cores.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import argparse
 import asyncio
 import dataclasses
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +39,15 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from loadtest.bench_telemetry import cpu_seconds
 from loadtest.latency import percentile
-from loadtest.openloop import Load, Reply, Send, grpc_generate, steady
+from loadtest.litellm_side import VENV, LiteLLMSide, compare
+from loadtest.litellm_side import report as litellm_report
+from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, steady
 from services.gateway.config import TierConfig
 from services.gateway.prompt import plain_prompt
 from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
+from services.mesh.launcher import ROOT, Mesh, free_port, isolated
 from services.mesh.regions import first
 
 ECHO = Path(__file__).parent / "echo"
@@ -50,7 +55,14 @@ QUESTION = "How do I parse a JSON string?"
 MAX_TOKENS = 16
 TIMEOUT_S = 5.0  # an overloaded path shows as errors, not as requests queued for minutes
 GOOD_P99_ADDED_MS = 10.0
-PATHS = ("direct", "gateway", "envoy")
+UNTRACED = "gateway-untraced"  # telemetry.enabled false
+PATHS = ("direct", "gateway", UNTRACED, "envoy")
+CPU_SHOWN = {
+    "direct": ("client", "triton"),
+    "gateway": ("client", "gateway", "triton"),
+    UNTRACED: ("client", UNTRACED, "triton"),
+    "envoy": ("client", "envoy", "gateway", "triton"),
+}
 
 
 def load_echo(triton_target: str) -> None:
@@ -109,21 +121,45 @@ def direct_send(channel: grpc.aio.Channel) -> Send:
 
 @dataclass
 class Figures:
-    samples: dict[tuple[str, float], list[float]] = field(default_factory=dict)  # ms
-    errors: dict[tuple[str, float], int] = field(default_factory=dict)
+    """Per (path, rate): latencies of the answered requests (ms), failures, and CPU seconds
+    each process spent while that path was loaded."""
 
-    def add(self, path: str, rate: float, results: list[tuple[float, str]]) -> None:
-        self.samples.setdefault((path, rate), []).extend(ms for ms, s in results if s == "OK")
-        failed = sum(s != "OK" for _, s in results)
-        self.errors[(path, rate)] = self.errors.get((path, rate), 0) + failed
+    samples: dict[tuple[str, float], list[float]] = field(default_factory=dict)
+    errors: dict[tuple[str, float], int] = field(default_factory=dict)
+    sent: dict[tuple[str, float], int] = field(default_factory=dict)
+    cpu_s: dict[tuple[str, float], dict[str, float]] = field(default_factory=dict)
+
+    def add(self, path: str, rate: float, samples: list[Sample], cpu: dict[str, float]) -> None:
+        key = (path, rate)
+        self.samples.setdefault(key, []).extend(
+            s.latency_s * 1000 for s in samples if s.status == "OK"
+        )
+        self.errors[key] = self.errors.get(key, 0) + sum(s.status != "OK" for s in samples)
+        self.sent[key] = self.sent.get(key, 0) + len(samples)
+        spent = self.cpu_s.setdefault(key, {})
+        for name, seconds in cpu.items():
+            spent[name] = spent.get(name, 0.0) + seconds
 
     def p(self, path: str, rate: float, q: float) -> float:
         return percentile(self.samples.get((path, rate), []), q)
 
+    def cpu_ms(self, path: str, rate: float) -> dict[str, float]:
+        """CPU milliseconds per request, by process."""
+        sent = max(1, self.sent.get((path, rate), 0))
+        return {n: s * 1000 / sent for n, s in self.cpu_s.get((path, rate), {}).items()}
 
-async def one_round(send: Send, rate: float, seconds: float) -> list[tuple[float, str]]:
-    samples = await Load(send, steady(rate)).run(duration_s=seconds)
-    return [(s.latency_s * 1000, s.status) for s in samples]
+
+class Meter:
+    """CPU seconds of the mesh's processes and of this one (the load generator)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def read(self) -> dict[str, float]:
+        return {"client": time.process_time()} | {n: cpu_seconds(p) for n, p in self.pids.items()}
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        return {n: v - before[n] for n, v in self.read().items()}
 
 
 def rss_mb(pid: int) -> float:
@@ -133,11 +169,21 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def start_untraced_gateway(mesh: Mesh) -> str:
+    """A second gateway on the same Triton, with telemetry off: what telemetry costs."""
+    region = mesh.regions[0].config
+    gateway = dataclasses.replace(region.gateway, port=free_port(), metrics_port=0)
+    off = dataclasses.replace(region.telemetry, enabled=False)
+    mesh.start_gateway(UNTRACED, dataclasses.replace(region, gateway=gateway, telemetry=off))
+    return f"127.0.0.1:{gateway.port}"
+
+
 async def measure(
     mesh: Mesh, rates: list[float], rounds: int, seconds: float
 ) -> tuple[Figures, dict[float, float]]:
     key = mesh.config.mesh.demo_key
     region = mesh.regions[0]
+    untraced = start_untraced_gateway(mesh)
     request = pb.GenerateRequest(
         query=QUESTION,
         tier="echo",
@@ -145,54 +191,66 @@ async def measure(
         skip_retrieval=True,
         bypass_cache=True,
     )
+    gateway = f"gateway-{region.name}"
+    processes = {"gateway": gateway, UNTRACED: UNTRACED, "envoy": "envoy"}
+    processes["triton"] = f"triton-{region.name}"
+    meter = Meter({label: mesh.processes[name].pid for label, name in processes.items()})
     figures, rss = Figures(), {}
-    gateway_pid = mesh.processes[f"gateway-{region.name}"].pid
     async with (
         grpc.aio.insecure_channel(region.config.gateway.triton_target) as to_triton,
         grpc.aio.insecure_channel(region.gateway_target) as to_gateway,
+        grpc.aio.insecure_channel(untraced) as to_untraced,
         grpc.aio.insecure_channel(mesh.edge_target) as to_edge,
     ):
+
+        def generate(channel: grpc.aio.Channel) -> Send:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            return grpc_generate(stub, key, [request], TIMEOUT_S)
+
         sends: dict[str, Send] = {
             "direct": direct_send(to_triton),
-            "gateway": grpc_generate(
-                gateway_pb2_grpc.GatewayStub(to_gateway), key, [request], TIMEOUT_S
-            ),
-            "envoy": grpc_generate(
-                gateway_pb2_grpc.GatewayStub(to_edge), key, [request], TIMEOUT_S
-            ),
+            "gateway": generate(to_gateway),
+            UNTRACED: generate(to_untraced),
+            "envoy": generate(to_edge),
         }
         for path in PATHS:  # warm-up: connections, the model's first call
-            await one_round(sends[path], 50.0, 1.0)
+            await Load(sends[path], steady(50.0)).run(duration_s=1.0)
         for rate in rates:
             for _ in range(rounds):
                 for path in PATHS:
-                    figures.add(path, rate, await one_round(sends[path], rate, seconds))
+                    before = meter.read()
+                    samples = await Load(sends[path], steady(rate)).run(duration_s=seconds)
+                    figures.add(path, rate, samples, meter.since(before))
                     await asyncio.sleep(0.5)  # let the last round's stragglers clear
-            rss[rate] = rss_mb(gateway_pid)
+            rss[rate] = rss_mb(mesh.processes[gateway].pid)
             print(f"  {rate:g} req/s done", flush=True)
     return figures, rss
 
 
-def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> None:
+def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dict[str, float]:
+    """Prints the table; returns, per path, the highest rate whose added p99 stayed under
+    GOOD_P99_ADDED_MS with no errors."""
     print(
-        f"\n{'rate':>6} {'path':8} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'added p50':>10} {'added p99':>10}"
+        f"\n{'rate':>6} {'path':16} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'added p50':>10} {'added p99':>10}  CPU ms per request"
     )
     best: dict[str, float] = {}
     for rate in rates:
         for path in PATHS:
             p50, p99 = figures.p(path, rate, 0.5), figures.p(path, rate, 0.99)
-            added = ""
+            added = f"{'':10} {'':10}"
             if path != "direct":
                 a50 = p50 - figures.p("direct", rate, 0.5)
                 a99 = p99 - figures.p("direct", rate, 0.99)
                 added = f"{a50:10.2f} {a99:10.2f}"
                 if a99 <= GOOD_P99_ADDED_MS and not figures.errors[(path, rate)]:
                     best[path] = max(best.get(path, 0.0), rate)
+            cpu = figures.cpu_ms(path, rate)
+            spent = " ".join(f"{n} {cpu[n]:.2f}" for n in CPU_SHOWN[path])
             ok = len(figures.samples.get((path, rate), []))
             print(
-                f"{rate:6g} {path:8} {ok:6d} {figures.errors[(path, rate)]:6d} "
-                f"{p50:8.2f} {p99:8.2f} {added}"
+                f"{rate:6g} {path:16} {ok:6d} {figures.errors[(path, rate)]:6d} "
+                f"{p50:8.2f} {p99:8.2f} {added}  {spent}"
             )
         print(f"{'':6} gateway RSS after this rate: {rss[rate]:.0f} MB")
     for path in PATHS[1:]:
@@ -200,6 +258,7 @@ def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> Non
             f"highest rate with added p99 <= {GOOD_P99_ADDED_MS:g} ms and no errors, {path}: "
             f"{best.get(path, 0.0):g} req/s"
         )
+    return best
 
 
 def echo_mesh(data_dir: Path) -> MeshConfig:
@@ -212,9 +271,30 @@ def rates_arg(text: str) -> list[float]:
     return [float(r) for r in text.split(",") if r]
 
 
-def main(argv: list[str] | None = None, extra: Callable[[], None] | None = None) -> None:
+def litellm(rates: list[float], rounds: int, seconds: float) -> float:
+    """LiteLLM's proxy against the instant mock; its best rate as report() counts it."""
+    with LiteLLMSide() as side:
+        print(
+            f"\nLiteLLM {side.version} proxy (1 worker) against an instant OpenAI-style mock, "
+            f"the same rounds, HTTP/JSON"
+        )
+        rows = asyncio.run(compare(side, rates, seconds, rounds, TIMEOUT_S))
+    litellm_report(rows)
+    good = [
+        row.rate
+        for row in rows
+        if not any(s.status != "OK" for s in row.proxied)
+        and percentile([s.latency_s * 1000 for s in row.proxied], 0.99)
+        - percentile([s.latency_s * 1000 for s in row.direct], 0.99)
+        <= GOOD_P99_ADDED_MS
+    ]
+    return max(good, default=0.0)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=rates_arg, default=[100.0, 500.0, 1000.0, 2000.0])
+    parser.add_argument("--litellm-rates", type=rates_arg, default=[25.0, 50.0, 100.0, 200.0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per path, per round")
     args = parser.parse_args(argv)
@@ -225,7 +305,17 @@ def main(argv: list[str] | None = None, extra: Callable[[], None] | None = None)
             "open loop, latency from intended send times"
         )
         figures, rss = asyncio.run(measure(mesh, args.rates, args.rounds, args.seconds))
-    report(figures, args.rates, rss)
+    best = report(figures, args.rates, rss)
+    if not (VENV / ".installed").exists():
+        print(f"\n{VENV.name} not installed (`make bench-overhead` builds it): no LiteLLM run")
+        return
+    theirs = litellm(args.litellm_rates, args.rounds, args.seconds)
+    ours = best.get("envoy", 0.0)
+    ratio = f"{ours / theirs:.1f}x" if theirs else "LiteLLM met it at no rate tried"
+    print(
+        f"\nhighest rate with added p99 <= {GOOD_P99_ADDED_MS:g} ms and no errors: "
+        f"ragmesh (Envoy + gateway) {ours:g} req/s, LiteLLM {theirs:g} req/s ({ratio})"
+    )
 
 
 if __name__ == "__main__":

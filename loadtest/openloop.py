@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,14 +65,15 @@ class Load:
         self.answered: list[Sample] = []  # as they complete
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time() - self.start
+        # perf_counter, not the loop's clock: uvloop's counts whole milliseconds.
+        return time.perf_counter() - self.start
 
     async def run(
         self, *, duration_s: float = float("inf"), stop: asyncio.Event | None = None
     ) -> list[Sample]:
         """Until duration_s has passed or `stop` is set; then waits for every reply."""
         stop = stop or asyncio.Event()
-        self.start = asyncio.get_running_loop().time()
+        self.start = time.perf_counter()
         tasks: list[asyncio.Task[Sample]] = []
         due, i = 0.0, 0
         while due < duration_s - 1e-9 and not stop.is_set():  # 1e-9: float sums of 1/rate
