@@ -1,6 +1,7 @@
 """What the gateway and the edge add to a model call, side by side with calling Triton directly.
 
     python -m loadtest.bench_overhead [--rates 100,500,1000,2000] [--rounds 3] [--seconds 4]
+                                      [--soak 600 --soak-rate 300]
 
 Starts a one-region mesh on free ports and loads `echo` (loadtest/echo: answers each request
 with its own text at once) into its Triton through the model control API; the gateway gets
@@ -17,6 +18,8 @@ spent per request (from /proc; `client` is this load generator), the gateway's R
 the highest rate whose added p99 stays under 10 ms. With `.venv-litellm` installed (`make
 bench-overhead` builds it), LiteLLM's proxy then runs in the same way against an instant
 OpenAI-style mock (loadtest/litellm_side.py), and the two best rates are set side by side.
+`--soak N` then holds the Envoy path at `--soak-rate` for N seconds, reading the gateway's
+RSS every tenth of it (`make soak`: 10 minutes).
 Everything, the load generator included, shares the machine's cores.
 """
 
@@ -227,6 +230,31 @@ async def measure(
     return figures, rss
 
 
+async def soak(mesh: Mesh, rate: float, seconds: float) -> None:
+    """Envoy-path load for `seconds`; the gateway's RSS every tenth of it, and its growth
+    from the end of the first tenth (caches and pools warm) to the end."""
+    key = mesh.config.mesh.demo_key
+    pid = mesh.processes[f"gateway-{mesh.regions[0].name}"].pid
+    request = pb.GenerateRequest(
+        query=QUESTION, tier="echo", max_tokens=MAX_TOKENS, skip_retrieval=True, bypass_cache=True
+    )
+    print(f"\nsoak: {rate:g} req/s through Envoy for {seconds:g} s; gateway RSS (MB):")
+    async with grpc.aio.insecure_channel(mesh.edge_target) as channel:
+        send = grpc_generate(gateway_pb2_grpc.GatewayStub(channel), key, [request], TIMEOUT_S)
+        readings, failed, sent = [], 0, 0
+        for _ in range(10):
+            samples = await Load(send, steady(rate)).run(duration_s=seconds / 10)
+            failed += sum(s.status != "OK" for s in samples)
+            sent += len(samples)
+            readings.append(rss_mb(pid))
+            print(f"  {readings[-1]:.1f}", end="", flush=True)
+    growth = (readings[-1] - readings[0]) / readings[0]
+    print(
+        f"\n  {sent} requests, {failed} failed; RSS {readings[0]:.1f} -> {readings[-1]:.1f} MB "
+        f"({growth:+.1%}), peak {max(readings):.1f} MB"
+    )
+
+
 def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dict[str, float]:
     """Prints the table; returns, per path, the highest rate whose added p99 stayed under
     GOOD_P99_ADDED_MS with no errors."""
@@ -297,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--litellm-rates", type=rates_arg, default=[25.0, 50.0, 100.0, 200.0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per path, per round")
+    parser.add_argument("--soak", type=float, default=0.0, help="then N s at --soak-rate")
+    parser.add_argument("--soak-rate", type=float, default=300.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp, Mesh(echo_mesh(Path(tmp))) as mesh:
         load_echo(mesh.regions[0].config.gateway.triton_target)
@@ -305,7 +335,11 @@ def main(argv: list[str] | None = None) -> None:
             "open loop, latency from intended send times"
         )
         figures, rss = asyncio.run(measure(mesh, args.rates, args.rounds, args.seconds))
+        if args.soak:
+            asyncio.run(soak(mesh, args.soak_rate, args.soak))
     best = report(figures, args.rates, rss)
+    if not args.litellm_rates:
+        return
     if not (VENV / ".installed").exists():
         print(f"\n{VENV.name} not installed (`make bench-overhead` builds it): no LiteLLM run")
         return
