@@ -11,6 +11,11 @@ REGIONS ?= 1
 TRACES ?= 0
 PHOENIX_VENV := .venv-phoenix
 LITELLM_VENV := .venv-litellm
+LOCUST_VENV := .venv-locust
+LOCUST_HOST ?= 127.0.0.1:8080
+LOCUST_USERS ?= 8
+LOCUST_SPAWN_RATE ?= 2
+LOCUST_RUN_TIME ?= 60s
 PYTEST_ARGS ?=
 SCENARIO ?= steady
 RATE ?= 30
@@ -67,6 +72,13 @@ $(LITELLM_VENV)/.installed:
 	$(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==1.106.12'
 	touch $@
 
+# Locust runs on gevent, in a venv of its own; its gRPC users import the stubs from build/gen.
+$(LOCUST_VENV)/.installed:
+	test -x $(LOCUST_VENV)/bin/python || $(PYTHON) -m venv $(LOCUST_VENV)
+	$(LOCUST_VENV)/bin/pip install -q 'locust==2.47.0' 'grpcio==1.81.*' 'protobuf>=6,<7' \
+		'googleapis-common-protos>=1.70' 'pyyaml>=6'
+	touch $@
+
 # Debian's Chromium, for the test that screenshots the topology page (needs root and apt).
 .PHONY: browser
 browser: ## install Debian's chromium for the topology page test
@@ -95,6 +107,16 @@ bench-overhead: install $(LITELLM_VENV)/.installed ## added latency of Envoy + g
 .PHONY: soak
 soak: install ## the gateway's RSS over 10 minutes of load through Envoy (after the overhead rates)
 	$(BIN)/python -m loadtest.bench_overhead --rates 300 --rounds 1 --soak 600 --litellm-rates ''
+
+.PHONY: locust
+locust: build/gen/.stamp $(LOCUST_VENV)/.installed ## locust gRPC users against `make up`'s mesh, headless; LOCUST_USERS, LOCUST_RUN_TIME
+	$(LOCUST_VENV)/bin/locust -f loadtest/locustfile.py --headless --only-summary \
+		--host $(LOCUST_HOST) --users $(LOCUST_USERS) --spawn-rate $(LOCUST_SPAWN_RATE) \
+		--run-time $(LOCUST_RUN_TIME)
+
+.PHONY: bench-rag
+bench-rag: install ## the full RAG path on the CPU LLM (64 tokens) at concurrency 1, 4, 16
+	$(BIN)/python -m loadtest.bench_rag --budget-s 300
 
 .PHONY: bench-telemetry
 bench-telemetry: install ## gateway CPU and throughput with telemetry on vs off, side by side
