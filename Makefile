@@ -118,6 +118,10 @@ locust: build/gen/.stamp $(LOCUST_VENV)/.installed ## locust gRPC users against 
 bench-rag: install ## the full RAG path on the CPU LLM (64 tokens) at concurrency 1, 4, 16
 	$(BIN)/python -m loadtest.bench_rag --budget-s 300
 
+.PHONY: bench-retrieval
+bench-retrieval: install ## retrieval search at 10k and 100k chunks: Milvus Lite alone vs the hot index
+	$(BIN)/python -m loadtest.bench_retrieval
+
 .PHONY: bench-telemetry
 bench-telemetry: install ## gateway CPU and throughput with telemetry on vs off, side by side
 	$(BIN)/python -m loadtest.bench_telemetry

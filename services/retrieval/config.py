@@ -24,6 +24,11 @@ class RetrievalConfig:
     milvus_uri: str = "data/milvus.db"
     milvus_token: str = ""
     collection: str = "ragmesh_chunks"
+    # Search an in-process copy of the chunk rows (services/retrieval/hot_index.py), loaded
+    # from Milvus at start; Milvus stays the store of record (docs/retrieval.md). About 2.5 KiB
+    # a chunk (384 float32s, text, metadata): 242 MiB at 100k chunks. Off: every search goes
+    # to Milvus, for a Milvus server other programs write to or a corpus too big for memory.
+    hot_index: bool = True
     triton_target: str = "127.0.0.1:8001"
     embedder_model: str = "embedder"
     embedding_dim: int = 384
@@ -38,6 +43,7 @@ class RetrievalConfig:
         require(0 <= self.port < 65536, "retrieval.port", "must be 0..65535")
         require(bool(self.milvus_uri), "retrieval.milvus_uri", "must not be empty")
         require(bool(self.corpus_log), "retrieval.corpus_log", "must not be empty")
+        require(isinstance(self.hot_index, bool), "retrieval.hot_index", "must be true or false")
         require(
             self.replication_interval_s > 0, "retrieval.replication_interval_s", "must be positive"
         )

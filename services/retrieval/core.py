@@ -31,6 +31,7 @@ from services.retrieval.chunking import chunk_text
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.embedder import TritonEmbedder
+from services.retrieval.hot_store import HotStore
 from services.retrieval.store import MilvusStore, StoredChunk
 
 LOGGER = logging.getLogger(__name__)
@@ -104,7 +105,9 @@ class RetrievalCore:
         log: CorpusLog,
     ):
         self._config = config
-        self._store = store
+        # Milvus stays the store of record; the hot index, loaded in `recover`, serves search.
+        self._hot = HotStore(store, config.embedding_dim) if config.hot_index else None
+        self._store: MilvusStore | HotStore = self._hot or store
         self._embedder = embedder
         self._log = log
         # Milvus Lite and the log are not thread-safe: one worker thread owns every call.
@@ -217,8 +220,10 @@ class RetrievalCore:
         self._store.set_version(entry.tenant, entry.version)
 
     async def recover(self) -> int:
-        """At start: applies what was logged but not applied before a crash."""
+        """At start: loads the hot index, then applies what was logged but not applied."""
         async with self._write_lock:
+            if self._hot is not None:
+                await self._run(self._hot.load)
             count = await self._run(self._apply_pending)
         if count:
             LOGGER.info("recovered %d logged writes", count)

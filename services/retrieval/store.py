@@ -5,13 +5,15 @@ delete is filtered by tenant here, so no caller can forget it. Each chunk row ca
 the corpus version that wrote it: a re-ingest upserts the new version's chunks in one
 call, then deletes the older versions' chunks of that document, so a document is
 never half old and half new, and writing the same version twice changes nothing.
-Per-tenant corpus versions live in a second collection.
+Per-tenant corpus versions live in a second collection. Milvus is the store of record;
+services/retrieval/hot_store.py keeps an in-process index of it for fast search.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,36 @@ class StoredChunk:
     text: str
     title: str
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DocumentRows:
+    """One document's chunks and their vectors, as one corpus version writes them."""
+
+    document_id: str
+    title: str
+    metadata: dict[str, str]
+    chunks: list[str]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class ScannedRow:
+    """A chunk row as stored (score 0) with its tenant and vector: what an in-process index
+    needs to search it."""
+
+    tenant: str
+    chunk: StoredChunk
+    vector: list[float]
+
+
+SCAN_FIELDS = ["tenant", "document_id", "chunk_index", "title", "text", "metadata", "vector"]
+SCAN_BATCH = 4096
+
+
+def row_id(tenant: str, document_id: str, version: int, chunk_index: int) -> str:
+    """A chunk row's primary key: tenant, document, version and chunk."""
+    return f"{tenant}/{document_id}/{version}/{chunk_index}"
 
 
 def literal(value: str) -> str:
@@ -99,24 +131,32 @@ class MilvusStore:
 
         Row ids name tenant, document, version and chunk, so a repeat overwrites itself.
         """
+        document = DocumentRows(document_id, title, metadata, chunks, vectors)
+        self.replace_documents(tenant, [document], version)
+
+    def replace_documents(self, tenant: str, documents: list[DocumentRows], version: int) -> None:
+        """`replace_document` for many documents of one version: one upsert, one delete."""
         rows = [
             {
-                "id": f"{tenant}/{document_id}/{version}/{i}",
+                "id": row_id(tenant, d.document_id, version, i),
                 "tenant": tenant,
-                "document_id": document_id,
+                "document_id": d.document_id,
                 "version": version,
                 "chunk_index": i,
-                "title": title,
+                "title": d.title,
                 "text": text,
-                "metadata": metadata,
+                "metadata": d.metadata,
                 "vector": vector.tolist(),
             }
-            for i, (text, vector) in enumerate(zip(chunks, vectors, strict=True))
+            for d in documents
+            for i, (text, vector) in enumerate(zip(d.chunks, d.vectors, strict=True))
         ]
         self._client.upsert(self._chunks, rows)
+        ids = ", ".join(literal(d.document_id) for d in documents)
         self._client.delete(
             self._chunks,
-            filter=f"{self._document(tenant, document_id)} and version != {version}",
+            filter=f"tenant == {literal(tenant)} and document_id in [{ids}] "
+            f"and version != {version}",
         )
 
     def has_document(self, tenant: str, document_id: str) -> bool:
@@ -154,12 +194,48 @@ class MilvusStore:
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def versions(self) -> dict[str, int]:
+        """Every tenant's corpus version."""
+        rows = self._client.query(
+            self._versions, filter="version >= 0", output_fields=["tenant", "version"]
+        )
+        return {str(r["tenant"]): int(r["version"]) for r in rows}
+
+    def scan(self, tenant: str = "", document_id: str = "") -> Iterator[list[ScannedRow]]:
+        """Every chunk row with its vector, in batches; of one tenant or document if named."""
+        where = ""
+        if document_id:
+            where = self._document(tenant, document_id)
+        elif tenant:
+            where = f"tenant == {literal(tenant)}"
+        batches = self._client.query_iterator(
+            self._chunks, batch_size=SCAN_BATCH, filter=where, output_fields=SCAN_FIELDS
+        )
+        try:
+            while batch := batches.next():
+                yield [_scanned(row) for row in batch]
+        finally:
+            batches.close()
+
+    def flush(self) -> None:
+        """Seals buffered writes into indexed segments (Milvus does it on its own, too)."""
+        self._client.flush(self._chunks)
+
     def close(self) -> None:
         self._client.close()
 
     @staticmethod
     def _document(tenant: str, document_id: str) -> str:
         return f"tenant == {literal(tenant)} and document_id == {literal(document_id)}"
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+def _scanned(row: dict[str, Any]) -> ScannedRow:
+    chunk = _chunk({"entity": row, "distance": 0.0})
+    return ScannedRow(tenant=str(row["tenant"]), chunk=chunk, vector=row["vector"])
 
 
 def _chunk(hit: dict[str, Any]) -> StoredChunk:
@@ -170,5 +246,5 @@ def _chunk(hit: dict[str, Any]) -> StoredChunk:
         score=float(hit["distance"]),
         text=entity["text"],
         title=entity["title"],
-        metadata={str(k): str(v) for k, v in (entity.get("metadata") or {}).items()},
+        metadata=_metadata(entity.get("metadata")),
     )

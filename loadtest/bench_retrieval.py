@@ -1,0 +1,227 @@
+"""Retrieval search at size: Milvus Lite alone and the hot index, side by side.
+
+    python -m loadtest.bench_retrieval [--sizes 10000,100000] [--queries 500]
+
+For each size, writes synthetic chunks through the real MilvusStore into a fresh Milvus Lite
+file, then times top-10 searches on Milvus alone (`hot_index: false`) and through HotStore
+(`hot_index: true`: the in-process index, loaded from Milvus), and scores both against
+exact search done here with numpy.
+
+Embedding 100k texts through Triton would take hours on this machine, so the vectors are
+made up but shaped like a corpus: unit vectors of the embedder's dimension (384) clustered
+in areas, topics and documents of 8 chunks; queries are chunks moved off their place. Three
+tenants hold 80, 15 and 5% of the chunks (queries likewise), every document has `lang` and
+`source` metadata, and a quarter of the queries filter on one of them. Milvus Lite takes
+about half a second a search at 100k, so it gets `--milvus-queries` of the queries.
+Load time is Milvus's ingest (writes, then flush) and, for the hot index, its load from
+Milvus at start. Memory: for Milvus Lite (in this process), the resident growth over the
+ingest; for the hot index, its arrays and row objects (HotIndex.footprint), on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.latency import percentile
+from services.retrieval.hot_index import unit
+from services.retrieval.hot_store import HotStore
+from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk
+
+DIM = 384
+CHUNKS_PER_DOCUMENT = 8
+TENANTS = (("acme", 0.80), ("globex", 0.15), ("initech", 0.05))
+METADATA = {"lang": ("en", "de", "fr"), "source": ("handbook", "tickets", "wiki")}
+FILTERED = 0.25
+WRITE_BATCH = 256  # documents per Milvus upsert
+WORDS = ("retrieval", "gateway", "tenant", "chunk", "index", "vector", "replica", "region")
+
+Search = Callable[[str, np.ndarray, int, dict[str, str]], list[StoredChunk]]
+
+
+@dataclass
+class Corpus:
+    vectors: np.ndarray  # (chunks, DIM), unit rows; chunk i belongs to document i // 8
+    tenants: np.ndarray  # tenant index of each document
+    metadata: list[dict[str, str]]  # of each document
+
+
+@dataclass
+class Query:
+    tenant: str
+    vector: np.ndarray
+    filters: dict[str, str]
+    truth: set[tuple[str, int]]  # exact top 10: (document id, chunk index)
+
+
+@dataclass
+class Row:
+    design: str
+    chunks: int
+    load_s: float
+    p50_ms: float
+    p99_ms: float
+    recall: float
+    memory: str
+
+
+def make_corpus(chunks: int, rng: np.random.Generator) -> Corpus:
+    documents = chunks // CHUNKS_PER_DOCUMENT
+    areas = unit(rng.standard_normal((20, DIM)))
+    topics = unit(areas[rng.integers(0, 20, 1000)] + 0.9 * unit(rng.standard_normal((1000, DIM))))
+    centers = topics[rng.integers(0, 1000, documents)]
+    centers = unit(centers + 0.7 * unit(rng.standard_normal((documents, DIM))))
+    noise = unit(rng.standard_normal((documents * CHUNKS_PER_DOCUMENT, DIM)))
+    vectors = unit(np.repeat(centers, CHUNKS_PER_DOCUMENT, axis=0) + 0.5 * noise)
+    shares = [share for _, share in TENANTS]
+    return Corpus(
+        vectors=vectors,
+        tenants=rng.choice(len(TENANTS), documents, p=shares),
+        metadata=[
+            {key: values[rng.integers(len(values))] for key, values in METADATA.items()}
+            for _ in range(documents)
+        ],
+    )
+
+
+def document_id(document: int) -> str:
+    return f"doc-{document:06d}"
+
+
+def ingest(store: MilvusStore, corpus: Corpus, rng: np.random.Generator) -> float:
+    """Writes every document as version 1, a batch of documents per call; returns seconds."""
+    started = time.perf_counter()
+    for t, (tenant, _) in enumerate(TENANTS):
+        owned = np.flatnonzero(corpus.tenants == t)
+        for start in range(0, len(owned), WRITE_BATCH):
+            batch = [
+                DocumentRows(
+                    document_id=document_id(d),
+                    title=f"Document {d}",
+                    metadata=corpus.metadata[d],
+                    chunks=[" ".join(rng.choice(WORDS, 90)) for _ in range(CHUNKS_PER_DOCUMENT)],
+                    vectors=corpus.vectors[d * CHUNKS_PER_DOCUMENT : (d + 1) * CHUNKS_PER_DOCUMENT],
+                )
+                for d in owned[start : start + WRITE_BATCH].tolist()
+            ]
+            store.replace_documents(tenant, batch, 1)
+        print(f"  {tenant}: {len(owned) * CHUNKS_PER_DOCUMENT} chunks written", flush=True)
+    store.flush()
+    return time.perf_counter() - started
+
+
+def make_queries(corpus: Corpus, count: int, rng: np.random.Generator) -> list[Query]:
+    queries = []
+    chunk_tenants = np.repeat(corpus.tenants, CHUNKS_PER_DOCUMENT)
+    for _ in range(count):
+        anchor = int(rng.integers(len(corpus.vectors)))
+        document = anchor // CHUNKS_PER_DOCUMENT
+        vector = unit(corpus.vectors[anchor] + 0.6 * unit(rng.standard_normal(DIM)))
+        filters: dict[str, str] = {}
+        if rng.random() < FILTERED:
+            key = str(rng.choice(list(METADATA)))
+            filters[key] = corpus.metadata[document][key]
+        allowed = chunk_tenants == corpus.tenants[document]
+        for key, value in filters.items():
+            matches = np.array([m.get(key) == value for m in corpus.metadata])
+            allowed &= np.repeat(matches, CHUNKS_PER_DOCUMENT)
+        rows = np.flatnonzero(allowed)
+        best = rows[np.argsort(-(corpus.vectors[rows] @ vector))[:10]]
+        truth = {(document_id(r // CHUNKS_PER_DOCUMENT), r % CHUNKS_PER_DOCUMENT) for r in best}
+        tenant = TENANTS[corpus.tenants[document]][0]
+        queries.append(Query(tenant, vector, filters, truth))
+    return queries
+
+
+def measure(search: Search, queries: list[Query]) -> tuple[float, float, float]:
+    """Search p50 and p99 in ms, and mean recall@10 against exact search."""
+    for q in queries[:5]:  # warm-up
+        search(q.tenant, q.vector, 10, q.filters)
+    samples, recalls = [], []
+    for q in queries:
+        started = time.perf_counter()
+        found = search(q.tenant, q.vector, 10, q.filters)
+        samples.append((time.perf_counter() - started) * 1000)
+        got = {(c.document_id, c.chunk_index) for c in found}
+        recalls.append(len(got & q.truth) / len(q.truth))
+    return percentile(samples, 0.5), percentile(samples, 0.99), float(np.mean(recalls))
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_size(chunks: int, queries: int, milvus_queries: int, work: Path) -> list[Row]:
+    rng = np.random.default_rng(chunks)
+    print(f"{chunks} chunks: making the corpus and {queries} queries", flush=True)
+    corpus = make_corpus(chunks, rng)
+    asked = make_queries(corpus, queries, rng)
+    rss_before = rss_mib()
+    store = MilvusStore(str(work / f"milvus-{chunks}.db"), "", "bench", DIM)
+    try:
+        ingest_s = ingest(store, corpus, rng)
+        rss_milvus = rss_mib()
+        print(f"  written and flushed in {ingest_s:.1f} s; Milvus Lite alone searches", flush=True)
+        milvus = measure(store.search, asked[:milvus_queries])
+        print("  loading the hot index from Milvus", flush=True)
+        hot = HotStore(store, DIM)
+        started = time.perf_counter()
+        hot.load()
+        load_s = time.perf_counter() - started
+        assert hot.index is not None
+        arrays_mib, index_mib = hot.index.nbytes / 2**20, hot.index.footprint() / 2**20
+        print(f"  loaded {hot.index.rows} rows in {load_s:.1f} s; hot index searches", flush=True)
+        fast = measure(hot.search, asked)
+    finally:
+        store.close()
+    return [
+        Row("milvus-lite", chunks, ingest_s, *milvus, f"RSS +{rss_milvus - rss_before:.0f} MiB"),
+        Row(
+            "hot-index",
+            chunks,
+            load_s,
+            *fast,
+            f"{index_mib:.0f} MiB, of which vectors and filter columns {arrays_mib:.0f} MiB",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_retrieval")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--milvus-queries", type=int, default=100)
+    args = parser.parse_args()
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)  # query_iterator warns on Milvus Lite
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            rows += run_size(size, args.queries, min(args.milvus_queries, args.queries), Path(tmp))
+    print()
+    heads = ("chunks", "load s", "p50 ms", "p99 ms", "recall@10")
+    print(f"{'design':12} " + " ".join(f"{h:>9}" for h in heads) + "  memory")
+    for r in rows:
+        print(
+            f"{r.design:12} {r.chunks:>9} {r.load_s:>9.1f} {r.p50_ms:>9.1f} {r.p99_ms:>9.1f} "
+            f"{r.recall:>9.3f}  {r.memory}"
+        )
+    print(
+        "load s: milvus-lite = writing the chunks and flushing; hot-index = its load from "
+        f"Milvus at start. Search: top_k 10, one at a time; Milvus Lite alone: the first "
+        f"{args.milvus_queries} queries."
+    )
+
+
+if __name__ == "__main__":
+    main()

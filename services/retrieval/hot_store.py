@@ -1,0 +1,162 @@
+"""Milvus as the store of record, searched through the hot index kept in process.
+
+HotStore has MilvusStore's methods. Every write goes to Milvus first and reaches the hot
+index only once Milvus took it, so what a search can return is always acknowledged data.
+Searches run on the hot index alone (docs/retrieval.md, "Retrieval at size": Milvus Lite
+scans every row in Python on each search). `load` fills the index from Milvus at start;
+until it has, and after a failed write whose effect on Milvus could not be read back,
+search goes to Milvus.
+Tenant versions are cached beside the index. Like MilvusStore it is not thread-safe: the
+retrieval core calls it from one worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from services.retrieval.hot_index import HotIndex
+from services.retrieval.store import (
+    DocumentRows,
+    MilvusStore,
+    ScannedRow,
+    StoredChunk,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+
+class HotStore:
+    def __init__(self, milvus: MilvusStore, dim: int) -> None:
+        self._milvus = milvus
+        self._dim = dim
+        self._index: HotIndex | None = None  # None: not loaded, or not to be trusted
+        self._versions: dict[str, int] = {}
+
+    @property
+    def index(self) -> HotIndex | None:
+        return self._index
+
+    def load(self) -> None:
+        """Reads every chunk row and tenant version from Milvus into a fresh index."""
+        started = time.perf_counter()
+        index = HotIndex(self._dim)
+        for batch in self._milvus.scan():
+            _add(index, batch)
+        index.train()
+        self._versions = self._milvus.versions()
+        self._index = index
+        LOGGER.info(
+            "hot index: %d rows of %d tenants loaded in %.1f s, %.0f MiB",
+            index.rows,
+            len(self._versions),
+            time.perf_counter() - started,
+            index.footprint() / 2**20,
+        )
+
+    def version(self, tenant: str) -> int:
+        if self._index is None:
+            return self._milvus.version(tenant)
+        return self._versions.get(tenant, 0)
+
+    def set_version(self, tenant: str, version: int) -> None:
+        self._milvus.set_version(tenant, version)
+        self._versions[tenant] = version
+
+    def replace_document(
+        self,
+        tenant: str,
+        document_id: str,
+        title: str,
+        metadata: dict[str, str],
+        chunks: list[str],
+        vectors: np.ndarray,
+        version: int,
+    ) -> None:
+        document = DocumentRows(document_id, title, metadata, chunks, vectors)
+        self.replace_documents(tenant, [document], version)
+
+    def replace_documents(self, tenant: str, documents: list[DocumentRows], version: int) -> None:
+        try:
+            self._milvus.replace_documents(tenant, documents, version)
+        except Exception:
+            self._reread(tenant, [d.document_id for d in documents])
+            raise
+        if self._index is not None:
+            for d in documents:
+                self._index.replace_document(tenant, _rows(d), d.vectors)
+
+    def has_document(self, tenant: str, document_id: str) -> bool:
+        return self._milvus.has_document(tenant, document_id)
+
+    def delete_document(self, tenant: str, document_id: str) -> int:
+        try:
+            deleted = self._milvus.delete_document(tenant, document_id)
+        except Exception:
+            self._reread(tenant, [document_id])
+            raise
+        if self._index is not None:
+            self._index.delete_document(tenant, document_id)
+        return deleted
+
+    def search(
+        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str]
+    ) -> list[StoredChunk]:
+        if self._index is None:
+            return self._milvus.search(tenant, vector, top_k, filters)
+        return self._index.search(tenant, vector, top_k, filters)
+
+    def count(self, tenant: str) -> int:
+        return self._milvus.count(tenant)
+
+    def flush(self) -> None:
+        self._milvus.flush()
+
+    def close(self) -> None:
+        self._milvus.close()
+
+    def _reread(self, tenant: str, document_ids: list[str]) -> None:
+        """After a failed write: makes the index hold what Milvus now holds of the documents."""
+        if self._index is None:
+            return
+        try:
+            for document_id in document_ids:
+                self._index.delete_document(tenant, document_id)
+                for batch in self._milvus.scan(tenant, document_id):
+                    _add(self._index, batch)
+        except Exception:
+            LOGGER.exception("hot index: cannot reread after a failed write; searching Milvus")
+            self._index = None
+
+
+def _rows(document: DocumentRows) -> list[StoredChunk]:
+    """The rows MilvusStore.replace_documents writes for `document` (score 0)."""
+    return [
+        StoredChunk(document.document_id, i, 0.0, text, document.title, document.metadata)
+        for i, text in enumerate(document.chunks)
+    ]
+
+
+def _add(index: HotIndex, rows: list[ScannedRow]) -> None:
+    """Adds a batch of scanned rows by tenant; equal metadata and titles share one object."""
+    by_tenant: defaultdict[str, list[ScannedRow]] = defaultdict(list)
+    for row in rows:
+        by_tenant[row.tenant].append(row)
+    shared: dict[object, Any] = {}
+    for tenant, group in by_tenant.items():
+        chunks = [
+            replace(
+                r.chunk,
+                title=shared.setdefault(r.chunk.title, r.chunk.title),
+                metadata=shared.setdefault(
+                    tuple(sorted(r.chunk.metadata.items())), r.chunk.metadata
+                ),
+            )
+            for r in group
+        ]
+        index.add(tenant, chunks, np.asarray([r.vector for r in group], dtype=np.float32))

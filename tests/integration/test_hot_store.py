@@ -1,0 +1,186 @@
+"""The hot index against the real Milvus Lite: the same answers as Milvus after every write.
+
+Only Milvus Lite starts here (in process); the embedder is a stand-in, as these tests are
+about the store: re-ingest and delete, tenants, filters, a restart, a failed write, and a
+replica applying the corpus log through the same store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ragmesh.retrieval.v1 import retrieval_pb2 as pb
+
+from services.retrieval.config import RetrievalConfig
+from services.retrieval.core import RetrievalCore
+from services.retrieval.corpus_log import CorpusLog
+from services.retrieval.hot_index import unit
+from services.retrieval.hot_store import HotStore
+from services.retrieval.store import MilvusStore
+
+pytestmark = pytest.mark.integration
+
+DIM = 16
+
+
+def _vectors(rng, count):
+    return unit(rng.standard_normal((count, DIM)))
+
+
+def _answer(chunks):
+    return [
+        (c.document_id, c.chunk_index, round(c.score, 4), c.title, c.text, c.metadata)
+        for c in chunks
+    ]
+
+
+def _same_answers(hot, milvus, rng, tenants=("acme", "globex"), filters=({}, {"lang": "en"})):
+    for tenant in tenants:
+        for query in _vectors(rng, 5):
+            for f in filters:
+                assert _answer(hot.search(tenant, query, 6, f)) == _answer(
+                    milvus.search(tenant, query, 6, f)
+                )
+
+
+def _write(store, rng, tenant, document, version, lang, count):
+    vectors = _vectors(rng, count)
+    chunks = [f"{document} v{version} chunk {i}" for i in range(count)]
+    store.replace_document(
+        tenant, document, f"title {document}", {"lang": lang}, chunks, vectors, version
+    )
+    return vectors
+
+
+@pytest.fixture
+def stores(tmp_path: Path):
+    milvus = MilvusStore(str(tmp_path / "milvus.db"), "", "chunks", DIM)
+    hot = HotStore(milvus, DIM)
+    hot.load()
+    yield hot, milvus
+    milvus.close()
+
+
+def test_answers_match_milvus_after_ingest_reingest_and_delete(stores):
+    hot, milvus = stores
+    rng = np.random.default_rng(1)
+    for d in range(8):
+        _write(hot, rng, "acme", f"d{d}", 1, "en" if d % 2 else "de", 3)
+        _write(hot, rng, "globex", f"d{d}", 1, "en", 2)
+    _same_answers(hot, milvus, rng)
+    old = _write(hot, rng, "acme", "d1", 2, "de", 2)  # re-ingest: fewer chunks, new metadata
+    _write(hot, rng, "acme", "d1", 2, "de", 2)  # the same version again changes nothing
+    assert hot.delete_document("acme", "d2") == 3
+    _same_answers(hot, milvus, rng)
+    hits = hot.search("acme", old[0], 20, {})
+    assert sorted(c.chunk_index for c in hits if c.document_id == "d1") == [0, 1]
+    assert not [c for c in hits if c.document_id == "d2"]
+    assert hot.index is not None and hot.index.rows == milvus.count("acme") + milvus.count("globex")
+
+
+def test_versions_are_cached_and_written_through(stores):
+    hot, milvus = stores
+    assert hot.version("acme") == 0
+    hot.set_version("acme", 7)
+    assert (hot.version("acme"), milvus.version("acme"), hot.version("globex")) == (7, 7, 0)
+
+
+def test_a_restart_loads_what_milvus_holds(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    first = MilvusStore(str(tmp_path / "milvus.db"), "", "chunks", DIM)
+    hot = HotStore(first, DIM)
+    hot.load()
+    for d in range(6):
+        _write(hot, rng, "acme", f"d{d}", 1, "en", 3)
+    _write(hot, rng, "acme", "d0", 2, "de", 1)
+    hot.delete_document("acme", "d5")
+    hot.set_version("acme", 4)
+    queries = _vectors(rng, 5)
+    before = [_answer(hot.search("acme", q, 8, {})) for q in queries]
+    first.close()
+    again = MilvusStore(str(tmp_path / "milvus.db"), "", "chunks", DIM)
+    restarted = HotStore(again, DIM)
+    assert restarted.index is None  # before load, searches go to Milvus
+    restarted.load()
+    try:
+        assert [_answer(restarted.search("acme", q, 8, {})) for q in queries] == before
+        assert restarted.version("acme") == 4
+        _same_answers(restarted, again, rng, tenants=("acme",))
+    finally:
+        again.close()
+
+
+def test_a_failed_write_rereads_the_document_from_milvus(stores, monkeypatch):
+    hot, milvus = stores
+    rng = np.random.default_rng(3)
+    _write(hot, rng, "acme", "d0", 1, "en", 3)
+    _write(hot, rng, "acme", "d1", 1, "en", 3)
+    real_delete = milvus._client.delete
+
+    def upsert_then_fail(*args, **kwargs):
+        raise ConnectionError("Milvus went away between the upsert and the delete")
+
+    monkeypatch.setattr(milvus._client, "delete", upsert_then_fail)
+    with pytest.raises(ConnectionError):
+        _write(hot, rng, "acme", "d0", 2, "de", 2)
+    monkeypatch.setattr(milvus._client, "delete", real_delete)
+    # Milvus now holds both versions of d0; so does the index.
+    _same_answers(hot, milvus, rng, tenants=("acme",), filters=({}, {"lang": "de"}))
+    assert hot.index is not None and hot.index.rows == 3 + 2 + 3
+
+
+class _Embedder:
+    async def embed(self, texts, timeout_s):
+        return np.ones((len(texts), DIM), dtype=np.float32) / np.sqrt(DIM)
+
+    async def close(self):
+        pass
+
+
+def _core(tmp_path: Path, name: str, hot: bool, primary: str = "") -> RetrievalCore:
+    config = RetrievalConfig(
+        milvus_uri=str(tmp_path / f"{name}.db"),
+        corpus_log=str(tmp_path / f"{name}-log.db"),
+        embedding_dim=DIM,
+        hot_index=hot,
+        primary_target=primary,
+    )
+    store = MilvusStore(config.milvus_uri, "", config.collection, DIM)
+    return RetrievalCore(config, store, _Embedder(), CorpusLog(config.corpus_log))
+
+
+async def test_a_replica_with_the_hot_index_answers_like_one_without(tmp_path: Path):
+    rng = np.random.default_rng(4)
+    entries = []
+    for seq, (tenant, document, version) in enumerate(
+        [("acme", "a", 1), ("acme", "b", 2), ("globex", "a", 1), ("acme", "a", 3)], start=1
+    ):
+        vectors = _vectors(rng, 3)
+        stored = pb.StoredDocument(
+            id=document,
+            title=document,
+            metadata={"lang": "en"},
+            chunks=[f"{document} {version} {i}" for i in range(3)],
+            vectors=vectors.astype(np.float32).tobytes(),
+        )
+        entries.append(pb.LogEntry(seq=seq, tenant=tenant, version=version, upsert=stored))
+    entries.append(pb.LogEntry(seq=5, tenant="acme", version=4, delete_document_id="b"))
+    replicas = [
+        _core(tmp_path, "hot", True, "primary:1"),
+        _core(tmp_path, "cold", False, "primary:1"),
+    ]
+    try:
+        for core in replicas:
+            await core.recover()
+            await core.replicate(entries[:2], 5)
+            await core.replicate(entries[2:], 5)
+        for tenant in ("acme", "globex"):
+            hot, cold = [await core.search(tenant, "q", 10, {}, 5.0) for core in replicas]
+            assert _answer(hot[0]) == _answer(cold[0]) and hot[1] == cold[1]
+        acme, version = await replicas[0].search("acme", "q", 10, {}, 5.0)
+        assert {c.text.rsplit(" ", 1)[0] for c in acme} == {"a 3"} and version == 4
+    finally:
+        for core in replicas:
+            await core.close()
