@@ -100,7 +100,7 @@ def direct_send(channel: grpc.aio.Channel) -> Send:
         [
             _bytes_tensor(plain_prompt(QUESTION).encode()),
             np.int32(MAX_TOKENS).tobytes(),
-            np.bool_(True).tobytes(),
+            np.bool_(False).tobytes(),  # a unary Generate asks for one response
             np.float32(0.0).tobytes(),
         ]
     )

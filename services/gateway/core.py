@@ -228,8 +228,12 @@ class GatewayCore:
             filters,
         )
 
-    async def generate(self, call: Call, params: GenerateParams) -> AsyncGenerator[str | Answer]:
-        """Yields answer text as the model produces it, then one Answer.
+    async def generate(
+        self, call: Call, params: GenerateParams, *, stream: bool = True
+    ) -> AsyncGenerator[str | Answer]:
+        """Yields answer text as the model produces it, then one Answer. Not `stream`: the
+        model answers in one piece (a unary call reads no text before the end; one response
+        costs Triton, the gateway and the wire far less than one a token).
 
         Degrades rather than fails: retrieval down or late -> a fresh cached answer, else an
         answer without sources (or UNAVAILABLE where so configured); a tier down -> its
@@ -273,7 +277,7 @@ class GatewayCore:
         prompt_tokens = completion_tokens = -1
         served = tier
         async for answered, delta in self._stream(
-            call, chain, version, params, sources, max_tokens
+            call, chain, version, params, sources, max_tokens, stream
         ):
             served = answered
             if delta.text:
@@ -316,6 +320,7 @@ class GatewayCore:
         params: GenerateParams,
         sources: list[Source],
         max_tokens: int,
+        stream: bool,
     ) -> AsyncIterator[tuple[Tier, Delta]]:
         """Deltas from the first tier and endpoint that answers, in order of preference.
 
@@ -350,6 +355,7 @@ class GatewayCore:
                         prompt,
                         max_tokens=max_tokens,
                         temperature=params.temperature,
+                        stream=stream,
                         timeout_s=call.remaining(),
                         headers=telemetry.traceparent(span),
                     ):

@@ -38,7 +38,9 @@ _TEMPERATURE = ("temperature", "FP32")
 _SHAPE = (1, 1)  # a batch of one
 
 
-def _request(model: str, version: str, prompt: str, max_tokens: int, temperature: float) -> Any:
+def _request(
+    model: str, version: str, prompt: str, max_tokens: int, temperature: float, stream: bool
+) -> Any:
     """The ModelInferRequest, raw little-endian tensors as Triton's gRPC API takes them: no
     numpy arrays or client-library wrappers per call."""
     request = service_pb2.ModelInferRequest(
@@ -51,7 +53,7 @@ def _request(model: str, version: str, prompt: str, max_tokens: int, temperature
         [
             struct.pack("<I", len(text)) + text,  # BYTES: a uint32 length, then the bytes
             struct.pack("<i", max_tokens),
-            b"\x01",
+            b"\x01" if stream else b"\x00",
             struct.pack("<f", temperature),
         ]
     )
@@ -110,11 +112,12 @@ class TritonLLM:
         *,
         max_tokens: int,
         temperature: float,
+        stream: bool,
         timeout_s: float,
         headers: dict[str, str],
     ) -> AsyncIterator[Delta]:
         """Yields deltas until the model's final response; cancelling stops generation."""
-        request = _request(model, version, prompt, max_tokens, temperature)
+        request = _request(model, version, prompt, max_tokens, temperature, stream)
         call = self._stub.ModelStreamInfer(
             iter([request]), timeout=max(timeout_s, 0.001), metadata=tuple(headers.items())
         )

@@ -84,7 +84,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> pb.GenerateResponse:
         call = self._call(context)
         # Closed here, not by the garbage collector on another turn of the loop.
-        async with contextlib.aclosing(self._core.generate(call, _params(request))) as events:
+        answer = self._core.generate(call, _params(request), stream=False)
+        async with contextlib.aclosing(answer) as events:
             async for event in events:
                 if isinstance(event, Answer):
                     return _final(event, call, self._core.config.region)

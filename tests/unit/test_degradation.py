@@ -44,9 +44,11 @@ class FakeLLM:
         self.broken: set[str] = set()
         self.cut: set[str] = set()
         self.prompts: list[tuple[str, str]] = []
+        self.streamed: list[bool] = []
 
     async def stream(self, model, version, prompt, **kwargs) -> AsyncIterator[Delta]:
         self.prompts.append((model, prompt))
+        self.streamed.append(kwargs["stream"])
         if model in self.broken:
             raise Unavailable(f"llm unavailable: {model} at {self.target} is down")
         yield Delta(f"{model}@{self.target} says", 10, 1, "1")
@@ -73,9 +75,12 @@ def gateway():
     return core, retrieval, llms
 
 
-async def _ask(core: GatewayCore, tenant: str = "demo", **params) -> tuple[list[str], Answer]:
+async def _ask(
+    core: GatewayCore, tenant: str = "demo", stream: bool = True, **params
+) -> tuple[list[str], Answer]:
     call = Call.start(tenant, 10.0)
-    events = [e async for e in core.generate(call, GenerateParams(query="How hot?", **params))]
+    asked = GenerateParams(query="How hot?", **params)
+    events = [e async for e in core.generate(call, asked, stream=stream)]
     *texts, answer = events
     assert isinstance(answer, Answer)
     return texts, answer
@@ -222,3 +227,10 @@ async def test_a_request_that_skips_retrieval_asks_the_model_alone(gateway) -> N
     assert retrieval.calls == 0
     assert not answer.degraded and answer.citations == [] and answer.corpus_version == ""
     assert llms[LOCAL].prompts == [("standard", "Question: How hot?\nAnswer:")]
+
+
+async def test_a_unary_answer_asks_the_model_for_one_response(gateway) -> None:
+    core, _, llms = gateway
+    await _ask(core, stream=False, bypass_cache=True)
+    await _ask(core, bypass_cache=True)
+    assert llms[LOCAL].streamed == [False, True]
