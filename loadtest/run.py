@@ -38,7 +38,7 @@ from ragmesh.v1 import gateway_pb2_grpc
 from loadtest.gameday import SCENARIOS, Form, GameDay, Outcome, runbook_questions
 from loadtest.latency import percentile
 from loadtest.openloop import Load, Rate, Sample, Send, burst, grpc_generate, http_generate, steady
-from services.console.gate import table, write_csv
+from services.console.gate import GATED, table, write_csv
 from services.console.layers import SloRow, slo
 from services.console.observe import Observer
 from services.mesh.config import MeshConfig
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.tier} tier, {regions} region(s)"
     )
     print(title)
-    print(table(run.layers))
+    print(table(run.layers, GATED))
     print("  replies: " + run.layers[0].statuses)
     for window in run.windows:
         print(f"  {window.label}: {window.start_s:.1f}..{window.end_s:.1f} s")

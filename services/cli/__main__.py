@@ -116,7 +116,7 @@ def cmd_slo(args: argparse.Namespace) -> None:
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    from services.console.gate import breaches, read_csv, table
+    from services.console.gate import GATED, breaches, read_csv, table
 
     config = MeshConfig.load(args.config)
     try:
@@ -124,7 +124,7 @@ def cmd_gate(args: argparse.Namespace) -> None:
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(f"{args.csv} against the SLO budgets of {args.config}")
-    print(table(rows))
+    print(table(rows, GATED))
     broken = breaches(rows, config.slo)
     for breach in broken:
         print(f"BREACH {breach}")
