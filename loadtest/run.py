@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(title)
     print(table(run.layers, GATED))
-    print("  replies: " + run.layers[0].statuses)
+    degraded = Counter(s.reason for s in run.samples if s.degraded)
+    print(f"  replies: {run.layers[0].statuses}; degraded {sum(degraded.values())}")
+    for reason, n in degraded.most_common():
+        print(f"    {n} x {reason}")
     for window in run.windows:
         print(f"  {window.label}: {window.start_s:.1f}..{window.end_s:.1f} s")
     summary = args.out / f"{args.scenario}.csv"
