@@ -33,8 +33,12 @@ class Delta:
     model_version: str
 
 
-_INPUTS = (("text_input", "BYTES"), ("max_tokens", "INT32"), ("stream", "BOOL"))
-_TEMPERATURE = ("temperature", "FP32")
+_INPUTS = (
+    ("text_input", "BYTES"),
+    ("max_tokens", "INT32"),
+    ("stream", "BOOL"),
+    ("temperature", "FP32"),
+)
 _SHAPE = (1, 1)  # a batch of one
 
 
@@ -46,7 +50,7 @@ def _request(
     request = service_pb2.ModelInferRequest(
         model_name=model, model_version=version, id=uuid.uuid4().hex
     )
-    for name, datatype in (*_INPUTS, _TEMPERATURE):
+    for name, datatype in _INPUTS:
         request.inputs.add(name=name, datatype=datatype, shape=_SHAPE)
     text = prompt.encode()
     request.raw_input_contents.extend(
@@ -116,7 +120,8 @@ class TritonLLM:
         timeout_s: float,
         headers: dict[str, str],
     ) -> AsyncIterator[Delta]:
-        """Yields deltas until the model's final response; cancelling stops generation."""
+        """Yields deltas until the model's final response (not `stream`: one delta, the whole
+        answer); cancelling stops generation."""
         request = _request(model, version, prompt, max_tokens, temperature, stream)
         call = self._stub.ModelStreamInfer(
             iter([request]), timeout=max(timeout_s, 0.001), metadata=tuple(headers.items())
