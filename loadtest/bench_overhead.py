@@ -42,11 +42,11 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from loadtest.bench_telemetry import cpu_seconds
 from loadtest.latency import percentile
 from loadtest.litellm_side import VENV, LiteLLMSide, compare
 from loadtest.litellm_side import report as litellm_report
 from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, steady
+from loadtest.procfs import cpu_seconds, rss_mib
 from services.gateway.config import TierConfig
 from services.gateway.prompt import plain_prompt
 from services.mesh.config import MeshConfig
@@ -165,13 +165,6 @@ class Meter:
         return {n: v - before[n] for n, v in self.read().items()}
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def start_untraced_gateway(mesh: Mesh) -> str:
     """A second gateway on the same Triton, with telemetry off: what telemetry costs."""
     region = mesh.regions[0].config
@@ -225,7 +218,7 @@ async def measure(
                     samples = await Load(sends[path], steady(rate)).run(duration_s=seconds)
                     figures.add(path, rate, samples, meter.since(before))
                     await asyncio.sleep(0.5)  # let the last round's stragglers clear
-            rss[rate] = rss_mb(mesh.processes[gateway].pid)
+            rss[rate] = rss_mib(mesh.processes[gateway].pid)
             print(f"  {rate:g} req/s done", flush=True)
     return figures, rss
 
@@ -246,7 +239,7 @@ async def soak(mesh: Mesh, rate: float, seconds: float) -> None:
             samples = await Load(send, steady(rate)).run(duration_s=seconds / 10)
             failed += sum(s.status != "OK" for s in samples)
             sent += len(samples)
-            readings.append(rss_mb(pid))
+            readings.append(rss_mib(pid))
             print(f"  {readings[-1]:.1f}", end="", flush=True)
     growth = (readings[-1] - readings[0]) / readings[0]
     print(

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.latency import percentile
+from loadtest.procfs import rss_mib
 from services.retrieval.hot_index import unit
 from services.retrieval.hot_store import HotStore
 from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk
@@ -152,13 +153,6 @@ def measure(search: Search, queries: list[Query]) -> tuple[float, float, float]:
         got = {(c.document_id, c.chunk_index) for c in found}
         recalls.append(len(got & q.truth) / len(q.truth))
     return percentile(samples, 0.5), percentile(samples, 0.99), float(np.mean(recalls))
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run_size(chunks: int, queries: int, milvus_queries: int, work: Path) -> list[Row]:

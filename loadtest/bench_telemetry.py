@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import statistics
 import tempfile
 import threading
@@ -35,11 +34,11 @@ from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.gameday import runbook_corpus, runbook_questions
 from loadtest.latency import percentile
+from loadtest.procfs import cpu_seconds
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, free_port, isolated
 from services.mesh.regions import first
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # name: (telemetry.enabled, telemetry.sample_ratio)
 VARIANTS = {"gateway-off": (False, 1.0), "gateway-on": (True, 1.0), "gateway-10%": (True, 0.1)}
 
@@ -59,12 +58,6 @@ class _Sink(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass

@@ -34,12 +34,11 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
-from loadtest.openloop import Load, Sample, grpc_generate, steady
+from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Sample, grpc_generate, steady
 from services.mesh.config import MeshConfig
 from services.mesh.launcher import ROOT, Mesh, isolated
 from services.mesh.regions import first
 
-REQUEST_TIMEOUT_S = 30.0
 PHASES = ("before", "during", "after")
 BATCH = 10  # documents per ingest call in ingest-kill
 TEAMS = ("storage", "search", "payments", "identity", "billing", "network")

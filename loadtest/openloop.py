@@ -17,7 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import aiohttp
 import grpc
+from ragmesh.v1 import gateway_pb2 as pb
+from ragmesh.v1 import gateway_pb2_grpc
 
 REQUEST_TIMEOUT_S = 30.0
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -98,9 +101,9 @@ class Load:
 
 
 def grpc_generate(
-    stub: object,
+    stub: gateway_pb2_grpc.GatewayStub,
     key: str,
-    requests: Sequence[object],
+    requests: Sequence[pb.GenerateRequest],
     timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> Send:
     """Unary Generate calls on a GatewayStub, cycling through `requests`."""
@@ -108,7 +111,7 @@ def grpc_generate(
 
     async def send(i: int) -> Reply:
         try:
-            reply = await stub.Generate(  # type: ignore[attr-defined]
+            reply = await stub.Generate(
                 requests[i % len(requests)], metadata=metadata, timeout=timeout_s
             )
         except grpc.aio.AioRpcError as exc:
@@ -119,7 +122,7 @@ def grpc_generate(
 
 
 def http_generate(
-    session: object,
+    session: aiohttp.ClientSession,
     url: str,
     key: str,
     bodies: Sequence[dict[str, object]],
@@ -128,17 +131,13 @@ def http_generate(
     """POSTs of JSON bodies to Envoy's transcoded /v1/generate on an aiohttp session. The
     status is the gRPC status Envoy passes on (`grpc-status`); without one, a 200 is OK and
     any other code reads `HTTP_<code>`."""
-    import aiohttp
-
     headers = {"x-api-key": key, "content-type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def send(i: int) -> Reply:
         body = json.dumps(bodies[i % len(bodies)])
         try:
-            async with session.post(  # type: ignore[attr-defined]
-                url, data=body, headers=headers, timeout=timeout
-            ) as response:
+            async with session.post(url, data=body, headers=headers, timeout=timeout) as response:
                 payload = await response.read()
                 code = response.headers.get("grpc-status")
                 status = (
