@@ -14,11 +14,9 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.common import telemetry
 from services.common.errors import ErrorInterceptor
-from services.common.metrics import MetricsInterceptor
 
 LOGGER = logging.getLogger(__name__)
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -37,21 +35,14 @@ CHANNEL_OPTIONS = (
 )
 
 
-def _not_health(details: grpc.HandlerCallDetails) -> bool:
-    """Health checks (Envoy's, every second) are not worth a span each. (The instrumentation's
-    own filters parse the method name on every call: a tenth of its cost here.)"""
-    return not details.method.startswith(f"/{HEALTH}/")
+def new_server(layer: str, tracing: telemetry.TelemetryConfig) -> grpc.aio.Server:
+    """A server whose every call runs in its trace (a span when the trace is sampled), is
+    timed in `layer`'s metrics, and whose errors map to gRPC status by the one table.
 
-
-def new_server(layer: str, *, instrumented: bool = True) -> grpc.aio.Server:
-    """A server whose every call is a span (continuing the caller's trace), is timed in
-    `layer`'s metrics, and whose errors map to gRPC status by the one table.
-
-    Not instrumented: errors are mapped, nothing else (telemetry.enabled false)."""
+    With telemetry off (`enabled` false): errors are mapped, nothing else."""
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-    if instrumented:
-        traced = aio_server_interceptor(filter_=_not_health)  # type: ignore[no-untyped-call]
-        interceptors = [traced, ErrorInterceptor(), MetricsInterceptor(layer)]
+    if tracing.enabled:
+        interceptors.insert(0, telemetry.ServerTelemetry(layer, tracing.sampled))
     return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
 
 
@@ -80,7 +71,7 @@ def add_health_and_reflection(
     reflection.enable_server_reflection(
         [
             *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            HEALTH,
             reflection.SERVICE_NAME,
         ],
         server,

@@ -15,7 +15,7 @@ async def serve(config_path: str) -> None:
     mesh = MeshConfig.load(config_path)
     config = mesh.gateway
     tracing = telemetry.setup("ragmesh-gateway", config.region, mesh.telemetry)
-    server = build_server(config, instrumented=mesh.telemetry.enabled)
+    server = build_server(config, mesh.telemetry)
     LOGGER.info("gateway listening on %s:%d (region %s)", config.host, server.port, config.region)
     try:
         await server.serve()

@@ -357,7 +357,7 @@ class GatewayCore:
                         temperature=params.temperature,
                         stream=stream,
                         timeout_s=call.remaining(),
-                        headers=telemetry.traceparent(span),
+                        headers=telemetry.triton_traceparent(span),
                     ):
                         last = delta
                         if not started:
@@ -450,7 +450,10 @@ def _observe(found: _Retrieved, answer: Answer, arrived: float | None) -> None:
 
 def _chat_span(tier: Tier, target: str, params: GenerateParams, max_tokens: int) -> trace.Span:
     """A generation attempt, with the OpenTelemetry GenAI attributes. Not made current: it
-    lives across the stream's yields; Triton joins it through the traceparent header."""
+    lives across the stream's yields; Triton joins it through the traceparent header.
+    An invalid span in an unsampled trace: nothing to record."""
+    if not trace.get_current_span().is_recording():
+        return trace.INVALID_SPAN
     return _TRACER.start_span(
         f"chat {tier.config.model}",
         kind=trace.SpanKind.CLIENT,
@@ -488,6 +491,8 @@ def _annotate(
     region: str,
 ) -> None:
     """The request's span gets what it was and how it went; hashes, never text."""
+    if not span.is_recording():  # an unsampled trace: spare the hashing
+        return
     span.set_attributes(
         {
             "ragmesh.tenant": telemetry.digest(call.tenant),

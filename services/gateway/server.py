@@ -9,7 +9,7 @@ from grpc_health.v1 import health
 from ragmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.common import metrics as common_metrics
-from services.common import serving
+from services.common import serving, telemetry
 from services.gateway.auth import Authenticator
 from services.gateway.config import GatewayConfig
 from services.gateway.core import GatewayCore
@@ -48,12 +48,12 @@ class GatewayServer:
         await self.close_clients()
 
 
-def build_server(config: GatewayConfig, *, instrumented: bool = True) -> GatewayServer:
-    """Not instrumented (telemetry.enabled false): no spans, per-call metrics or endpoint."""
+def build_server(config: GatewayConfig, tracing: telemetry.TelemetryConfig) -> GatewayServer:
+    """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
     core = GatewayCore(config, retrieval, tiers)
-    server = serving.new_server("gateway", instrumented=instrumented)
+    server = serving.new_server("gateway", tracing)
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(core, Authenticator(config.api_keys)), server
     )
@@ -65,5 +65,5 @@ def build_server(config: GatewayConfig, *, instrumented: bool = True) -> Gateway
         health=health_servicer,
         retrieval=retrieval,
         tiers=tiers,
-        metrics_port=config.metrics_port if instrumented else 0,
+        metrics_port=config.metrics_port if tracing.enabled else 0,
     )

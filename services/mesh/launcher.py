@@ -123,13 +123,14 @@ PLANES = ("triton", "retrieval", "gateway", "envoy", "console")
 
 
 def _triton_tracing(region: Region) -> list[str]:
-    """Triton's OpenTelemetry mode: a span per request, a child of the caller's traceparent."""
+    """Triton's OpenTelemetry mode: spans for the requests that carry a trace context (the
+    gateway and the embedder send one for sampled traces only), children of that context."""
     t = region.config.telemetry
     if not t.otlp_endpoint:
         return []
     return [
         "--trace-config=mode=opentelemetry",
-        f"--trace-config=rate={max(1, round(1 / t.sample_ratio)) if t.sample_ratio else 0}",
+        "--trace-config=rate=0",  # no sampling of its own: only requests with a context
         "--trace-config=level=TIMESTAMPS",
         f"--trace-config=opentelemetry,url={t.otlp_endpoint.rstrip('/')}/v1/traces",
         f"--trace-config=opentelemetry,resource=service.name=triton-{region.name}",
@@ -156,9 +157,11 @@ class Mesh:
     def __init__(
         self, config: MeshConfig, planes: tuple[str, ...] = PLANES, *, trace_viewer: bool = False
     ) -> None:
-        if trace_viewer:  # every layer exports to the viewer
+        if trace_viewer:  # every layer exports every trace to the viewer
             viewer = f"http://127.0.0.1:{config.telemetry.viewer_port}"
-            telemetry = dataclasses.replace(config.telemetry, otlp_endpoint=viewer)
+            telemetry = dataclasses.replace(
+                config.telemetry, otlp_endpoint=viewer, sample_ratio=1.0
+            )
             config = dataclasses.replace(config, telemetry=telemetry)
         self.trace_viewer = trace_viewer
         self.config = config

@@ -15,7 +15,7 @@ async def serve(config_path: str) -> None:
     mesh = MeshConfig.load(config_path)
     config = mesh.retrieval
     tracing = telemetry.setup("ragmesh-retrieval", config.region, mesh.telemetry)
-    server = build_server(config, instrumented=mesh.telemetry.enabled)
+    server = build_server(config, mesh.telemetry)
     LOGGER.info("retrieval listening on %s:%d", config.host, server.port)
     try:
         await server.serve()

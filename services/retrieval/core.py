@@ -266,7 +266,8 @@ class RetrievalCore:
             vector = (await self._embedder.embed([query], timeout_s))[0]
             chunks = await self._run(self._store.search, tenant, vector, top_k, filters)
             version = await self.version(tenant)
-            span.set_attributes(_retrieval_attributes(tenant, query, top_k, chunks, version))
+            if span.is_recording():
+                span.set_attributes(_retrieval_attributes(tenant, query, top_k, chunks, version))
         return chunks, version
 
     async def version(self, tenant: str) -> int:

@@ -37,7 +37,7 @@ class TritonEmbedder:
                 [tensor],
                 outputs=[triton.InferRequestedOutput("embedding")],
                 client_timeout=max(timeout_s, 0.001),
-                headers=telemetry.traceparent(),
+                headers=telemetry.triton_traceparent(),
             )
         except InferenceServerException as exc:
             self._recovery.notice(self._model, exc.message() or "")

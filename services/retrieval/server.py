@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health
 from ragmesh.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
-from services.common import metrics, serving
+from services.common import metrics, serving, telemetry
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.core import RetrievalCore
 from services.retrieval.corpus_log import CorpusLog
@@ -53,8 +53,8 @@ class RetrievalServer:
         await self._close()
 
 
-def build_server(config: RetrievalConfig, *, instrumented: bool = True) -> RetrievalServer:
-    """Not instrumented (telemetry.enabled false): no spans, per-call metrics or endpoint."""
+def build_server(config: RetrievalConfig, tracing: telemetry.TelemetryConfig) -> RetrievalServer:
+    """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint."""
     store = MilvusStore(
         config.milvus_uri, config.milvus_token, config.collection, config.embedding_dim
     )
@@ -65,7 +65,7 @@ def build_server(config: RetrievalConfig, *, instrumented: bool = True) -> Retri
     replicator = None
     if config.primary_target:
         replicator = Replicator(core, config.primary_target, config.replication_interval_s)
-    server = serving.new_server("retrieval", instrumented=instrumented)
+    server = serving.new_server("retrieval", tracing)
     retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(core), server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
@@ -75,5 +75,5 @@ def build_server(config: RetrievalConfig, *, instrumented: bool = True) -> Retri
         core=core,
         health=health_servicer,
         replicator=replicator,
-        metrics_port=config.metrics_port if instrumented else 0,
+        metrics_port=config.metrics_port if tracing.enabled else 0,
     )

@@ -107,7 +107,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory):
     receiver = Receiver()
     base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
     config = isolated(base, tmp_path_factory.mktemp("traced"))
-    config = dataclasses.replace(config, telemetry=TelemetryConfig(otlp_endpoint=receiver.url))
+    every = TelemetryConfig(otlp_endpoint=receiver.url, sample_ratio=1.0)
+    config = dataclasses.replace(config, telemetry=every)
     with Mesh(config) as mesh:
         yield mesh, receiver
     receiver.server.shutdown()
@@ -185,3 +186,46 @@ def test_one_generate_is_one_trace_across_every_layer(traced):
     text = str([(s, _attributes(span)) for s, span in spans])
     for secret in (query, "1200 degrees", key, "demo'"):
         assert secret not in text
+
+
+def test_unsampled_requests_export_nothing_yet_keep_their_trace_ids(tmp_path_factory):
+    """At sample_ratio 0 no layer exports a span, yet every reply names its trace and the
+    log lines carry it; a caller inside the mesh that sends a sampled traceparent straight
+    to a gateway still gets its request traced (and shows the receiver works)."""
+    receiver = Receiver()
+    base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
+    config = isolated(base, tmp_path_factory.mktemp("unsampled"))
+    never = TelemetryConfig(otlp_endpoint=receiver.url, sample_ratio=0.0)
+    with Mesh(dataclasses.replace(config, telemetry=never)) as mesh:
+        key = (("x-api-key", mesh.config.mesh.demo_key),)
+        gateway = f"127.0.0.1:{mesh.regions[0].config.gateway.port}"
+        request = pb.GenerateRequest(query="How hot is a kiln?", tier="economy")
+        with grpc.insecure_channel(mesh.edge_target) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            document = pb.Document(id="kiln", title="Kilns", text="A kiln fires clay hot.")
+            stub.IngestDocuments(
+                pb.IngestDocumentsRequest(documents=[document]), metadata=key, timeout=60
+            )
+            unsampled = stub.Generate(request, metadata=key, timeout=60)
+        asked = "4bf92f3577b34da6a3ce929d0e0e4736"
+        with grpc.insecure_channel(gateway) as channel:
+            traced = gateway_pb2_grpc.GatewayStub(channel).Generate(
+                pb.GenerateRequest(query="What does a kiln fire?", tier="economy"),
+                metadata=(*key, ("traceparent", f"00-{asked}-00f067aa0ba902b7-01")),
+                timeout=60,
+            )
+        assert len(unsampled.trace_id) == 32 and traced.trace_id == asked
+        deadline = time.monotonic() + 20
+        while {s for s, _ in receiver.trace(asked)} < {"ragmesh-gateway", "ragmesh-retrieval"}:
+            assert time.monotonic() < deadline, receiver.spans
+            time.sleep(0.5)
+        time.sleep(6)  # past every exporter's batch delay (Triton's and Envoy's are 5 s)
+        with receiver.lock:
+            other = {span.trace_id.hex() for _, span in receiver.spans} - {asked}
+        assert not other, f"spans of unsampled traces were exported: {other}"
+        log = mesh.processes["retrieval-local"].log_path.read_text()
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        (upserted,) = [line for line in lines if line["message"].startswith("upserted 1 documents")]
+        assert len(upserted["trace_id"]) == 32
+    receiver.server.shutdown()
+    receiver.server.server_close()
