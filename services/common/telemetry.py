@@ -148,7 +148,8 @@ class ServerTelemetry(grpc.aio.ServerInterceptor):
         self._traced = aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=tracer_provider
         )
-        # method: (timed handler, timed handler in the trace context of its metadata)
+        # method: (timed handler, timed handler in the trace context of its metadata); a
+        # method's handler does not change once the server runs
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
