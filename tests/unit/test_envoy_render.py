@@ -305,9 +305,11 @@ def test_traces_go_to_the_collector_only_when_one_is_configured(config: MeshConf
     assert "otlp" not in _clusters(render(config))
     assert "tracing" not in _manager(_listener(render(config), "public"))
     doc = render(_traced(config))
-    for name in ("public", "internal-local", "internal-remote"):
+    # The entry samples; an internal listener keeps every sampled parent (Envoy keeps one
+    # only at its own random_sampling) and samples no unsampled one.
+    for name, share in (("public", 50.0), ("internal-local", 100.0), ("internal-remote", 100.0)):
         tracing = _manager(_listener(doc, name))["tracing"]
-        assert tracing["random_sampling"] == {"value": 50.0}
+        assert tracing["random_sampling"] == {"value": share}
         provider = tracing["provider"]["typed_config"]
         assert provider["service_name"] == "ragmesh-edge"
         assert provider["http_service"]["http_uri"]["uri"] == "http://127.0.0.1:4318/v1/traces"
