@@ -81,7 +81,7 @@ def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
     Disabled, the provider is returned but not installed: spans stay OpenTelemetry's no-ops.
     """
     resource = Resource.create({"service.name": service, "ragmesh.region": region})
-    # A root span is sampled: the decision was ServerTracing's, before it was started.
+    # A root span is sampled: the decision was ServerTelemetry's, before it was started.
     provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     if config.otlp_endpoint:
         session = requests.Session()
@@ -241,15 +241,15 @@ def _traceparent(metadata: Any) -> str:
     return ""
 
 
+_SAMPLED_FLAGS = {f"{flags:02x}" for flags in range(256) if flags & 1}
+
+
 def _sampled(metadata: Any, ratio: float) -> bool:
     """The caller's decision (the sampled bit of traceparent's flags), else a new one."""
     header = _traceparent(metadata)
     if header:
         return header[-2:] in _SAMPLED_FLAGS
     return random.random() < ratio
-
-
-_SAMPLED_FLAGS = {f"{flags:02x}" for flags in range(256) if flags & 1}
 
 
 def _unsampled(context: grpc.aio.ServicerContext) -> otel_context.Context:
