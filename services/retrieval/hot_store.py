@@ -26,6 +26,7 @@ from services.retrieval.store import (
     MilvusStore,
     ScannedRow,
     StoredChunk,
+    StoreLimits,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ class HotStore:
     @property
     def index(self) -> HotIndex | None:
         return self._index
+
+    @property
+    def limits(self) -> StoreLimits:
+        return self._milvus.limits
+
+    def reachable(self) -> bool:
+        return self._milvus.reachable()
 
     def load(self) -> None:
         """Reads every chunk row and tenant version from Milvus into a fresh index."""
@@ -90,6 +98,12 @@ class HotStore:
         if self._index is not None:
             for d in documents:
                 self._index.replace_document(tenant, _rows(d), d.vectors)
+
+    def delete_version(self, tenant: str, document_ids: list[str], version: int) -> None:
+        try:
+            self._milvus.delete_version(tenant, document_ids, version)
+        finally:
+            self._reread(tenant, document_ids)
 
     def has_document(self, tenant: str, document_id: str) -> bool:
         return self._milvus.has_document(tenant, document_id)

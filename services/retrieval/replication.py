@@ -3,7 +3,9 @@
 The replica asks for the entries after the last one its own log holds, so a region that
 was down catches up when it returns, from where it stopped. While the governance point is
 unreachable the replica keeps serving queries from what it has, and reports its lag as
-unknown until it hears from the governance point again.
+unknown until it hears from the governance point again. It is sent only entries whose fate
+the governance point has decided (applied or rejected), and an entry it cannot apply yet
+(its own Milvus down) stays in its log, retried each round; nothing ends the loop.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class Replicator:
             except grpc.aio.AioRpcError as exc:
                 if not failing:
                     LOGGER.warning("replication from %s failed: %s", self._target, exc.code().name)
+                failing, pulled = True, 0
+            except Exception:  # applying failed: the entries stay logged, retried next round
+                if not failing:
+                    LOGGER.exception("replication from %s: applying failed", self._target)
                 failing, pulled = True, 0
             if pulled < BATCH:
                 await asyncio.sleep(self._interval_s)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, MilvusClient, MilvusException
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,6 +58,66 @@ class ScannedRow:
 
 SCAN_FIELDS = ["tenant", "document_id", "chunk_index", "title", "text", "metadata", "vector"]
 SCAN_BATCH = 4096
+# Milvus refuses a JSON value over `common.JSONMaxLength` bytes, 65,536 by default
+# (milvus configs/milvus.yaml); Milvus Lite takes more, a server does not.
+JSON_MAX_BYTES = 65_536
+# The digits of the largest corpus version (an int64) in a row id.
+VERSION_DIGITS = 19
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """What one chunk row may hold, read from the collection's own schema.
+
+    Sizes are UTF-8 bytes: a Milvus server counts a VARCHAR's `max_length` in bytes (Milvus
+    Lite counts characters, never fewer), so a check in bytes holds for both.
+    """
+
+    varchar_bytes: dict[str, int]  # VARCHAR field -> max_length
+    dim: int
+
+    def field_problem(
+        self,
+        tenant: str,
+        document_id: str,
+        title: str,
+        metadata: dict[str, str],
+        chunks: list[str],
+    ) -> tuple[str, str] | None:
+        """The first field of a document the store would refuse, as (field, why); or None.
+
+        Fields are named as the API names them: `id`, `title`, `metadata`, `text`.
+        """
+        longest = row_id(tenant, document_id, 10**VERSION_DIGITS - 1, len(chunks))
+        checks: list[tuple[str, str, str]] = [
+            ("id", "id", longest),
+            ("id", "document_id", document_id),
+            ("title", "title", title),
+            *(("text", "text", chunk) for chunk in chunks),
+        ]
+        for name, column, value in checks:
+            size, limit = len(value.encode()), self.varchar_bytes.get(column, math.inf)
+            if size > limit:
+                return name, f"{size:,} bytes of UTF-8, over the store's limit of {limit:,}"
+        # ensure_ascii: the longest of the encodings a client library may send (\uXXXX).
+        size = len(json.dumps(metadata).encode())
+        if size > JSON_MAX_BYTES:
+            return (
+                "metadata",
+                f"{size:,} bytes as JSON, over the store's limit of {JSON_MAX_BYTES:,}",
+            )
+        return None
+
+    def vector_problem(self, vectors: np.ndarray, chunks: int) -> tuple[str, str] | None:
+        """Why the store would refuse a document's vectors (one row per chunk), or None."""
+        if vectors.shape != (chunks, self.dim):
+            return (
+                "text",
+                f"embeddings of shape {vectors.shape}, the store takes ({chunks}, {self.dim})",
+            )
+        if not np.isfinite(vectors).all():
+            return "text", "its embeddings hold values that are not finite numbers"
+        return None
 
 
 def row_id(tenant: str, document_id: str, version: int, chunk_index: int) -> str:
@@ -106,6 +167,32 @@ class MilvusStore:
             self._client.create_collection(self._versions, schema=schema, index_params=index)
         self._client.load_collection(self._chunks)
         self._client.load_collection(self._versions)
+        self.limits = self._read_limits()
+        if self.limits.dim != self._dim:
+            raise ValueError(
+                f"retrieval.embedding_dim: {self._dim}, but the collection {self._chunks!r} "
+                f"holds vectors of {self.limits.dim} dimensions"
+            )
+
+    def _read_limits(self) -> StoreLimits:
+        """The chunk collection's VARCHAR lengths and vector dimension, as Milvus reports them
+        (a collection made by an older release may differ from the schema above)."""
+        fields = self._client.describe_collection(self._chunks)["fields"]
+        varchar = {
+            f["name"]: int(f["params"]["max_length"])
+            for f in fields
+            if f["type"] == DataType.VARCHAR
+        }
+        dim = next(int(f["params"]["dim"]) for f in fields if f["name"] == "vector")
+        return StoreLimits(varchar_bytes=varchar, dim=dim)
+
+    def reachable(self) -> bool:
+        """Whether Milvus answers at all: tells a refused write from an unreachable store."""
+        try:
+            self._client.has_collection(self._chunks)
+        except (MilvusException, OSError):
+            return False
+        return True
 
     def version(self, tenant: str) -> int:
         rows = self._client.query(
@@ -157,6 +244,16 @@ class MilvusStore:
             self._chunks,
             filter=f"tenant == {literal(tenant)} and document_id in [{ids}] "
             f"and version != {version}",
+        )
+
+    def delete_version(self, tenant: str, document_ids: list[str], version: int) -> None:
+        """Deletes the rows one version wrote of these documents: what a refused write may
+        have left behind; the documents' other versions stay."""
+        ids = ", ".join(literal(d) for d in document_ids)
+        self._client.delete(
+            self._chunks,
+            filter=f"tenant == {literal(tenant)} and document_id in [{ids}] "
+            f"and version == {version}",
         )
 
     def has_document(self, tenant: str, document_id: str) -> bool:

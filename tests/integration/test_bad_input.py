@@ -73,6 +73,13 @@ def test_grpc_error_carries_field_violation(stub, demo_key):
         ([{"id": "ok", "text": "fine"}, {"id": "bad id!", "text": "x"}], "documents[1].id", 400),
         ([{"id": "ok", "text": "fine"}, {"id": "empty", "text": "   "}], "documents[1].text", 400),
         ([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], "documents", 400),
+        # Over the store's 1,024-byte title column: refused before the corpus log.
+        (
+            [{"id": "ok", "text": "fine"}, {"id": "a", "title": "T" * 1025, "text": "x."}],
+            "documents[1].title",
+            400,
+        ),
+        ([{"id": "a", "title": "字" * 342, "text": "x."}], "documents[0].title", 400),
         ([], "documents", 400),
     ],
 )
@@ -88,6 +95,19 @@ def test_bad_ingest_writes_nothing(http, stub, demo_key, corpus, documents, fiel
         pb.SearchRequest(query="fine", top_k=50), metadata=(("x-api-key", demo_key),)
     ).hits
     assert not {h.document_id for h in hits} & {"ok", "big", "a", "empty"}
+
+
+def test_writes_go_on_after_a_refused_one(http, demo_key, other_key, corpus):
+    """A write the store would refuse takes nothing down: the next ones, of any tenant, land."""
+    body = {"documents": [{"id": "t", "title": "T" * 1025, "text": "x."}]}
+    status, _ = http("POST", "/v1/documents", demo_key, json.dumps(body).encode())
+    assert status == 400
+    for key in (other_key, demo_key):
+        body = {"documents": [{"id": "after-refused", "title": "T" * 1024, "text": "Fine."}]}
+        status, reply = http("POST", "/v1/documents", key, json.dumps(body).encode())
+        assert status == 200, reply
+        status, reply = http("DELETE", "/v1/documents/after-refused", key)
+        assert status == 200, reply
 
 
 def test_still_serving_after_bad_input(http, demo_key, corpus):

@@ -12,17 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
+from store_cores import DIM, core
 
-from services.retrieval.config import RetrievalConfig
-from services.retrieval.core import RetrievalCore
-from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.hot_index import unit
 from services.retrieval.hot_store import HotStore
 from services.retrieval.store import MilvusStore
 
 pytestmark = pytest.mark.integration
-
-DIM = 16
 
 
 def _vectors(rng, count):
@@ -131,26 +127,6 @@ def test_a_failed_write_rereads_the_document_from_milvus(stores, monkeypatch):
     assert hot.index is not None and hot.index.rows == 3 + 2 + 3
 
 
-class _Embedder:
-    async def embed(self, texts, timeout_s):
-        return np.ones((len(texts), DIM), dtype=np.float32) / np.sqrt(DIM)
-
-    async def close(self):
-        pass
-
-
-def _core(tmp_path: Path, name: str, hot: bool, primary: str = "") -> RetrievalCore:
-    config = RetrievalConfig(
-        milvus_uri=str(tmp_path / f"{name}.db"),
-        corpus_log=str(tmp_path / f"{name}-log.db"),
-        embedding_dim=DIM,
-        hot_index=hot,
-        primary_target=primary,
-    )
-    store = MilvusStore(config.milvus_uri, "", config.collection, DIM)
-    return RetrievalCore(config, store, _Embedder(), CorpusLog(config.corpus_log))
-
-
 async def test_a_replica_with_the_hot_index_answers_like_one_without(tmp_path: Path):
     rng = np.random.default_rng(4)
     entries = []
@@ -168,19 +144,19 @@ async def test_a_replica_with_the_hot_index_answers_like_one_without(tmp_path: P
         entries.append(pb.LogEntry(seq=seq, tenant=tenant, version=version, upsert=stored))
     entries.append(pb.LogEntry(seq=5, tenant="acme", version=4, delete_document_id="b"))
     replicas = [
-        _core(tmp_path, "hot", True, "primary:1"),
-        _core(tmp_path, "cold", False, "primary:1"),
+        core(tmp_path, "hot", True, "primary:1"),
+        core(tmp_path, "cold", False, "primary:1"),
     ]
     try:
-        for core in replicas:
-            await core.recover()
-            await core.replicate(entries[:2], 5)
-            await core.replicate(entries[2:], 5)
+        for replica in replicas:
+            await replica.recover()
+            await replica.replicate(entries[:2], 5)
+            await replica.replicate(entries[2:], 5)
         for tenant in ("acme", "globex"):
-            hot, cold = [await core.search(tenant, "q", 10, {}, 5.0) for core in replicas]
+            hot, cold = [await r.search(tenant, "q", 10, {}, 5.0) for r in replicas]
             assert _answer(hot[0]) == _answer(cold[0]) and hot[1] == cold[1]
         acme, version = await replicas[0].search("acme", "q", 10, {}, 5.0)
         assert {c.text.rsplit(" ", 1)[0] for c in acme} == {"a 3"} and version == 4
     finally:
-        for core in replicas:
-            await core.close()
+        for replica in replicas:
+            await replica.close()

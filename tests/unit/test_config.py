@@ -13,8 +13,8 @@ def test_shipped_config_loads_and_matches_defaults():
 
 
 def test_environment_overrides_a_field(monkeypatch):
-    monkeypatch.setenv("RAGMESH_RETRIEVAL_CHUNK_WORDS", "64")
-    assert MeshConfig.from_dict({}).retrieval.chunk_words == 64
+    monkeypatch.setenv("RAGMESH_RETRIEVAL_CHUNK_TOKENS", "64")
+    assert MeshConfig.from_dict({}).retrieval.chunk_tokens == 64
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def test_environment_overrides_a_field(monkeypatch):
     [
         ({"gateway": {"prot": 1}}, "gateway: unknown field(s) prot"),
         ({"gateway": {"api_keys": {"t": "not-a-digest"}}}, "gateway.api_keys.t"),
-        ({"retrieval": {"overlap_words": 500}}, "retrieval.overlap_words"),
+        ({"retrieval": {"overlap_tokens": 500}}, "retrieval.overlap_tokens"),
         ({"bogus": {}}, "unknown section(s) bogus"),
     ],
 )

@@ -58,3 +58,28 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert result.returncode == -9 and "appended" in result.stdout, result.stderr
     log = CorpusLog(str(path))
     assert log.head() == 1 and log.after(0, 1)[0].delete_document_id == "a"
+
+
+def test_after_stops_at_through_and_at_max_bytes_but_always_gives_one(tmp_path: Path) -> None:
+    log = CorpusLog(str(tmp_path / "log.db"))
+    log.append([_doc("demo", v, "a") for v in range(1, 6)])
+    size = len(log.after(0, 1)[0].SerializeToString())
+    assert [e.seq for e in log.after(0, 10, through=3)] == [1, 2, 3]
+    assert [e.seq for e in log.after(0, 10, max_bytes=2 * size)] == [1, 2]
+    assert [e.seq for e in log.after(0, 10, max_bytes=1)] == [1]
+    assert log.after(5, 10) == []
+
+
+def test_reject_keeps_numbers_versions_and_ids_and_drops_the_payload(tmp_path: Path) -> None:
+    log = CorpusLog(str(tmp_path / "log.db"))
+    entries = log.append([_doc("demo", 1, "a"), _doc("demo", 1, "b")])
+    log.append([pb.LogEntry(tenant="demo", version=2, delete_document_id="a")])
+    log.reject(entries, "title too long")
+    marked = log.after(0, 10)
+    assert [(e.seq, e.version, e.upsert.id, e.rejected) for e in marked[:2]] == [
+        (1, 1, "a", "title too long"),
+        (2, 1, "b", "title too long"),
+    ]
+    assert not marked[0].upsert.chunks and not marked[0].upsert.vectors
+    assert marked[2].delete_document_id == "a" and not marked[2].rejected
+    assert log.version("demo") == 2 and log.head() == 3

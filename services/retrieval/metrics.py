@@ -1,0 +1,10 @@
+"""The retrieval plane's own Prometheus metrics (the per-call ones are common/metrics.py's)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+REJECTED_WRITES = Counter(
+    "ragmesh_retrieval_rejected_writes_total",
+    "Corpus log entries the governance point's store refused for good (rejected, skipped)",
+)
