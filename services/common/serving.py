@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -92,11 +92,13 @@ async def run_until_signal(
     health_servicer: health.aio.HealthServicer,
     names: Iterable[str],
     grace_s: float = 10.0,
+    drain: Callable[[float], Awaitable[None]] | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for up to `grace_s`.
 
-    Health turns NOT_SERVING first, so Envoy stops sending new requests. A second signal
-    during the drain exits at once.
+    Health turns NOT_SERVING first, so Envoy stops sending new requests. `drain(grace_s)`
+    runs beside the server's own drain (the gateway ends its open streams with an error
+    before the grace runs out). A second signal during the drain exits at once.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -112,7 +114,17 @@ async def run_until_signal(
     await stop.wait()
     LOGGER.info("draining for up to %.1fs", grace_s)
     await set_serving(health_servicer, names, up=False)
-    await server.stop(grace_s)
+    await stop_draining(server, grace_s, drain)
+
+
+async def stop_draining(
+    server: grpc.aio.Server, grace_s: float | None, drain: Callable[[float], Awaitable[None]] | None
+) -> None:
+    """`server.stop(grace_s)`, with `drain(grace_s)` running beside it when given."""
+    if drain is None or grace_s is None:
+        await server.stop(grace_s)
+        return
+    await asyncio.gather(server.stop(grace_s), drain(grace_s))
 
 
 def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:

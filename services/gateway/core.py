@@ -34,7 +34,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.llm import Delta
 from services.gateway.prompt import Source, citations
 from services.gateway.retrieval_client import RetrievalClient
-from services.gateway.tiers import Tier, Tiers
+from services.gateway.tiers import Fitted, Tier, Tiers
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
@@ -56,10 +56,15 @@ class Call:
         return cls(tenant=tenant, deadline=time.monotonic() + budget_s, trace_id=trace_id)
 
     def remaining(self) -> float:
-        left = self.deadline - time.monotonic()
+        """Seconds left; raises DeadlineExceeded when none are."""
+        left = self.remaining_s()
         if left <= 0:
             raise DeadlineExceeded("the request's deadline passed")
         return left
+
+    def remaining_s(self) -> float:
+        """Seconds left, negative once the deadline passed."""
+        return self.deadline - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,19 @@ class GatewayCore:
         return check_range(top_k or self.config.default_top_k, 1, self.config.max_top_k, "top_k")
 
     async def search(
-        self, call: Call, query: str, top_k: int, filters: dict[str, str]
+        self,
+        call: Call,
+        query: str,
+        top_k: int,
+        filters: dict[str, str],
+        *,
+        degradable: bool = False,
     ) -> rpb.SearchResponse:
-        """Retrieval behind its breaker: an open breaker fails fast with UNAVAILABLE."""
+        """Retrieval behind its breaker: an open breaker fails fast with UNAVAILABLE.
+
+        A plain search may take the request's whole deadline; a `degradable` one (a
+        generation's sources, which it can answer without) at most retrieval_timeout_s.
+        """
         request = rpb.SearchRequest(
             tenant=call.tenant,
             query=self._check_query(query),
@@ -172,9 +187,9 @@ class GatewayCore:
         if not breaker.allow():
             raise BreakerOpen("retrieval unavailable: its circuit breaker is open")
         remaining = call.remaining()
-        timeout = min(remaining, self.config.retrieval_timeout_s)
+        timeout = min(remaining, self.config.retrieval_timeout_s) if degradable else remaining
         try:
-            found = await self._retrieval.search(request, timeout)
+            found = await self._retrieval.search(request, timeout, degradable=degradable)
         except Unavailable:
             breaker.record(False)
             raise
@@ -195,7 +210,9 @@ class GatewayCore:
     async def _retrieve(self, call: Call, params: GenerateParams) -> _Retrieved:
         """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""
         try:
-            found = await self.search(call, params.query, params.top_k, params.filters)
+            found = await self.search(
+                call, params.query, params.top_k, params.filters, degradable=True
+            )
             return _Retrieved(list(found.chunks), found.corpus_version)
         except (Unavailable, DeadlineExceeded) as exc:
             call.remaining()  # the request's own deadline passed: that is no degradation
@@ -275,11 +292,12 @@ class GatewayCore:
         chain = [tier] if params.model_version else self._tiers.chain(tier)
         parts: list[str] = []
         prompt_tokens = completion_tokens = -1
-        served = tier
-        async for answered, delta in self._stream(
+        finish_reason = ""
+        served, shown = tier, 0
+        async for answered, fitted, delta in self._stream(
             call, chain, version, params, sources, max_tokens, stream
         ):
-            served = answered
+            served, shown = answered, fitted.sources
             if delta.text:
                 if not parts:
                     ttft = time.monotonic() - arrived
@@ -287,6 +305,7 @@ class GatewayCore:
                 parts.append(delta.text)
                 yield delta.text
             prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
+            finish_reason = delta.finish_reason or finish_reason
             version = delta.model_version
         if served is not tier:
             reasons.append(f"tier {tier.name} unavailable: answered by {served.name}")
@@ -294,15 +313,16 @@ class GatewayCore:
         if found.degraded_reason:
             metrics.DEGRADED.labels("retrieval").inc()
         text = "".join(parts)
+        cited = citations(text, sources[:shown])  # only sources the prompt held
         answer = Answer(
             text=text,
-            citations=[_citation(n, found.chunks[n - 1]) for n in citations(text, sources)],
+            citations=[_citation(n, found.chunks[n - 1]) for n in cited],
             prompt_tokens=max(prompt_tokens, 0),
             completion_tokens=max(completion_tokens, 0),
             model=f"{served.config.model}/{version}" if version else served.config.model,
             tier=served.name,
             corpus_version=found.corpus_version,
-            finish_reason="length" if completion_tokens >= max_tokens else "stop",
+            finish_reason=finish_reason,
             cache_status=MISS if cacheable else BYPASS,
             degraded_reason="; ".join(reasons),
         )
@@ -321,16 +341,19 @@ class GatewayCore:
         sources: list[Source],
         max_tokens: int,
         stream: bool,
-    ) -> AsyncIterator[tuple[Tier, Delta]]:
-        """Deltas from the first tier and endpoint that answers, in order of preference.
+    ) -> AsyncIterator[tuple[Tier, Fitted, Delta]]:
+        """Deltas from the first tier and endpoint that answers, in order of preference, each
+        with its tier and the prompt fitted to it.
 
         An endpoint that fails before its first delta costs the client nothing: the next one
         is tried while the deadline allows. One that fails after it has streamed ends the
-        response with UNAVAILABLE, never with a clean end.
+        response with UNAVAILABLE (DEADLINE_EXCEEDED when the request's deadline cut it),
+        never with a clean end. The request's own mistakes (a prompt that cannot fit, a
+        pinned version not served) raise at once: no other tier or endpoint is tried.
         """
         errors: list[str] = []
         for tier in chain:
-            prompt = tier.prompt(
+            fitted = tier.prompt(
                 params.query, sources, max_tokens, grounded=not params.skip_retrieval
             )
             version = pinned if tier is chain[0] else tier.config.version
@@ -346,14 +369,14 @@ class GatewayCore:
                         breaker.release()
                     raise DeadlineExceeded("the request's deadline passed")
                 started = False
-                span = _chat_span(tier, endpoint.llm.target, params, max_tokens)
+                span = _chat_span(tier, endpoint.llm.target, params, fitted.max_tokens)
                 last: Delta | None = None
                 try:
                     async for delta in endpoint.llm.stream(
                         tier.config.model,
                         version,
-                        prompt,
-                        max_tokens=max_tokens,
+                        fitted.prompt,
+                        max_tokens=fitted.max_tokens,
                         temperature=params.temperature,
                         stream=stream,
                         timeout_s=call.remaining(),
@@ -364,15 +387,17 @@ class GatewayCore:
                             started = True
                             if breaker is not None:
                                 breaker.record(True)
-                        yield tier, delta
+                        yield tier, fitted, delta
                 except (Unavailable, DeadlineExceeded) as exc:
                     span.set_status(StatusCode.ERROR, exc.message)
+                    # The request's own deadline is not the endpoint's failure.
+                    late = call.remaining_s() < MIN_ATTEMPT_S
+                    late = late and isinstance(exc, DeadlineExceeded)
                     if breaker is not None:
-                        breaker.record(False)
+                        breaker.release() if late else breaker.record(False)
                     if started:
-                        raise Unavailable(
-                            f"generation failed after it started: {exc.message}"
-                        ) from exc
+                        kind = DeadlineExceeded if late else Unavailable
+                        raise kind(f"generation failed after it started: {exc.message}") from exc
                     call.remaining()
                     errors.append(f"{endpoint.breaker.name}: {exc.message}")
                     continue
@@ -381,7 +406,7 @@ class GatewayCore:
                         breaker.release()
                     raise
                 finally:
-                    _end_chat(span, last, max_tokens)
+                    _end_chat(span, last)
                 if breaker is not None and not started:
                     breaker.record(True)
                 return
@@ -469,14 +494,15 @@ def _chat_span(tier: Tier, target: str, params: GenerateParams, max_tokens: int)
     )
 
 
-def _end_chat(span: trace.Span, last: Delta | None, max_tokens: int) -> None:
+def _end_chat(span: trace.Span, last: Delta | None) -> None:
     if last is not None:
-        output = max(last.completion_tokens, 0)
         span.set_attributes(
             {
                 "gen_ai.usage.input_tokens": max(last.prompt_tokens, 0),
-                "gen_ai.usage.output_tokens": output,
-                "gen_ai.response.finish_reasons": ["length" if output >= max_tokens else "stop"],
+                "gen_ai.usage.output_tokens": max(last.completion_tokens, 0),
+                "gen_ai.response.finish_reasons": [last.finish_reason]
+                if last.finish_reason
+                else [],
             }
         )
     span.end()
@@ -515,7 +541,9 @@ def _annotate(
             "gen_ai.request.model": answer.model,
             "gen_ai.usage.input_tokens": answer.prompt_tokens,
             "gen_ai.usage.output_tokens": answer.completion_tokens,
-            "gen_ai.response.finish_reasons": [answer.finish_reason],
+            "gen_ai.response.finish_reasons": [answer.finish_reason]
+            if answer.finish_reason
+            else [],
         }
     )
 

@@ -19,18 +19,28 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from services.common import serving
-from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RagmeshError,
+    Unavailable,
+)
 from services.common.triton_recovery import StubRecovery
 
 
 @dataclass(frozen=True)
 class Delta:
-    """Text the model produced since the last delta; counts are running totals (or -1)."""
+    """Text the model produced since the last delta; counts are running totals (or -1).
+
+    `finish_reason` is the model's own, on its last delta ("stop", "length"); "" on the
+    deltas before it, and from a model without that output (the TensorRT-LLM ensemble)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     model_version: str
+    finish_reason: str = ""
 
 
 _INPUTS = (
@@ -69,30 +79,53 @@ def _delta(response: Any) -> Delta:
     outputs = {
         o.name: raw for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
     }
-    text, raw = [], outputs.get("text_output", b"")
-    at = 0
-    while at + 4 <= len(raw):
-        (size,) = struct.unpack_from("<I", raw, at)
-        text.append(raw[at + 4 : at + 4 + size])
-        at += 4 + size
     return Delta(
-        text=b"".join(text).decode(),
+        text=_string(outputs.get("text_output", b"")),
         prompt_tokens=_count(outputs.get("prompt_tokens")),
         completion_tokens=_count(outputs.get("completion_tokens")),
         model_version=response.model_version,
+        finish_reason=_string(outputs.get("finish_reason", b"")),
     )
+
+
+def _string(raw: bytes) -> str:
+    """A BYTES tensor's elements, joined: each is a uint32 length, then the bytes."""
+    parts, at = [], 0
+    while at + 4 <= len(raw):
+        (size,) = struct.unpack_from("<I", raw, at)
+        parts.append(raw[at + 4 : at + 4 + size])
+        at += 4 + size
+    return b"".join(parts).decode()
 
 
 def _count(raw: bytes | None) -> int:
     return struct.unpack_from("<i", raw)[0] if raw and len(raw) >= 4 else -1
 
 
-def _error(message: str) -> Exception:
-    if "max_tokens" in message:
-        return InvalidArgument(f"max_tokens: {message}", field="max_tokens")
-    if message.startswith("text_input:"):
-        detail = message.removeprefix("text_input:").strip()
-        return InvalidArgument(f"query: the prompt does not fit the model: {detail}", field="query")
+# A model names the input tensor a request got wrong ("max_tokens: must be >= 1"); the
+# request's field that fills it.
+_FIELDS = {
+    "text_input": "query",
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "stream": "stream",
+}
+
+
+def _error(message: str, model: str, version: str) -> RagmeshError:
+    """A model's or Triton's error as the gateway's: the request's own mistakes (a bad input,
+    a pinned version Triton does not serve) name the field; anything else is the server's."""
+    tensor, _, why = message.partition(": ")
+    if tensor in _FIELDS:
+        field = _FIELDS[tensor]
+        return InvalidArgument(f"{field}: the model refused it: {why}", field=field)
+    # Triton's words for a version it does not have (core/src/model_repository_manager.cc);
+    # one it has but not ready (the model unloaded) is the server's state, not the request's.
+    if version and f"version {version} is not found" in message:
+        return NotFound(
+            f"model_version: {model} has no version {version} being served",
+            field="model_version",
+        )
     if "deadline" in message.lower():
         return DeadlineExceeded("generation timed out")
     return Unavailable(f"llm unavailable: {message}")
@@ -130,7 +163,7 @@ class TritonLLM:
             async for response in call:
                 if response.error_message:
                     self._recovery.notice(model, response.error_message)
-                    raise _error(response.error_message)
+                    raise _error(response.error_message, model, version)
                 yield _delta(response.infer_response)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -27,6 +27,7 @@ class GatewayServer:
     health: health.aio.HealthServicer
     retrieval: RetrievalClient
     tiers: Tiers
+    servicer: GatewayServicer
     metrics_port: int
 
     async def start(self) -> None:
@@ -39,12 +40,14 @@ class GatewayServer:
         await self.tiers.close()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        await self.server.stop(grace_s)
+        await serving.stop_draining(self.server, grace_s, self.servicer.close_streams)
         await self.close_clients()
 
     async def serve(self) -> None:
         await self.start()
-        await serving.run_until_signal(self.server, self.health, [SERVICE_NAME])
+        await serving.run_until_signal(
+            self.server, self.health, [SERVICE_NAME], drain=self.servicer.close_streams
+        )
         await self.close_clients()
 
 
@@ -54,9 +57,8 @@ def build_server(config: GatewayConfig, tracing: telemetry.TelemetryConfig) -> G
     tiers = Tiers(config)
     core = GatewayCore(config, retrieval, tiers)
     server = serving.new_server("gateway", tracing)
-    gateway_pb2_grpc.add_GatewayServicer_to_server(
-        GatewayServicer(core, Authenticator(config.api_keys)), server
-    )
+    servicer = GatewayServicer(core, Authenticator(config.api_keys))
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, config.host, config.port)
     return GatewayServer(
@@ -65,5 +67,6 @@ def build_server(config: GatewayConfig, tracing: telemetry.TelemetryConfig) -> G
         health=health_servicer,
         retrieval=retrieval,
         tiers=tiers,
+        servicer=servicer,
         metrics_port=config.metrics_port if tracing.enabled else 0,
     )

@@ -1,7 +1,14 @@
-"""The public Gateway gRPC service: protobuf in, domain call, protobuf out."""
+"""The public Gateway gRPC service: protobuf in, domain call, protobuf out.
+
+A stream always ends with a `final` event or an `error` event (and its status), whatever
+ends it: the answer, a failure after the first token, the request's deadline (the gateway
+stops its own work CLOSE_MARGIN_S before the client's, to have time to say so), or the
+gateway shutting down (open streams get the drain's grace, less that margin).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -12,9 +19,13 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
-from services.common.errors import RagmeshError
+from services.common.errors import RagmeshError, Unavailable
 from services.gateway.auth import Authenticator
 from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
+
+# The time a call keeps before its client's deadline to send how it ended: at most this,
+# and at most a tenth of the call's time.
+CLOSE_MARGIN_S = 0.25
 
 _CACHE_STATUS = {
     HIT: pb.CACHE_STATUS_HIT,
@@ -51,6 +62,9 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
     )
 
 
+_SHUTTING_DOWN = Unavailable("the gateway is shutting down: ask again")
+
+
 def _params(request: pb.GenerateRequest) -> GenerateParams:
     return GenerateParams(
         query=request.query,
@@ -69,6 +83,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, core: GatewayCore, auth: Authenticator) -> None:
         self._core = core
         self._auth = auth
+        self._streams: set[asyncio.Task[object]] = set()  # the tasks serving open streams
+        self._closing = False
 
     def _call(self, context: grpc.aio.ServicerContext) -> Call:
         metadata = context.invocation_metadata() or ()
@@ -76,8 +92,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         budget = self._core.config.request_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
-            budget = min(budget, remaining)
+            budget = min(budget, remaining - min(CLOSE_MARGIN_S, remaining / 10))
         return Call.start(tenant, budget)
+
+    async def close_streams(self, grace_s: float) -> None:
+        """At shutdown: open streams may end on their own within `grace_s`, less the margin;
+        then each still open ends with an UNAVAILABLE error event (ask again elsewhere)."""
+        await asyncio.sleep(max(grace_s - CLOSE_MARGIN_S, 0.0))
+        self._closing = True
+        for task in list(self._streams):
+            task.cancel()
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -96,6 +120,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         call = self._call(context)
         streamed = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
         try:
             async for event in self._core.generate(call, _params(request)):
                 if isinstance(event, Answer):
@@ -105,11 +132,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 else:
                     streamed = True
                     yield pb.GenerateStreamResponse(token=event)
-        except RagmeshError as exc:
+        except (RagmeshError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not self._closing:
+                raise  # the client went away: nobody to tell
+            error = exc if isinstance(exc, RagmeshError) else _SHUTTING_DOWN
             if streamed:  # else the status alone says it, and Envoy may still retry
-                error = status_pb2.Status(code=exc.code.value[0], message=exc.message)
-                yield pb.GenerateStreamResponse(error=error)
-            raise
+                status = status_pb2.Status(code=error.code.value[0], message=error.message)
+                yield pb.GenerateStreamResponse(error=status)
+            raise error from None
+        finally:
+            self._streams.discard(task)
 
     async def IngestDocuments(
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from services.common import tokens
 from services.common.errors import InvalidArgument
 from services.gateway.breaker import Breaker
 from services.gateway.config import GatewayConfig, TierConfig
 from services.gateway.llm import TritonLLM
 from services.gateway.prompt import Source, build_prompt, plain_prompt
-
-# A conservative estimate for English text under BPE and WordPiece vocabularies.
-CHARS_PER_TOKEN = 3.0
 
 
 @dataclass(frozen=True)
@@ -25,11 +22,22 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Fitted:
+    """A prompt that fits the tier's window, and the answer tokens left beside it."""
+
+    prompt: str
+    max_tokens: int
+    sources: int  # how many of the sources it kept
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     config: TierConfig
     # The local Triton first, then the other regions' (a tier with its own target: just it).
     endpoints: list[Endpoint]
+    # The model's own token count of a prompt, without its template.
+    count: tokens.TokenCounter = tokens.utf8_bytes
 
     def version(self, pinned: str) -> str:
         if pinned and not pinned.isdigit():
@@ -38,28 +46,34 @@ class Tier:
 
     def prompt(
         self, question: str, sources: Sequence[Source], max_tokens: int, *, grounded: bool = True
-    ) -> str:
-        """The prompt with as many of the best sources as fit the tier's context window;
-        not `grounded` (a request that skips retrieval): the question alone.
+    ) -> Fitted:
+        """The prompt with as many of the best sources as leave `max_tokens` for the answer
+        in the tier's window (counted with the model's tokenizer and template); not
+        `grounded` (a request that skips retrieval): the question alone.
 
-        Sources are dropped first, lowest-ranked first; the question is never cut.
+        Sources are dropped first, lowest-ranked first; the question is never cut. A question
+        that fits with no sources but not with `max_tokens` beside it is still asked: the
+        answer gets what is left and ends with finish_reason "length" if it needs more.
+        Raises InvalidArgument naming `max_tokens` when it leaves no room for a prompt, and
+        `query` when the question alone leaves no room for one answer token.
         """
-        budget = self.config.context_tokens - max_tokens
-        if budget <= 0:
+        window = self.config.context_tokens
+        if max_tokens >= window - self.config.template_tokens:
             raise InvalidArgument(
                 f"max_tokens: {max_tokens} leaves no room in the {self.name} tier's context "
-                f"window of {self.config.context_tokens} tokens",
+                f"window of {window} tokens",
                 field="max_tokens",
             )
-        kept = list(sources)
+        kept = list(sources) if grounded else []
         while True:
             prompt = build_prompt(question, kept) if grounded else plain_prompt(question)
-            if math.ceil(len(prompt) / CHARS_PER_TOKEN) <= budget:
-                return prompt
+            size = self.count(prompt) + self.config.template_tokens
+            if size + max_tokens <= window or (not kept and size < window):
+                return Fitted(prompt, min(max_tokens, window - size), len(kept))
             if not kept:
                 raise InvalidArgument(
-                    f"query: too long for the {self.name} tier's context window of "
-                    f"{self.config.context_tokens} tokens with max_tokens {max_tokens}",
+                    f"query: {size} tokens with the {self.name} tier's prompt, over its "
+                    f"context window of {window} tokens",
                     field="query",
                 )
             kept.pop()
@@ -73,6 +87,7 @@ class Tiers:
     ) -> None:
         clients: dict[str, TritonLLM] = {}
         self._tiers: dict[str, Tier] = {}
+        counters: dict[str, tokens.TokenCounter] = {}
         for name, tier in config.tiers.items():
             targets = (
                 [tier.target]
@@ -93,7 +108,9 @@ class Tiers:
                 )
                 for target in targets
             ]
-            self._tiers[name] = Tier(name, tier, endpoints)
+            if tier.tokenizer not in counters:
+                counters[tier.tokenizer] = _counter(name, tier.tokenizer)
+            self._tiers[name] = Tier(name, tier, endpoints, counters[tier.tokenizer])
         self._clients = list(clients.values())
         self.default = config.default_tier
 
@@ -119,3 +136,11 @@ class Tiers:
     async def close(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+def _counter(name: str, source: str) -> tokens.TokenCounter:
+    """The tier's token counter; a tokenizer that cannot be read fails the start, naming it."""
+    try:
+        return tokens.counter(source)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"gateway.tiers.{name}.tokenizer: {exc}") from exc

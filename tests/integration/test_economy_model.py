@@ -54,8 +54,15 @@ def test_refuses_without_an_answer(triton_url: str) -> None:
 def test_max_tokens_budget_and_stop_words(triton_url: str) -> None:
     replies = _ask(triton_url, rag_prompt("What is the capital of France?"), max_tokens=5)
     assert replies[-1].final and replies[-1].completion_tokens == 5
-    # cut to the budget, the sentence keeps its citation
+    # cut to the budget, the sentence keeps its citation, and the answer says it was cut
     assert "".join(r.text or "" for r in replies).strip() == "Paris … [1]"
+    assert replies[-1].finish_reason == "length"
+    assert [r.finish_reason for r in replies[:-1]] == [""] * (len(replies) - 1)
+    whole = _ask(triton_url, rag_prompt("What is the capital of France?"), stream=False)
+    assert whole[0].finish_reason == "stop"
+    for max_tokens in (1, 3):  # nothing but a cut piece fits: never a natural end
+        cut = _ask(triton_url, rag_prompt("What is the capital of France?"), max_tokens=max_tokens)
+        assert cut[-1].finish_reason == "length"
     replies = _ask(
         triton_url, rag_prompt("What is the capital of France?"), stream=False, stop_words=["city"]
     )

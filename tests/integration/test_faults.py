@@ -1,8 +1,10 @@
 """A model instance that dies: the gateway stands in another tier or fails fast, never hangs;
-the model comes back; a stream cut after its first token ends with an error."""
+the model comes back; a stream cut after its first token, whatever cuts it, ends with an
+error event, never as if the answer were whole."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -171,3 +173,114 @@ def test_an_http_stream_cut_after_its_first_token_ends_with_an_error(own_mesh):
     error = lines[-1]["error"]
     assert error["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert "generation failed after it started" in error["message"]
+
+
+# A stream long enough to be cut: SmolLM2 writes all 1,024 tokens (about 13 s) of it.
+STREAM = pb.GenerateRequest(
+    query="Write a very long story about a dragon, with many chapters.",
+    tier="standard",
+    max_tokens=1024,
+    bypass_cache=True,
+    skip_retrieval=True,
+)
+
+
+def _grpc_stream(mesh: Mesh, timeout_s: float, on_first_token) -> tuple[list[dict], str]:
+    """The events of a gRPC stream through Envoy, as JSON dicts, and the status it ended with."""
+    events: list[dict] = []
+    code = "OK"
+    with grpc.insecure_channel(mesh.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        metadata = (("x-api-key", mesh.config.mesh.demo_key),)
+        try:
+            for event in stub.GenerateStream(STREAM, metadata=metadata, timeout=timeout_s):
+                events.append(json_format.MessageToDict(event, preserving_proto_field_name=True))
+                if len(events) == 1:
+                    on_first_token()
+        except grpc.RpcError as exc:
+            code = exc.code().name
+    return events, code
+
+
+def _http_stream(mesh: Mesh, timeout_s: float, on_first_token) -> tuple[list[dict], str]:
+    """The lines of an HTTP/JSON stream through Envoy, and how the body ended: "whole" or the
+    error that cut it. Read with read1: http.client's line iterator takes a chunked body cut
+    short for its end (its peek swallows IncompleteRead), curl does not (exit code 18)."""
+    body = json.dumps(json_format.MessageToDict(STREAM, preserving_proto_field_name=True))
+    headers = {
+        "content-type": "application/json",
+        "x-api-key": mesh.config.mesh.demo_key,
+        "grpc-timeout": f"{round(timeout_s * 1000)}m",
+    }
+    request = urllib.request.Request(
+        f"{mesh.http_url}/v1/generate:stream", data=body.encode(), headers=headers
+    )
+    lines: list[dict] = []
+    pending = b""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s + 30) as response:
+            while chunk := response.read1(65536):
+                *complete, pending = (pending + chunk).split(b"\n")
+                for raw in filter(None, complete):
+                    lines.append(json.loads(raw))
+                    if len(lines) == 1:
+                        on_first_token()
+    except http.client.IncompleteRead as exc:
+        return lines, type(exc).__name__
+    return lines, "whole"
+
+
+def _sigterm(mesh: Mesh, name: str) -> None:
+    os.kill(mesh.processes[name].pid, signal.SIGTERM)
+
+
+# How a stream may end after its first token, what ends it, and the status its last event
+# carries; in each case the stream ends with that error event, never silently.
+ENDINGS = {
+    "deadline": (2.0, lambda mesh: None, grpc.StatusCode.DEADLINE_EXCEEDED),
+    "triton-lost": (120.0, lambda mesh: mesh.kill("triton-local"), grpc.StatusCode.UNAVAILABLE),
+    "gateway-shutdown": (
+        120.0,
+        lambda mesh: _sigterm(mesh, "gateway-local"),
+        grpc.StatusCode.UNAVAILABLE,
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_a_stream_cut_after_its_first_token_ends_with_its_error(own_mesh, ending, protocol):
+    timeout_s, cut, status = ENDINGS[ending]
+    key = own_mesh.config.mesh.demo_key
+    with grpc.insecure_channel(own_mesh.edge_target) as channel:
+        _until_served_by(own_mesh, gateway_pb2_grpc.GatewayStub(channel), key, "standard")
+    read = _grpc_stream if protocol == "grpc" else _http_stream
+    try:
+        events, ended = read(own_mesh, timeout_s, lambda: cut(own_mesh))
+    finally:
+        if ending == "gateway-shutdown":
+            own_mesh.processes["gateway-local"].wait(30)  # it drains, then exits
+        for name in ("triton-local", "gateway-local"):
+            if not own_mesh.processes[name].alive():
+                own_mesh.restart(name)
+    assert "token" in events[0]
+    assert not any("final" in e for e in events), "the stream ended as if the answer were whole"
+    assert events[-1]["error"]["code"] == status.value[0], events[-1]
+    assert ended == (status.name if protocol == "grpc" else "whole")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_stream_whose_gateway_dies_ends_with_a_transport_error(own_mesh, protocol):
+    """No process can say how its own death ended a stream: the client sees the transport cut
+    it (a gRPC status, an HTTP body without its last chunk), never a clean end."""
+    key = own_mesh.config.mesh.demo_key
+    with grpc.insecure_channel(own_mesh.edge_target) as channel:
+        _until_served_by(own_mesh, gateway_pb2_grpc.GatewayStub(channel), key, "standard")
+    read = _grpc_stream if protocol == "grpc" else _http_stream
+    try:
+        events, ended = read(own_mesh, 120.0, lambda: own_mesh.kill("gateway-local"))
+    finally:
+        own_mesh.restart("gateway-local")
+    assert "token" in events[0]
+    assert not any("final" in e for e in events)
+    assert ended in ({"UNAVAILABLE", "INTERNAL"} if protocol == "grpc" else {"IncompleteRead"})

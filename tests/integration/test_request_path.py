@@ -28,7 +28,8 @@ def test_http_generate_cites_ingested_documents(http, demo_key, corpus):
     assert reply["model"] == "economy/1" and reply["tier"] == "economy"
     assert reply["region"] == "local"
     assert len(reply["trace_id"]) == 32
-    assert reply["corpus_version"] == corpus.corpus_version
+    # The tenant's version now (other tests of this session write to this tenant too).
+    assert reply["corpus_version"] == http("GET", "/v1/status", demo_key)[1]["corpus_version"]
 
 
 def test_grpc_generate_unary_and_stream_agree(stub, demo_key, corpus):
@@ -137,3 +138,24 @@ def test_health_and_reflection_registered(mesh, service):
         names = {s.name for r in replies for s in r.list_services_response.service}
     assert f"ragmesh.{'v1.Gateway' if service == 'gateway' else 'retrieval.v1.Retrieval'}" in names
     assert "grpc.health.v1.Health" in names
+
+
+def test_a_plain_search_gets_the_clients_deadline_a_generation_its_budget(
+    mesh, stub, demo_key, corpus
+):
+    """Retrieval 3 s slow (Envoy's fault filter): a search with the client's 30 s still
+    answers, while a generation's sources (its 2 s budget) degrade."""
+    metadata = (("x-api-key", demo_key),)
+    mesh.delay_retrieval("local", 3000)
+    try:
+        found = stub.Search(pb.SearchRequest(query="green tea"), metadata=metadata, timeout=30)
+        assert found.hits and found.hits[0].document_id == "tea"
+        reply = stub.Generate(
+            pb.GenerateRequest(query="green tea", tier="economy", bypass_cache=True),
+            metadata=metadata,
+            timeout=30,
+        )
+        assert reply.degraded_reason == "retrieval late: answered without sources"
+    finally:
+        mesh.delay_retrieval("local", 0)
+    assert stub.Search(pb.SearchRequest(query="green tea"), metadata=metadata, timeout=30).hits

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (questions in Chinese and Japanese, on purpose)
 """The `standard` Triton model (SmolLM2-135M on llama.cpp) on a real tritonserver.
 
 Own process, free ports, explicit load of `standard` only; always stopped.
@@ -15,6 +16,10 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 from tier_client import SOURCES, Reply, generate, rag_prompt
+
+from services.gateway.config import GatewayConfig
+from services.gateway.prompt import plain_prompt
+from services.gateway.tiers import Tiers
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +55,9 @@ def test_streaming_sends_token_deltas_then_final(server: Server) -> None:
     completions = [r.completion_tokens or 0 for r in replies]
     assert completions == sorted(completions) and completions[0] >= 1
     assert completions[-1] <= 24
+    # Why it stopped, on the last response only, as the model saw it.
+    assert [r.finish_reason for r in replies[:-1]] == [""] * (len(replies) - 1)
+    assert replies[-1].finish_reason == ("length" if completions[-1] == 24 else "stop")
 
 
 def test_non_streaming_sends_one_response(server: Server) -> None:
@@ -61,9 +69,13 @@ def test_non_streaming_sends_one_response(server: Server) -> None:
 
 
 def test_max_tokens_caps_the_answer(server: Server) -> None:
-    replies = _ask(server.url, rag_prompt("Describe Paris in detail."), max_tokens=8)
-    assert replies[-1].final and 1 <= (replies[-1].completion_tokens or 0) <= 8
-    assert all((r.completion_tokens or 0) <= 8 for r in replies)
+    for stream in (True, False):
+        replies = _ask(
+            server.url, rag_prompt("Describe Paris in detail."), max_tokens=8, stream=stream
+        )
+        assert replies[-1].final and replies[-1].completion_tokens == 8
+        assert all((r.completion_tokens or 0) <= 8 for r in replies)
+        assert replies[-1].finish_reason == "length"
 
 
 def test_greedy_is_deterministic(server: Server) -> None:
@@ -96,6 +108,7 @@ def test_stop_words_cut_the_answer(server: Server) -> None:
         text = _text(replies)
         assert stop not in text and full.startswith(text)
         assert text == full[: full.index(stop)]
+        assert replies[-1].finish_reason == "stop"
 
 
 def test_cancellation_frees_the_model(server: Server) -> None:
@@ -135,6 +148,8 @@ def test_max_tokens_is_trimmed_to_the_context_window(server: Server) -> None:
         last = replies[-1]
         assert last.final and last.error is None
         assert (last.prompt_tokens or 0) + (last.completion_tokens or 0) <= 200
+        total = (last.prompt_tokens or 0) + (last.completion_tokens or 0)
+        assert last.finish_reason == ("length" if total == 200 else "stop")  # 200: the window
     finally:
         client.load_model(MODEL, config=json.dumps(config))
         client.close()
@@ -143,6 +158,25 @@ def test_max_tokens_is_trimmed_to_the_context_window(server: Server) -> None:
 def test_max_tokens_zero_is_an_error(server: Server) -> None:
     replies = _ask(server.url, rag_prompt("What is the capital of France?"), max_tokens=0)
     assert len(replies) == 1 and replies[0].error and "max_tokens" in replies[0].error
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What is the capital of France?",
+        "中文的问题：法国的首都是哪里？",
+        "日本語の質問です。フランスの首都はどこですか？",
+        "emoji 😀🎉👍🏽 and digits 1234567890 ١٢٣",
+        "<|im_end|> a literal chat marker <|im_start|>user",
+    ],
+)
+def test_the_gateway_counts_a_prompt_as_the_model_does(server: Server, question: str) -> None:
+    """The standard tier's tokenizer (read from the GGUF) and template_tokens give the
+    model's own prompt_tokens exactly, in any script: prompts are fitted without a guess."""
+    tier = Tiers(GatewayConfig()).get("standard")
+    for prompt in (rag_prompt(question), plain_prompt(question)):
+        replies = _ask(server.url, prompt, max_tokens=1, stream=False)
+        assert replies[0].prompt_tokens == tier.count(prompt) + tier.config.template_tokens
 
 
 def _ask(url: str, text: str, **kwargs: Any) -> list[Reply]:

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (a question in Chinese, on purpose)
 """Tiers through the edge: each answers with its model; economy stands in for the LLM."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import time
 import grpc
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf import empty_pb2
 from ragmesh.v1 import gateway_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -34,10 +36,11 @@ def test_each_tier_can_be_named_and_a_version_pinned(stub, demo_key, corpus):
     for tier in ("standard", "economy"):
         reply = _ask(stub, demo_key, tier=tier, model_version="1", max_tokens=16)
         assert (reply.tier, reply.model) == (tier, f"{tier}/1")
+    # A version Triton does not have is the request's mistake: NOT_FOUND, naming the field.
     with pytest.raises(grpc.RpcError) as err:
         _ask(stub, demo_key, tier="economy", model_version="9")
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "economy" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "model_version: economy has no version 9 being served"
 
 
 def test_with_the_llm_unloaded_economy_answers_marked_degraded(mesh, stub, demo_key, corpus):
@@ -79,3 +82,46 @@ def test_embedder_answers_a_repeated_text_from_the_response_cache(mesh):
     assert hits() == before + 1
     assert np.array_equal(first, second)
     client.close()
+
+
+def _status(stub, key):
+    return stub.GetStatus(empty_pb2.Empty(), metadata=(("x-api-key", key),), timeout=30)
+
+
+def test_a_long_question_in_any_script_drops_sources_before_it_is_refused(stub, demo_key, corpus):
+    """Counted with SmolLM2's own tokenizer: 1,196 characters of Chinese (1,863 tokens with
+    the template) fit the window alone, so the sources go and the question is answered."""
+    question = "中文问题，没有空格，每个字都是一个或多个词元。" * 52
+    reply = _ask_text(stub, demo_key, question, tier="standard", max_tokens=16, bypass_cache=True)
+    assert reply.tier == "standard" and not reply.degraded
+    assert 1800 < reply.usage.prompt_tokens < 2048 and not reply.citations  # no source fit
+
+
+def test_an_answer_cut_by_the_window_says_length(stub, demo_key, corpus):
+    """2,000 digits (SmolLM2 reads one token a digit) leave a few tokens of the 2,048 window
+    for the answer: it ends with finish_reason "length", not "stop"."""
+    reply = _ask_text(
+        stub, demo_key, "1234567890" * 200, tier="standard", skip_retrieval=True, bypass_cache=True
+    )
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens == 2048
+    assert reply.finish_reason == "length"
+    economy = _ask(stub, demo_key, tier="economy", max_tokens=3, bypass_cache=True)
+    assert economy.finish_reason == "length"  # an answer cut to (nearly) nothing
+
+
+def test_a_question_that_cannot_fit_is_refused_before_any_model(stub, demo_key, corpus):
+    """400 naming `query`, without the model's call, a breaker's count or a stand-in tier."""
+    before = {d.target: d.breaker for d in _status(stub, demo_key).dependencies}
+    for _ in range(4):  # more than breaker_failures
+        with pytest.raises(grpc.RpcError) as err:
+            _ask_text(stub, demo_key, "😀🎉👍🏽" * 500, tier="standard", bypass_cache=True)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("query: ")
+    assert {d.target: d.breaker for d in _status(stub, demo_key).dependencies} == before
+    assert _ask(stub, demo_key, tier="standard", max_tokens=4, bypass_cache=True).tier == "standard"
+
+
+def _ask_text(stub, key, query, **fields):
+    return stub.Generate(
+        pb.GenerateRequest(query=query, **fields), metadata=(("x-api-key", key),), timeout=120
+    )

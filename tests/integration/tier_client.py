@@ -32,6 +32,7 @@ class Reply:
     completion_tokens: int | None
     final: bool
     error: str | None = None
+    finish_reason: str | None = None  # "" before the last response
 
 
 def inputs(
@@ -94,12 +95,14 @@ def generate(
             if text_out is None:
                 out.append(Reply(None, None, None, final))
             else:
+                reason = result.as_numpy("finish_reason")
                 out.append(
                     Reply(
                         text_out.reshape(-1)[0].decode(),
                         int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
                         int(result.as_numpy("completion_tokens").reshape(-1)[0]),
                         final,
+                        finish_reason=None if reason is None else reason.reshape(-1)[0].decode(),
                     )
                 )
             if final:

@@ -7,13 +7,14 @@ fails after its first token -> an error, never a clean end.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 
-from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.gateway.config import GatewayConfig
 from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
 from services.gateway.llm import Delta
@@ -27,9 +28,11 @@ class FakeRetrieval:
         self.down: Exception | None = None
         self.version = "7"
         self.calls = 0
+        self.asked: list[tuple[float, bool]] = []  # (timeout_s, degradable) of each call
 
-    async def search(self, request, timeout_s) -> rpb.SearchResponse:
+    async def search(self, request, timeout_s, *, degradable=False) -> rpb.SearchResponse:
         self.calls += 1
+        self.asked.append((timeout_s, degradable))
         if self.down is not None:
             raise self.down
         chunk = rpb.Chunk(document_id="tea", chunk_id="tea#0", score=0.9, text="Brew at 80 C.")
@@ -37,24 +40,37 @@ class FakeRetrieval:
 
 
 class FakeLLM:
-    """A Triton target; `broken` models fail before their first delta, `cut` after it."""
+    """A Triton target; `broken` models fail before their first delta, `cut` after it
+    (with `failure`), `unknown` versions are refused as Triton refuses them."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.broken: set[str] = set()
         self.cut: set[str] = set()
+        self.failure: Exception = Unavailable("llm unavailable: stub died")
+        self.cut_after_s = 0.0
+        self.stalled: set[str] = set()
+        self.unknown: set[str] = set()
         self.prompts: list[tuple[str, str]] = []
         self.streamed: list[bool] = []
+        self.max_tokens: list[int] = []
 
     async def stream(self, model, version, prompt, **kwargs) -> AsyncIterator[Delta]:
         self.prompts.append((model, prompt))
         self.streamed.append(kwargs["stream"])
+        self.max_tokens.append(kwargs["max_tokens"])
+        if version in self.unknown:
+            raise NotFound(f"model_version: {model} has no version {version} being served")
         if model in self.broken:
             raise Unavailable(f"llm unavailable: {model} at {self.target} is down")
+        if model in self.stalled:  # the call runs out of the time it was given
+            await asyncio.sleep(kwargs["timeout_s"])
+            raise DeadlineExceeded("generation timed out")
         yield Delta(f"{model}@{self.target} says", 10, 1, "1")
         if model in self.cut:
-            raise Unavailable("llm unavailable: stub died")
-        yield Delta(" hello [1]", 10, 2, "1")
+            await asyncio.sleep(self.cut_after_s)
+            raise self.failure
+        yield Delta(" hello [1]", 10, 2, "1", finish_reason="length")
 
     async def close(self) -> None:
         pass
@@ -211,6 +227,67 @@ async def test_a_stream_cut_after_its_first_token_ends_with_an_error(gateway) ->
             seen.append(event)
     assert seen == [f"standard@{LOCAL} says"]  # no retry elsewhere: tokens were out
     assert not llms[REMOTE].prompts
+
+
+async def test_a_stream_cut_by_the_deadline_after_its_first_token_says_so(gateway) -> None:
+    """The request's own deadline, not the endpoint: DEADLINE_EXCEEDED, and the endpoint's
+    breaker counts nothing against it."""
+    core, _, llms = gateway
+    llms[LOCAL].cut = {"standard"}
+    llms[LOCAL].failure = DeadlineExceeded("generation timed out")
+    llms[LOCAL].cut_after_s = 0.05  # the model's call ends with the request's time
+    for _ in range(3):
+        call = Call.start("demo", 0.06)
+        with pytest.raises(DeadlineExceeded, match="generation failed after it started"):
+            async for _event in core.generate(call, GenerateParams(query="How hot?")):
+                pass
+    llms[LOCAL].cut = set()
+    _, answer = await _ask(core, bypass_cache=True)
+    assert (answer.tier, answer.degraded) == ("standard", False)  # its breaker stayed closed
+
+
+async def test_a_clients_short_deadline_does_not_count_against_a_model(gateway) -> None:
+    core, _, llms = gateway
+    llms[LOCAL].stalled = {"standard"}
+    for _ in range(3):  # more than breaker_failures, each with less time than the model needs
+        call = Call.start("demo", 0.1)
+        with pytest.raises(DeadlineExceeded):
+            async for _event in core.generate(call, GenerateParams(query="How hot?")):
+                pass
+    llms[LOCAL].stalled = set()
+    texts, answer = await _ask(core, bypass_cache=True)
+    assert texts[0].startswith(f"standard@{LOCAL}")  # its breaker stayed closed
+    assert not answer.degraded
+
+
+async def test_the_finish_reason_is_the_models_own(gateway) -> None:
+    core, _, _ = gateway
+    _, answer = await _ask(core, bypass_cache=True)
+    assert answer.finish_reason == "length"  # what the fake model said, not a guess
+    _, cached = await _ask(core)
+    assert cached.finish_reason == "length"
+
+
+async def test_an_unknown_pinned_version_is_not_found_and_trips_nothing(gateway) -> None:
+    core, _, llms = gateway
+    for llm in llms.values():
+        llm.unknown = {"99"}
+    for _ in range(3):
+        with pytest.raises(NotFound, match=r"^model_version: "):
+            await _ask(core, model_version="99")
+    assert [m for m, _ in llms[LOCAL].prompts] == ["standard"] * 3  # no other tier or region
+    assert not llms[REMOTE].prompts
+    _, answer = await _ask(core)
+    assert (answer.tier, answer.degraded) == ("standard", False)
+
+
+async def test_a_plain_search_gets_the_whole_deadline_a_generation_its_share(gateway) -> None:
+    core, retrieval, _ = gateway
+    await core.search(Call.start("demo", 30.0), "How hot?", 3, {})
+    await _ask(core)
+    (plain, plain_degradable), (share, share_degradable) = retrieval.asked
+    assert plain > 29.0 and not plain_degradable
+    assert share == core.config.retrieval_timeout_s and share_degradable
 
 
 async def test_bad_input_is_refused_before_any_call(gateway) -> None:

@@ -113,6 +113,9 @@ def test_tiers_share_the_contract(rendered: dict[str, Config]) -> None:
             if input_name in inputs:
                 assert inputs[input_name] == (dtype, True), (name, input_name)
         assert _outputs(config).get("text_output") == "TYPE_STRING", name
+        # Why an answer ended, reported by the model; the ensemble has no step that knows.
+        if name != "ensemble":
+            assert _outputs(config).get("finish_reason") == "TYPE_STRING", name
 
 
 def test_gpu_tiers_take_the_whole_contract(rendered: dict[str, Config]) -> None:

@@ -1,28 +1,88 @@
+# ruff: noqa: RUF001  (text in many scripts, on purpose)
+"""Prompts fitted to a tier's window, counted with its model's own tokenizer."""
+
 import pytest
 
+from services.common import tokens
 from services.common.errors import InvalidArgument
-from services.gateway.config import GatewayConfig, TierConfig
-from services.gateway.prompt import Source
-from services.gateway.tiers import CHARS_PER_TOKEN, Tier, Tiers
+from services.gateway.config import SMOLLM2_TOKENIZER, GatewayConfig, TierConfig
+from services.gateway.prompt import Source, plain_prompt
+from services.gateway.tiers import Tier, Tiers
+
+TEMPLATE = 37
 
 
-def _tier(context_tokens: int) -> Tier:
-    return Tier("small", TierConfig(model="m", context_tokens=context_tokens), endpoints=[])
+def _tier(context_tokens: int, tokenizer: str = SMOLLM2_TOKENIZER) -> Tier:
+    config = TierConfig(
+        model="m", context_tokens=context_tokens, tokenizer=tokenizer, template_tokens=TEMPLATE
+    )
+    return Tier("small", config, endpoints=[], count=tokens.counter(tokenizer))
+
+
+def _size(tier: Tier, prompt: str) -> int:
+    return tier.count(prompt) + TEMPLATE
 
 
 def test_sources_are_trimmed_lowest_rank_first_and_question_kept():
+    tier = _tier(1024)
     sources = [Source(f"d{i}", f"d{i}#0", "word " * 200) for i in range(5)]
-    prompt = _tier(1024).prompt("what is it?", sources, max_tokens=256)
-    assert len(prompt) / CHARS_PER_TOKEN <= 1024 - 256
-    assert 'document="d0"' in prompt and 'document="d4"' not in prompt
-    assert prompt.endswith("Question: what is it?\nAnswer:")
+    fitted = tier.prompt("what is it?", sources, max_tokens=256)
+    assert _size(tier, fitted.prompt) <= 1024 - 256 and fitted.max_tokens == 256
+    assert 'document="d1"' in fitted.prompt and 'document="d2"' not in fitted.prompt
+    assert fitted.sources == 2  # a third would need 777 tokens of the 768 left
+    assert fitted.prompt.endswith("Question: what is it?\nAnswer:")
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "中文问题，没有空格，每个字都是一个或多个词元。" * 52,  # 1,196 characters, 1,863 tokens
+        "😀🎉👍🏽" * 150,  # 600 characters, 1,841 tokens: emoji take several each
+        "1234567890" * 185,  # 1,850 digits: one token each in SmolLM2
+    ],
+    ids=["chinese", "emoji", "digits"],
+)
+def test_a_question_that_fits_alone_drops_the_sources_not_the_question(question):
+    """Counted with the model's tokenizer, not from characters: the sources go first, then
+    the answer gets what is left of the window (and its finish_reason says "length")."""
+    tier = _tier(2048)
+    alone = _size(tier, plain_prompt(question))
+    assert 2048 - 256 < alone < 2048, alone  # fits only without sources and a full answer
+    sources = [Source(f"d{i}", f"d{i}#0", "Some source text. " * 40) for i in range(4)]
+    fitted = tier.prompt(question, sources, max_tokens=256)
+    assert fitted.sources == 0
+    assert fitted.max_tokens == 2048 - _size(tier, fitted.prompt) > 0
 
 
 def test_too_long_question_or_max_tokens_is_invalid():
-    with pytest.raises(InvalidArgument, match=r"^query: too long"):
+    with pytest.raises(InvalidArgument, match=r"^query: \d+ tokens"):
         _tier(256).prompt("why " * 400, [], max_tokens=16)
+    with pytest.raises(InvalidArgument, match=r"^query: "):
+        _tier(2048).prompt("中文" * 1500, [], max_tokens=16, grounded=False)
     with pytest.raises(InvalidArgument, match=r"^max_tokens: "):
-        _tier(256).prompt("why", [], max_tokens=256)
+        _tier(256).prompt("why", [], max_tokens=256 - TEMPLATE)
+
+
+def test_without_a_tokenizer_the_count_is_a_bound_never_low():
+    question = "中文问题" * 100
+    bytes_tier, real = _tier(4096, tokenizer=""), _tier(4096)
+    assert bytes_tier.count(question) >= real.count(question)
+    assert (
+        Tiers(GatewayConfig(tiers={"x": {"model": "x"}}, default_tier="x")).get("x").count("é") == 2
+    )
+
+
+def test_the_shipped_tiers_count_with_their_models_tokenizers():
+    tiers = Tiers(GatewayConfig())
+    standard, economy = tiers.get("standard"), tiers.get("economy")
+    assert standard.count("1234") == 4  # SmolLM2 reads digits one by one
+    assert economy.count("hello world") == 2  # MiniLM's WordPiece
+    with pytest.raises(ValueError, match=r"gateway\.tiers\.x\.tokenizer"):
+        Tiers(
+            GatewayConfig(
+                tiers={"x": {"model": "x", "tokenizer": "/no/such.json"}}, default_tier="x"
+            )
+        )
 
 
 def test_unknown_tier_and_bad_version_name_the_field():

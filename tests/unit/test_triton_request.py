@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from tritonclient.grpc import service_pb2
 
+from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.gateway import llm
 
 
@@ -35,3 +37,46 @@ def test_a_response_is_read_from_its_raw_outputs() -> None:
     response.raw_output_contents.extend([text, struct.pack("<i", 12), struct.pack("<i", 4)])
     assert llm._delta(response) == llm.Delta("Brew at 80 °C", 12, 4, "3")
     assert llm._delta(service_pb2.ModelInferResponse()) == llm.Delta("", -1, -1, "")
+
+
+def test_the_finish_reason_is_read_from_the_models_output() -> None:
+    response = service_pb2.ModelInferResponse(model_version="1")
+    for name in ("text_output", "finish_reason"):
+        response.outputs.add(name=name)
+    response.raw_output_contents.extend(
+        [(1).to_bytes(4, "little") + b".", (6).to_bytes(4, "little") + b"length"]
+    )
+    assert llm._delta(response).finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("message", "version", "kind", "field"),
+    [
+        # A model's own check of an input: the request's field, INVALID_ARGUMENT.
+        ("max_tokens: must be >= 1, got 0", "", InvalidArgument, "max_tokens"),
+        ("text_input: 2100 tokens with the chat template, over ...", "", InvalidArgument, "query"),
+        ("temperature: must be >= 0, got -1.0", "", InvalidArgument, "temperature"),
+        # Triton has no such version: the pinned version is the request's mistake.
+        (
+            "Request for unknown model: 'standard' version 99 is not found",
+            "99",
+            NotFound,
+            "model_version",
+        ),
+        # The model itself is gone (unloaded): the server's state, another tier may answer.
+        ("Request for unknown model: 'standard' is not found", "", Unavailable, ""),
+        (
+            "Request for unknown model: 'standard' version 1 is not at ready state",
+            "1",
+            Unavailable,
+            "",
+        ),
+        ("Stub process 'standard_0_0' is not healthy.", "", Unavailable, ""),
+        ("Deadline Exceeded", "", DeadlineExceeded, ""),
+    ],
+)
+def test_model_errors_are_told_apart_by_cause(message, version, kind, field) -> None:
+    error = llm._error(message, "standard", version)
+    assert type(error) is kind and error.field == field
+    if field:
+        assert error.message.startswith(f"{field}: ")

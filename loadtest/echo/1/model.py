@@ -1,4 +1,5 @@
-"""The echo model: each request's text_input back as text_output, FINAL in one response."""
+"""The echo model: each request's text_input back as text_output, FINAL in one response,
+finish_reason "stop"."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class TritonPythonModel:
                     pb_utils.Tensor("text_output", text.reshape(1, -1)),
                     pb_utils.Tensor("prompt_tokens", count),
                     pb_utils.Tensor("completion_tokens", count),
+                    pb_utils.Tensor("finish_reason", np.array([[b"stop"]], dtype=np.object_)),
                 ]
             )
             request.get_response_sender().send(response, flags=_FINAL)

@@ -30,8 +30,16 @@ _WORD_RE = re.compile(r"[^\W_]+")
 _SIMPLE_TOKEN_RE = re.compile(r"[^\W_]+|[^\w\s]")
 _SEGMENT_RE = re.compile(r"\S+\s*")
 _PARAGRAPH_RE = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*\u2022]\s|\d+[.)]\s|#))")
-_SENTENCE_END_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+# Latin ends need a space and a capital after them ("e.g. this" goes on); the ideographic
+# full stop and fullwidth marks (Chinese, Japanese), the danda and the Arabic question mark
+# end a sentence where they stand.
+_SENTENCE_END_RE = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])"
+    r"|(?<=[\u3002\uff01\uff1f\u0964\u061f])\s*(?=\S)"
+)
 _VOWELS = frozenset("aeiouy")
+# Han ideographs, hiragana, katakana and Hangul syllables.
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 _CODE_RE = re.compile(r"^\s*(?:>>>|\.\.\.\s|\$ )")
 MAX_SENTENCE_WORDS = 60
 
@@ -140,9 +148,14 @@ def _stem(word: str) -> str:
 
 
 def content_terms(text: str) -> list[str]:
-    """Lowercased, stopword-free, stemmed terms of a text (numbers kept)."""
+    """Lowercased, stopword-free, stemmed terms of a text (numbers kept). A run of Chinese
+    or Japanese characters, which has no spaces between its words, gives its character
+    bigrams instead (as Lucene's CJKBigramFilter does)."""
     terms = []
     for word in _WORD_RE.findall(text.lower()):
+        if _CJK_RE.search(word):
+            terms += [word[i : i + 2] for i in range(max(len(word) - 1, 1))]
+            continue
         if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
             continue
         terms.append(_stem(word))
@@ -241,12 +254,37 @@ def truncate_segments(
 
 
 def _shortened(sentence: _Sentence, max_tokens: int, count_tokens: TokenCounter) -> str:
-    """The sentence's leading words and its citation, within max_tokens where possible."""
+    """The sentence's leading words and its citation, within max_tokens where possible; in
+    a script without spaces (Chinese, Japanese, Thai) its leading characters."""
     marker = f" [{sentence.source_id}]"
+
+    def fits(text: str) -> bool:
+        return count_tokens(text + " …" + marker) <= max_tokens
+
     words = sentence.text.split()
-    while len(words) > 1 and count_tokens(" ".join(words) + " …" + marker) > max_tokens:
+    while len(words) > 1 and not fits(" ".join(words)):
         words.pop()
-    return " ".join(words) + " …" + marker
+    text = " ".join(words)
+    if count_tokens(text) > max_tokens:  # one word over the budget alone: cut its characters
+        low, high = 1, len(text)
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(text[:middle]) else (low, middle - 1)
+        text = text[:low]
+    return text + " …" + marker
+
+
+@dataclass(frozen=True)
+class Extract:
+    """An answer as streaming deltas, and why it ended: "stop" (whole, or cut at a stop
+    word) or "length" (`max_tokens` left out or cut some of what it would have said)."""
+
+    parts: list[str]
+    finish_reason: str
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 def answer(
@@ -257,12 +295,13 @@ def answer(
     count_tokens: TokenCounter = simple_token_count,
     stop_words: Iterable[str] = (),
     max_sentences: int = MAX_SENTENCES,
-) -> list[str]:
+) -> Extract:
     """Answer with the best 1-3 cited source sentences, as streaming deltas.
 
     The deltas concatenate to the answer text; their token total never exceeds max_tokens.
     """
     scored = _rank_sentences(question, sources)
+    cut = False  # max_tokens shortened or dropped a sentence
     if not scored:
         text = REFUSAL
     else:
@@ -275,6 +314,7 @@ def answer(
             piece = f"{sentence.text} [{sentence.source_id}]"
             cost = count_tokens(piece)
             if max_tokens is not None and used + cost > max_tokens:
+                cut = True
                 if picked:
                     break
                 piece = _shortened(sentence, max_tokens, count_tokens)
@@ -282,5 +322,9 @@ def answer(
             picked.append(piece)
             used += cost
         text = " ".join(picked)
-    text = cut_at_stop_words(text, stop_words)
-    return truncate_segments(segments(text), max_tokens, count_tokens)
+    stopped = cut_at_stop_words(text, stop_words)
+    whole = segments(stopped)
+    parts = truncate_segments(whole, max_tokens, count_tokens)
+    if len(parts) < len(whole):
+        return Extract(parts, "length")
+    return Extract(parts, "length" if cut and stopped == text else "stop")

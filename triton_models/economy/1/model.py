@@ -1,7 +1,9 @@
 """Triton python-backend `economy` tier: decoupled, streaming grounded extractive answerer.
 
 Speaks the TensorRT-LLM `ensemble` tensor names (text_input, max_tokens, stream, ... ->
-text_output) so the gateway can swap in a real TRT-LLM deployment. The answer logic lives in
+text_output) so the gateway can swap in a real TRT-LLM deployment, plus `finish_reason` on
+the last response ("stop" or "length"; the name Triton's vLLM backend gives it). A cancelled
+request ends with a bare FINAL: nobody reads its responses any more. The answer logic lives in
 extractive.py; this file only handles tensors, tokens counts, streaming and cancellation.
 """
 
@@ -26,7 +28,9 @@ _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class RequestError(ValueError):
-    """A client error in one request: becomes that request's error response."""
+    """A client error in one request: becomes that request's error response, whose message
+    starts with the input tensor's name and a colon (`max_tokens: must be >= 1, got 0`), which
+    the gateway reads as INVALID_ARGUMENT naming its own field."""
 
 
 def _param(config: dict[str, Any], key: str, default: str) -> str:
@@ -52,7 +56,7 @@ def _scalar(request: Any, name: str) -> Any | None:
         return None
     values = tensor.as_numpy().reshape(-1)
     if values.size != 1:
-        raise RequestError(f"{name} must hold exactly one value per request, got {values.size}")
+        raise RequestError(f"{name}: must hold exactly one value per request, got {values.size}")
     return values[0]
 
 
@@ -113,7 +117,10 @@ class TritonPythonModel:
         except Exception as exc:
             pb_utils.Logger.log_error(f"economy could not send an error response: {exc!r}")
 
-    def _response(self, text: str, prompt_tokens: int, completion_tokens: int) -> Any:
+    def _response(
+        self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str = ""
+    ) -> Any:
+        """One response; `finish_reason` on the last one only ("" before it)."""
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(
@@ -123,19 +130,22 @@ class TritonPythonModel:
                 pb_utils.Tensor(
                     "completion_tokens", np.array([[completion_tokens]], dtype=np.int32)
                 ),
+                pb_utils.Tensor(
+                    "finish_reason", np.array([[finish_reason.encode()]], dtype=np.object_)
+                ),
             ]
         )
 
     def _generate(self, request: Any, sender: Any) -> None:
         raw = _scalar(request, "text_input")
         if raw is None:
-            raise RequestError("text_input is required")
+            raise RequestError("text_input: is required")
         prompt = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
         max_tokens = _scalar(request, "max_tokens")
         if max_tokens is None:
-            raise RequestError("max_tokens is required")
+            raise RequestError("max_tokens: is required")
         if int(max_tokens) < 1:
-            raise RequestError(f"max_tokens must be >= 1, got {int(max_tokens)}")
+            raise RequestError(f"max_tokens: must be >= 1, got {int(max_tokens)}")
         stream_value = _scalar(request, "stream")
         stream = bool(stream_value) if stream_value is not None else False
         stop_words = _strings(request, "stop_words")
@@ -143,7 +153,7 @@ class TritonPythonModel:
         # ensemble compatibility and ignored; extraction is deterministic.
 
         question, sources = extractive.parse_prompt(prompt)
-        parts = extractive.answer(
+        extract = extractive.answer(
             question,
             sources,
             max_tokens=int(max_tokens),
@@ -151,26 +161,24 @@ class TritonPythonModel:
             stop_words=stop_words,
             max_sentences=self.max_sentences,
         )
+        parts, reason = extract.parts, extract.finish_reason
         prompt_tokens = self.count_tokens(prompt)
 
-        if not stream:
+        if not stream or not parts:
             completion = sum(self.count_tokens(p) for p in parts)
-            sender.send(self._response("".join(parts), prompt_tokens, completion), flags=_FINAL)
-            return
-        if not parts:
-            sender.send(self._response("", prompt_tokens, 0), flags=_FINAL)
+            response = self._response(extract.text, prompt_tokens, completion, reason)
+            sender.send(response, flags=_FINAL)
             return
         completion = 0
         for i, part in enumerate(parts):
             if sender.is_cancelled():
                 pb_utils.Logger.log_info(f"economy request cancelled after {i}/{len(parts)} words")
-                sender.send(flags=_FINAL)
+                sender.send(flags=_FINAL)  # nobody reads a response any more
                 return
             completion += self.count_tokens(part)
             last = i == len(parts) - 1
-            sender.send(
-                self._response(part, prompt_tokens, completion), flags=_FINAL if last else 0
-            )
+            response = self._response(part, prompt_tokens, completion, reason if last else "")
+            sender.send(response, flags=_FINAL if last else 0)
             if not last and self.token_delay_s > 0:
                 time.sleep(self.token_delay_s)
 

@@ -2,7 +2,8 @@
 
 Speaks the TensorRT-LLM `ensemble` tensor names (text_input, max_tokens, stream, temperature,
 top_k, top_p, random_seed, stop_words, ... -> text_output), the same contract as `economy`, plus
-prompt_tokens / completion_tokens on every response.
+prompt_tokens / completion_tokens on every response and finish_reason on the last ("stop" or
+"length", as Triton's vLLM backend names it).
 
 llama.cpp is not thread-safe, so each instance owns one `Llama` and serves its requests one
 at a time, in `execute` on Triton's thread (a worker thread of ours measured no faster); more
@@ -36,7 +37,9 @@ _SYSTEM = (
 
 
 class RequestError(ValueError):
-    """A client error in one request: becomes that request's error response."""
+    """A client error in one request: becomes that request's error response, whose message
+    starts with the input tensor's name and a colon (`max_tokens: must be >= 1, got 0`), which
+    the gateway reads as INVALID_ARGUMENT naming its own field."""
 
 
 def _param(config: dict[str, Any], key: str, default: str) -> str:
@@ -60,7 +63,7 @@ def _scalar(request: Any, name: str) -> Any | None:
         return None
     values = tensor.as_numpy().reshape(-1)
     if values.size != 1:
-        raise RequestError(f"{name} must hold exactly one value per request, got {values.size}")
+        raise RequestError(f"{name}: must hold exactly one value per request, got {values.size}")
     return values[0]
 
 
@@ -150,7 +153,10 @@ class TritonPythonModel:
         except Exception as exc:
             pb_utils.Logger.log_error(f"standard could not send an error response: {exc!r}")
 
-    def _response(self, text: str, prompt_tokens: int, completion_tokens: int) -> Any:
+    def _response(
+        self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str = ""
+    ) -> Any:
+        """One response; `finish_reason` on the last one only ("" before it)."""
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(
@@ -159,6 +165,9 @@ class TritonPythonModel:
                 pb_utils.Tensor("prompt_tokens", np.array([[prompt_tokens]], dtype=np.int32)),
                 pb_utils.Tensor(
                     "completion_tokens", np.array([[completion_tokens]], dtype=np.int32)
+                ),
+                pb_utils.Tensor(
+                    "finish_reason", np.array([[finish_reason.encode()]], dtype=np.object_)
                 ),
             ]
         )
@@ -169,26 +178,26 @@ class TritonPythonModel:
             return
         raw = _scalar(request, "text_input")
         if raw is None:
-            raise RequestError("text_input is required")
+            raise RequestError("text_input: is required")
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
         max_tokens_value = _scalar(request, "max_tokens")
         if max_tokens_value is None:
-            raise RequestError("max_tokens is required")
+            raise RequestError("max_tokens: is required")
         max_tokens = int(max_tokens_value)
         if max_tokens < 1:
-            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}")
+            raise RequestError(f"max_tokens: must be >= 1, got {max_tokens}")
         stream_value = _scalar(request, "stream")
         stream = bool(stream_value) if stream_value is not None else False
         temperature_value = _scalar(request, "temperature")
         temperature = float(temperature_value) if temperature_value is not None else 0.0
         if not np.isfinite(temperature) or temperature < 0:
-            raise RequestError(f"temperature must be >= 0, got {temperature}")
+            raise RequestError(f"temperature: must be >= 0, got {temperature}")
         top_k_value = _scalar(request, "top_k")
         top_k = int(top_k_value) if top_k_value is not None else 0  # 0: whole vocabulary
         top_p_value = _scalar(request, "top_p")
         top_p = float(top_p_value) if top_p_value is not None else 1.0
         if not 0.0 < top_p <= 1.0:
-            raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+            raise RequestError(f"top_p: must be in (0, 1], got {top_p}")
         seed_value = _scalar(request, "random_seed")
         seed = int(seed_value) & 0xFFFFFFFF if seed_value is not None else random.getrandbits(32)
         stops = _strings(request, "stop_words")
@@ -250,12 +259,14 @@ class TritonPythonModel:
             tokens.close()
         if reason == "eos":
             answer += decoder.decode(b"", final=True)  # a dangling partial character
+        # The client's finish_reason: end of sequence and stop words are a natural "stop";
+        # max_tokens, also where the context window lowered it, is "length".
+        finish = "stop" if reason in ("eos", "stop") else reason
         if reason == "cancelled":
-            sender.send(flags=_FINAL)
-        elif stream:
-            sender.send(self._response(answer[sent:], prompt_tokens, completion), flags=_FINAL)
+            sender.send(flags=_FINAL)  # nobody reads a response any more
         else:
-            sender.send(self._response(answer, prompt_tokens, completion), flags=_FINAL)
+            text = answer[sent:] if stream else answer
+            sender.send(self._response(text, prompt_tokens, completion, finish), flags=_FINAL)
         pb_utils.Logger.log_info(
             f"standard request {tag}: {len(text)} chars, {prompt_tokens} prompt + {completion} "
             f"completion tokens, {reason}, first token {first_token_s:.3f}s, "

@@ -5,7 +5,9 @@ on a worker thread: every response carries the text new since the previous one. 
 so far are decoded as a whole and only the new suffix is sent, so tokens that decode differently
 in context (SentencePiece's leading spaces, multi-byte characters split across tokens) come out
 right; a suffix ending in an incomplete character waits for the next token. Counts are running
-totals. One prompt per request (batch 1), as the gateway sends.
+totals; the last response says why generation ended (`finish_reason`: "length" when the engine
+returned the max_tokens asked of it, else "stop": its end id or a stop word). One prompt per
+request (batch 1), as the gateway sends.
 """
 
 from __future__ import annotations
@@ -112,23 +114,26 @@ class TritonPythonModel:
         )
         responses = llm_request.exec(decoupled=True) if self.decoupled else [llm_request.exec()]
 
+        max_tokens = int(pb_utils.get_input_tensor_by_name(request, "max_tokens").as_numpy().max())
         ids: list[int] = []
         sent = ""
-        sent_any = False
 
         def delta(final: bool) -> list[Any] | None:
-            nonlocal sent, sent_any
+            """The text new since the last delta; the final one always, with the reason."""
+            nonlocal sent
             text = self._decode(ids) if ids else ""
-            if not text.startswith(sent) or (not final and text.endswith("\ufffd")):
-                return None  # earlier text decoded differently, or a character is incomplete
-            new, sent = text[len(sent) :], text
-            if not new and (sent_any or not final):
-                return None  # nothing new; the final flag goes with the last text
-            sent_any = True
+            new = ""
+            # Not while earlier text decodes differently or a character is incomplete.
+            if text.startswith(sent) and (final or not text.endswith("\ufffd")):
+                new, sent = text[len(sent) :], text
+            if not new and not final:
+                return None
+            reason = ("length" if len(ids) >= max_tokens else "stop") if final else ""
             return [
                 pb_utils.Tensor("text_output", np.array([[new.encode()]], dtype=np.object_)),
                 pb_utils.Tensor("prompt_tokens", np.array([[prompt_len]], dtype=np.int32)),
                 pb_utils.Tensor("completion_tokens", np.array([[len(ids)]], dtype=np.int32)),
+                pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)),
             ]
 
         for response in responses:
@@ -147,8 +152,8 @@ class TritonPythonModel:
             if streaming and (tensors := delta(final=False)) is not None:
                 yield tensors
         last = delta(final=True)
-        if last is not None:
-            yield last
+        assert last is not None
+        yield last
 
     def _stream(self, request: Any) -> None:
         sender = request.get_response_sender()
