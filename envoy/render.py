@@ -13,23 +13,30 @@ Envoy is the mesh's edge. Two listeners, both on 127.0.0.1:
 
 Regions (``mesh.regions``) are Envoy priorities: the default region's gateway at priority 0,
 the others at 1..N. Every upstream has active gRPC health checks, outlier detection that
-ejects (a host answering UNAVAILABLE or unreachable), circuit breakers with a retry budget;
-routes retry gRPC's retryable failures on the next priority, with per-try timeouts, inside
-the client's own deadline (``grpc-timeout``). A fault filter on each internal listener can
+ejects a host requests cannot reach (never a cluster's last host, never for what a host
+answers), circuit breakers with a retry budget; routes retry the server's failures (never a
+client's) on the next priority, with per-try timeouts, inside the client's own deadline
+(``grpc-timeout``). A fault filter on each internal listener can
 delay retrieval for game days; it is inert until its runtime keys are set through the admin
 port (``chaos.<region>.retrieval.delay_percent``, ``...delay_ms``).
 
 Access logs go to stdout as JSON and never carry bodies, ``x-api-key`` or ``authorization``.
-JSON requests are capped at 8 MiB (413 beyond). The transcoder would drop unknown JSON body
-fields silently (Envoy 1.40 offers no option to reject them), so a Lua filter before it
-(``reject_unknown_fields.lua``) answers 400 naming the first unknown field, checked against a
-schema generated here from the descriptor set's ``google.api.http`` rules.
+Requests are capped at 8 MiB (413 beyond). A Lua filter before the transcoder
+(``request_guard.lua``), the request guard, answers INVALID_ARGUMENT at the edge for
+what the request itself gets wrong, so that no client mistake reaches a gateway as a reset,
+a hang or an INTERNAL: a gRPC content type other than protobuf, a gRPC request without
+``te: trailers`` or with a malformed body, a malformed ``grpc-timeout``, ``grpc-encoding``
+or binary header, a response-only header, and (for JSON, which the transcoder would drop
+silently; Envoy 1.40 offers no option to reject them) an unknown body field, checked against
+a schema generated here from the descriptor set. It tells gRPC from JSON by Envoy's own rule,
+the one the transcoder uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from typing import Any
 import yaml
 from edge.body_schema import body_schema, lua_schema
 
+from services.gateway.retrieval_client import DEGRADABLE
 from services.mesh.config import MeshConfig
 from services.mesh.regions import Region, regions
 
@@ -63,12 +71,15 @@ _PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
 
-# gRPC failures worth another region: the host is gone or refused, or said UNAVAILABLE.
+# Failures of the server, worth another region: the host is gone, refused the stream, reset it
+# (or a try timed out), or said UNAVAILABLE or CANCELLED. Never a client's mistake: the guard
+# refuses the requests that made a gateway reset or hang, and INVALID_ARGUMENT, NOT_FOUND,
+# FAILED_PRECONDITION, UNIMPLEMENTED, INTERNAL and DEADLINE_EXCEEDED are not retried.
 RETRY_ON = "connect-failure,refused-stream,reset,unavailable,cancelled"
 WRITE_PATHS = ("/ragmesh.retrieval.v1.Retrieval/Upsert", "/ragmesh.retrieval.v1.Retrieval/Delete")
 
-# The Lua half of the unknown-field check; render prepends the generated schema to it.
-UNKNOWN_FIELDS_LUA = Path(__file__).with_name("reject_unknown_fields.lua")
+# The Lua request guard; render prepends the generated schema to it.
+REQUEST_GUARD_LUA = Path(__file__).with_name("request_guard.lua")
 
 # Headers and timings only: no bodies and no credentials (x-api-key, authorization).
 ACCESS_LOG_FORMAT: dict[str, str] = {
@@ -116,7 +127,7 @@ def _transcoder(descriptor_set: Path) -> dict[str, Any]:
 
     Malformed JSON and mistyped fields get 400, unknown paths 404, unknown query parameters 400.
     Unknown JSON *body* fields it would drop silently (Envoy 1.40 has no option to reject them):
-    _reject_unknown_fields() answers 400 for them first.
+    _request_guard() answers 400 for them first.
     """
     return {
         "name": "envoy.filters.http.grpc_json_transcoder",
@@ -155,10 +166,11 @@ def _body_limit() -> dict[str, Any]:
     }
 
 
-def _reject_unknown_fields(descriptor_set: Path) -> dict[str, Any]:
-    """400 for a JSON body with a field its message lacks, before the transcoder drops it."""
+def _request_guard(descriptor_set: Path) -> dict[str, Any]:
+    """The request guard: INVALID_ARGUMENT for what a request itself gets wrong, before the
+    transcoder (which drops unknown JSON fields) and before any gateway (module docstring)."""
     source = lua_schema(body_schema(descriptor_set, PUBLIC_SERVICES))
-    source += UNKNOWN_FIELDS_LUA.read_text(encoding="utf-8")
+    source += REQUEST_GUARD_LUA.read_text(encoding="utf-8")
     return {
         "name": "envoy.filters.http.lua",
         "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": source}},
@@ -193,10 +205,19 @@ def _retry_policy(num_retries: int, per_try_timeout_s: float, retry_on: str) -> 
 def _route(
     match: dict[str, Any], cluster: str, timeout_s: float, retry: dict[str, Any]
 ) -> dict[str, Any]:
-    """A client's grpc-timeout bounds the whole request, retries included, up to `timeout_s`."""
+    """The client's grpc-timeout, capped at `timeout_s`, bounds the whole request, retries
+    included: the connection manager's stream duration, answered DEADLINE_EXCEEDED. Its expiry
+    resets the upstream request without charging the host's outlier detector.
+
+    No route `timeout`: with max_stream_duration set, the router ignores it (1.40
+    source/common/router/router.cc, FilterUtility::finalTimeout, `if
+    (!route.usingNewTimeouts())`; measured), so a request without grpc-timeout is bounded by
+    the per-try timeouts of its tries. Nor a default max_stream_duration: the connection
+    manager would then overwrite a malformed grpc-timeout of a gRPC request with it
+    (ActiveStream::refreshDurationTimeout) before the request guard could refuse it.
+    """
     action = {
         "cluster": cluster,
-        "timeout": _duration(timeout_s),
         "max_stream_duration": {"grpc_timeout_header_max": _duration(timeout_s)},
         "retry_policy": retry,
     }
@@ -294,7 +315,7 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
     route = _route({"prefix": "/"}, "gateway", edge.route_timeout_s, retry)
     filters = [
         _body_limit(),
-        _reject_unknown_fields(descriptor_set),
+        _request_guard(descriptor_set),
         _transcoder(descriptor_set),
         _router(),
     ]
@@ -344,16 +365,25 @@ def _fault(region: str) -> dict[str, Any]:
 
 
 def _internal_listener(region: Region) -> dict[str, Any]:
-    """gRPC only: one region's gateway to retrieval. Writes go to the governance point."""
+    """gRPC only: one region's gateway to retrieval. Writes go to the governance point.
+
+    Reads try the region's own retrieval, then the next region's. A degradable search gets
+    half of the gateway's retrieval budget a try, so a hung region costs half of it; any
+    other read gets the client's deadline a try (its tries still end with that deadline).
+    """
     c = region.config
     timeout = c.edge.route_timeout_s
     writes = _retry_policy(1, timeout, "connect-failure,refused-stream")
-    # Two tries fit in the gateway's retrieval budget: a hung region costs half of it.
-    reads = _retry_policy(1, c.gateway.retrieval_timeout_s / 2, RETRY_ON)
+    degradable = _retry_policy(1, c.gateway.retrieval_timeout_s / 2, RETRY_ON)
+    reads = _retry_policy(1, timeout, RETRY_ON)
+    cluster = f"retrieval-{region.name}"
     routes = [
         _route({"path": path}, "retrieval-governance", timeout, writes) for path in WRITE_PATHS
     ]
-    routes.append(_route({"prefix": "/"}, f"retrieval-{region.name}", timeout, reads))
+    # The gateway marks the searches it degrades without (a generation's sources).
+    marked = {"prefix": "/", "headers": [{"name": DEGRADABLE[0], "present_match": True}]}
+    routes.append(_route(marked, cluster, timeout, degradable))
+    routes.append(_route({"prefix": "/"}, cluster, timeout, reads))
     name = f"internal-{region.name}"
     filters = [_fault(region.name), _router()]
     routes_config = _route_config(name, routes)
@@ -378,18 +408,45 @@ def _health_check() -> dict[str, Any]:
     }
 
 
-def _outlier_detection() -> dict[str, Any]:
-    """Ejects a host after 3 consecutive gateway failures (UNAVAILABLE, resets, connect
-    failures), for 5 s at first and never longer than 10 s; every host may be ejected."""
+def _max_ejection_percent(hosts: int) -> int:
+    """The share of `hosts` Envoy may eject: all but one, so the last is never ejected.
+
+    Envoy ejects while 100 * (ejected + 1) / hosts <= max_ejection_percent, counting the hosts
+    of every priority together (1.40 source/common/upstream/outlier_detection_impl.cc,
+    DetectorImpl::ejectHost); a one-host cluster gets 0 and is never ejected. Past 100 hosts
+    the cap of 99 keeps more than one.
+    """
+    return min(99, math.ceil(100 * (hosts - 1) / hosts))
+
+
+def _outlier_detection(hosts: int) -> dict[str, Any]:
+    """Ejects a host that 3 requests in a row could not reach, for 5 s at first and never
+    longer than 10 s (or until its next passing health check), and never the last host.
+
+    Only local-origin failures eject (split_external_local_origin_errors; 1.40
+    source/common/router/router.cc and source/common/upstream/outlier_detection_impl.cc): a
+    connect failure, a reset, or a per-try timeout of the router. Every stream the host
+    accepts reports a local-origin success first, so only attempts that fail without the host
+    accepting any stream in between add up: a dead or unreachable host.
+
+    A host's own answers never eject: the router maps a trailers-only grpc-status to HTTP
+    (UNIMPLEMENTED 501, INTERNAL and UNKNOWN 500, UNAVAILABLE 503, DEADLINE_EXCEEDED 504), and
+    a client provokes each of them (an unknown method, an undecodable message, a deadline too
+    short to serve). Consecutive 5xx and gateway failures are detected but not enforced. The
+    expiry of the client's grpc-timeout reports nothing (_route()).
+    """
     return {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 3,
+        "enforcing_consecutive_local_origin_failure": 100,
         "consecutive_gateway_failure": 3,
-        "enforcing_consecutive_gateway_failure": 100,
+        "enforcing_consecutive_gateway_failure": 0,
         "consecutive_5xx": 5,
-        "enforcing_consecutive_5xx": 100,
+        "enforcing_consecutive_5xx": 0,
         "interval": "1s",
         "base_ejection_time": "5s",
         "max_ejection_time": "10s",
-        "max_ejection_percent": 100,
+        "max_ejection_percent": _max_ejection_percent(hosts),
     }
 
 
@@ -442,7 +499,7 @@ def _cluster(name: str, targets: list[tuple[str, int]]) -> dict[str, Any]:
             ],
         },
         "health_checks": [_health_check()],
-        "outlier_detection": _outlier_detection(),
+        "outlier_detection": _outlier_detection(len(targets)),
         "circuit_breakers": _circuit_breakers(),
     }
 

@@ -1,4 +1,15 @@
--- Rejects unknown JSON body fields with 400 before the gRPC-JSON transcoder drops them silently.
+-- The edge's request guard: INVALID_ARGUMENT for what a request itself gets wrong, before the
+-- gRPC-JSON transcoder and before any gateway, so that no client mistake reaches a gateway as
+-- a reset, a hang or an INTERNAL (issue 13, parts 5 and 6; docs/regions.md has the table):
+--   every request   malformed grpc-timeout, grpc-encoding, grpc-previous-rpc-attempts or
+--                   binary (-bin) header, or a header gRPC keeps for responses: refused;
+--                   OpenCensus grpc-trace-bin and grpc-tags-bin: removed
+--   gRPC            a content type other than protobuf, no te: trailers, a body that is not
+--                   whole length-prefixed messages, two messages to a method that takes one
+--   JSON            a body field its message lacks, which the transcoder would drop silently
+-- gRPC and JSON are told apart by Envoy's own rule, the transcoder's (is_grpc below). A refused
+-- gRPC request gets gRPC's trailers-only answer (grpc-status 3), a JSON one HTTP 400 with
+-- {"code": 3, "message": ...}; each message starts with the header, "body" or the field.
 --
 -- edge.render prepends the generated schema, from the descriptor set's google.api.http rules:
 --   ROUTES[method][path] = the body's kind (below) for exact paths
@@ -7,8 +18,8 @@
 --     "message:<name>"  a message field (singular or repeated): its objects are checked too
 --     "map:<name>"      a map whose values are messages: keys open, values checked
 --     anything else     scalars, enums, scalar maps, well-known types: not looked into
--- Only JSON requests (content-type not application/grpc*) to those routes are read. A body that
--- does not parse is left to the transcoder, which answers 400 itself.
+--   SINGLE_MESSAGE[/package.Service/Method] = true for the methods that take one request message
+-- A JSON body that does not parse is left to the transcoder, which answers 400 itself.
 --
 -- The parser reads JSON as the transcoder's parser (protobuf's JsonStreamParser) does, which is
 -- more than RFC 8259: unquoted keys, single-quoted strings, raw control characters and any
@@ -334,34 +345,207 @@ local function body_kind(method, path)
   return nil
 end
 
-function envoy_on_request(request_handle)
-  local headers = request_handle:headers()
+-- The path of the first unknown field of a JSON request's body, or nil (no body route, no body,
+-- or a body that does not parse: the transcoder answers those itself).
+local function unknown_field(request_handle, headers)
   local method = headers:get(":method")
-  if method ~= "POST" and method ~= "PUT" and method ~= "PATCH" then
-    return
-  end
-  if find(string.lower(headers:get("content-type") or ""), "^application/grpc") then
-    return
-  end
   -- The transcoder ignores the query string and trailing slashes: /v1/generate/ is /v1/generate.
   local path = match(headers:get(":path") or "", "^[^?#]*")
   local kind = body_kind(method, match(path, "^(.-)/*$"))
   if not kind then
-    return
+    return nil
   end
   local body = request_handle:body()
   if not body or body:length() == 0 then
-    return
+    return nil
   end
   local ok, value = pcall(parse, body:getBytes(0, body:length()))
   if not ok then
-    return
+    return nil
   end
-  local field = check_kind(value, kind, "")
-  if field then
+  return check_kind(value, kind, "")
+end
+
+-- Envoy's own rule for "this request is gRPC" (source/common/grpc/common.cc,
+-- Grpc::Common::hasGrpcContentType), which the transcoder uses to pass a request through
+-- untranscoded: content-type exactly "application/grpc" or starting with "application/grpc+",
+-- case-sensitive, no parameters. Everything else (application/grpc-web, Application/GRPC,
+-- application/grpc;charset=utf-8, text/plain, none) is transcoded as JSON, and checked as JSON.
+local GRPC = "application/grpc"
+
+local function is_grpc(content_type)
+  return content_type == GRPC or sub(content_type or "", 1, #GRPC + 1) == GRPC .. "+"
+end
+
+-- The gRPC content types the gateway serves: protobuf only.
+local SERVED = { [GRPC] = true, [GRPC .. "+proto"] = true }
+
+-- grpc-encoding values the gateway's gRPC core decodes; any other fails the call with INTERNAL.
+local ENCODINGS = { identity = true, deflate = true, gzip = true }
+
+-- Headers gRPC defines for responses or for the gRPC library's own use (grpc/grpc
+-- src/core/call/metadata_batch.h): in a request they are malformed, and the gateway's core fails
+-- the call with INTERNAL for several of them (grpc-status: x, grpc-internal-encoding-request).
+local RESPONSE_ONLY = {
+  ["grpc-status"] = true,
+  ["grpc-message"] = true,
+  ["grpc-status-details-bin"] = true,
+  ["grpc-retry-pushback-ms"] = true,
+  ["grpc-server-stats-bin"] = true,
+  ["grpc-internal-encoding-request"] = true,
+  ["grpclb_client_stats"] = true,
+  ["endpoint-load-metrics-bin"] = true,
+  ["lb-token"] = true,
+  ["lb-cost-bin"] = true,
+}
+
+-- OpenCensus context, which the mesh does not use (it traces with W3C traceparent) and the
+-- gateway's core rejects in some valid base64 forms: removed, never forwarded.
+local REMOVED = { "grpc-trace-bin", "grpc-tags-bin" }
+
+local BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local BASE64_VALUE = {}
+for k = 1, #BASE64 do
+  BASE64_VALUE[byte(BASE64, k)] = k - 1
+end
+
+-- Base64 as the gateway's core reads a binary (-bin) header: the standard alphabet, padded or
+-- not, not empty, and the bits the last character does not fill all zero.
+local function valid_base64(value)
+  local data, pad = match(value, "^([%w+/]*)(=*)$")
+  if not data or data == "" then
+    return false
+  end
+  local rest = #data % 4
+  if rest == 1 or (#pad > 0 and (rest == 0 or (#data + #pad) % 4 ~= 0)) then
+    return false
+  end
+  return rest == 0 or BASE64_VALUE[byte(data, #data)] % (rest == 2 and 16 or 4) == 0
+end
+
+-- What is wrong with one request header, or nil; the gRPC rules of PROTOCOL-HTTP2.md
+-- (grpc/grpc doc) where they are stricter than the gateway's core, else the core's.
+local function header_problem(key, value)
+  if RESPONSE_ONLY[key] then
+    return "a response header; a request may not carry it"
+  elseif key == "grpc-timeout" then
+    -- TimeoutValue TimeoutUnit: 1 to 8 ASCII digits, then one of H M S m u n.
+    if not find(value, "^%d%d?%d?%d?%d?%d?%d?%d?[HMSmun]$") then
+      return "must be 1 to 8 digits and a unit (H, M, S, m, u, n), like 30S or 500m"
+    end
+  elseif key == "grpc-encoding" then
+    if not ENCODINGS[value] then
+      return "must be identity, deflate or gzip"
+    end
+  elseif key == "grpc-previous-rpc-attempts" then
+    if not find(value, "^%d+$") or tonumber(value) > 4294967295 then
+      return "must be a count"
+    end
+  elseif sub(key, -4) == "-bin" and not valid_base64(value) then
+    return "a binary header must be base64"
+  end
+  return nil
+end
+
+-- The first header a request may not carry as it is, as "name: why", or nil. Removes REMOVED.
+local function headers_problem(headers)
+  for key, value in pairs(headers) do
+    local problem = header_problem(key, value)
+    if problem then
+      return key .. ": " .. problem
+    end
+  end
+  for _, key in ipairs(REMOVED) do
+    headers:remove(key)
+  end
+  return nil
+end
+
+-- How many length-prefixed messages a gRPC body holds (PROTOCOL-HTTP2.md: Compressed-Flag,
+-- 4-byte big-endian Message-Length, Message), or nil and why it is malformed. The gateway's core
+-- waits for the rest of a cut message until the deadline, so a malformed body never reaches it.
+local function count_messages(body, compressed)
+  local i, n, size = 1, 0, #body
+  while i <= size do
+    if size - i < 4 then
+      return nil, "ends inside a message's 5-byte prefix"
+    end
+    local flag = byte(body, i)
+    local b1, b2, b3, b4 = byte(body, i + 1, i + 4)
+    local length = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    if flag > 1 or (flag == 1 and not compressed) then
+      return nil, "compressed-flag " .. flag .. " with grpc-encoding " .. (compressed or "identity")
+    elseif size - i - 4 < length then
+      return nil, "a message of " .. length .. " bytes is cut short"
+    end
+    i, n = i + 5 + length, n + 1
+  end
+  return n
+end
+
+-- What is wrong with a gRPC request, as "name: why", or nil.
+local function grpc_problem(request_handle, headers, content_type)
+  if not SERVED[content_type] then
+    return "content-type: " .. echo(content_type) .. " is not served; use " .. GRPC
+      .. " or " .. GRPC .. "+proto (protobuf), or JSON"
+  elseif headers:get("te") ~= "trailers" then
+    return "te: a gRPC request must carry te: trailers"
+  end
+  -- Read before body(): the headers object is out of scope once the script has yielded.
+  local encoding = headers:get("grpc-encoding")
+  local method = match(headers:get(":path") or "", "^[^?]*")
+  local body = request_handle:body()
+  local bytes = body and body:getBytes(0, body:length()) or ""
+  local n, why = count_messages(bytes, encoding ~= "identity" and encoding or nil)
+  if not n then
+    return "body: " .. why
+  end
+  if n == 0 then
+    return "body: a gRPC request must carry a message"
+  elseif n > 1 and SINGLE_MESSAGE[method] then
+    return "body: " .. sub(method, 2) .. " takes one message; the request has " .. n
+  end
+  return nil
+end
+
+-- grpc-message is percent-encoded: bytes outside printable ASCII, and "%" itself.
+local function percent_encode(s)
+  return (s:gsub("[^ -$&-~]", function(c)
+    return string.format("%%%02X", byte(c))
+  end))
+end
+
+-- INVALID_ARGUMENT: in gRPC's own form for a gRPC request (trailers-only: HTTP 200, grpc-status,
+-- grpc-message), else as the transcoder's JSON errors are (HTTP 400, {"code": 3, "message": ...}).
+local function refuse(request_handle, grpc, message)
+  if grpc then
+    request_handle:respond({
+      [":status"] = "200",
+      ["content-type"] = GRPC,
+      ["grpc-status"] = "3",
+      ["grpc-message"] = percent_encode(message),
+    })
+  else
     request_handle:respond(
       { [":status"] = "400", ["content-type"] = "application/json" },
-      '{"code":3,"message":' .. json_string(echo(field) .. ": unknown field") .. "}"
+      '{"code":3,"message":' .. json_string(message) .. "}"
     )
+  end
+end
+
+function envoy_on_request(request_handle)
+  local headers = request_handle:headers()
+  local content_type = headers:get("content-type")
+  local grpc = is_grpc(content_type)
+  local problem = headers_problem(headers)
+  if not problem and grpc then
+    problem = grpc_problem(request_handle, headers, content_type)
+  end
+  if not problem and not grpc then
+    local field = unknown_field(request_handle, headers)
+    problem = field and echo(field) .. ": unknown field"
+  end
+  if problem then
+    refuse(request_handle, grpc, problem)
   end
 end

@@ -22,7 +22,6 @@ import asyncio
 import random
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,11 +167,7 @@ class GameDay:
 
     async def chaos(self, region: str, delay_ms: int) -> None:
         """Sets region's retrieval delay in Envoy's runtime (0: none)."""
-        prefix = f"chaos.{region}.retrieval"
-        query = f"{prefix}.delay_percent={100 if delay_ms else 0}&{prefix}.delay_ms={delay_ms}"
-        url = f"{self.mesh.admin_url}/runtime_modify?{query}"
-        request = urllib.request.Request(url, method="POST")
-        await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
+        await asyncio.to_thread(self.mesh.delay_retrieval, region, delay_ms)
 
     async def seed(self) -> None:
         async with grpc.aio.insecure_channel(self.mesh.edge_target) as channel:

@@ -313,6 +313,15 @@ class Mesh:
             raise
         return self
 
+    def delay_retrieval(self, region: str, delay_ms: int) -> None:
+        """Delays every request to `region`'s retrieval by `delay_ms` (0: none) through the
+        fault filter of its Envoy listener (edge.render `_fault`, runtime keys)."""
+        prefix = f"chaos.{region}.retrieval"
+        query = f"{prefix}.delay_percent={100 if delay_ms else 0}&{prefix}.delay_ms={delay_ms}"
+        request = urllib.request.Request(f"{self.admin_url}/runtime_modify?{query}", method="POST")
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+
     def kill(self, name: str) -> None:
         """SIGKILL to process `name` and its process group: a crash, not a shutdown."""
         process = self.processes[name]

@@ -14,11 +14,20 @@ from typing import Any
 import pytest
 import yaml
 from edge.body_schema import _lua_pattern, body_schema
-from edge.render import PUBLIC_SERVICES, UNKNOWN_FIELDS_LUA, _duration, render, write
+from edge.render import (
+    PUBLIC_SERVICES,
+    REQUEST_GUARD_LUA,
+    RETRY_ON,
+    _duration,
+    _max_ejection_percent,
+    render,
+    write,
+)
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from services.common.telemetry import TelemetryConfig
+from services.gateway import retrieval_client
 from services.mesh.config import MeshConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,15 +161,16 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
     assert _endpoints(clusters["retrieval-governance"]) == [(0, "127.0.0.1", local)]
     for region in ("local", "remote"):
         (vhost,) = _manager(_listener(doc, f"internal-{region}"))["route_config"]["virtual_hosts"]
-        targets = {
-            r["match"].get("path", r["match"].get("prefix")): r["route"]["cluster"]
+        targets = [
+            (r["match"].get("path", r["match"].get("prefix")), r["route"]["cluster"])
             for r in vhost["routes"]
-        }
-        assert targets == {
-            "/ragmesh.retrieval.v1.Retrieval/Upsert": "retrieval-governance",
-            "/ragmesh.retrieval.v1.Retrieval/Delete": "retrieval-governance",
-            "/": f"retrieval-{region}",
-        }
+        ]
+        assert targets == [
+            ("/ragmesh.retrieval.v1.Retrieval/Upsert", "retrieval-governance"),
+            ("/ragmesh.retrieval.v1.Retrieval/Delete", "retrieval-governance"),
+            ("/", f"retrieval-{region}"),  # a degradable search
+            ("/", f"retrieval-{region}"),  # any other read
+        ]
 
 
 def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfig) -> None:
@@ -169,8 +179,11 @@ def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfi
     _, route = vhost["routes"]  # the console's route first (its own test)
     action = route["route"]
     assert action["cluster"] == "gateway"
-    assert action["timeout"] == "60s" == f"{config.edge.route_timeout_s:g}s"
+    # The client's grpc-timeout, capped; a route timeout would be ignored beside it, and a
+    # default stream duration would overwrite a malformed grpc-timeout before the guard.
+    assert f"{config.edge.route_timeout_s:g}s" == "60s"
     assert action["max_stream_duration"] == {"grpc_timeout_header_max": "60s"}
+    assert "timeout" not in action
     retry = action["retry_policy"]
     assert set(retry["retry_on"].split(",")) == {
         "connect-failure",
@@ -186,10 +199,45 @@ def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfi
     (predicate,) = retry["retry_host_predicate"]
     assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
     (vhost,) = _manager(_listener(doc, "internal-local"))["route_config"]["virtual_hosts"]
-    search = vhost["routes"][-1]["route"]["retry_policy"]
-    assert search["per_try_timeout"] == _duration(config.gateway.retrieval_timeout_s / 2)
+    degradable, plain = vhost["routes"][-2:]
+    # The gateway's generation searches: two tries in its retrieval budget.
+    marker = retrieval_client.DEGRADABLE[0]
+    assert degradable["match"]["headers"] == [{"name": marker, "present_match": True}]
+    assert degradable["route"]["retry_policy"]["per_try_timeout"] == _duration(
+        config.gateway.retrieval_timeout_s / 2
+    )
+    # A plain search: a try may take the client's whole deadline.
+    assert "headers" not in plain["match"]
+    assert plain["route"]["retry_policy"]["per_try_timeout"] == _duration(
+        config.edge.route_timeout_s
+    )
     write_retry = vhost["routes"][0]["route"]["retry_policy"]
     assert write_retry["retry_on"] == "connect-failure,refused-stream"
+
+
+# Envoy's retry_on conditions that would retry what a client's own request provokes: 4xx,
+# a gateway's 5xx answers (UNIMPLEMENTED, INTERNAL) and DEADLINE_EXCEEDED.
+CLIENT_ERROR_RETRIES = {
+    "5xx",
+    "gateway-error",
+    "retriable-4xx",
+    "retriable-status-codes",
+    "retriable-headers",
+    "internal",
+    "deadline-exceeded",
+    "resource-exhausted",
+}
+
+
+def test_routes_never_retry_a_client_error(config: MeshConfig) -> None:
+    assert not set(RETRY_ON.split(",")) & CLIENT_ERROR_RETRIES
+    doc = render(config)
+    for name in ("public", "internal-local", "internal-remote"):
+        (vhost,) = _manager(_listener(doc, name))["route_config"]["virtual_hosts"]
+        for route in vhost["routes"]:
+            if "retry_policy" in route.get("route", {}):
+                conditions = set(route["route"]["retry_policy"]["retry_on"].split(","))
+                assert not conditions & CLIENT_ERROR_RETRIES, route
 
 
 def test_clusters_are_health_checked_ejecting_and_bounded(config: MeshConfig) -> None:
@@ -204,13 +252,50 @@ def test_clusters_are_health_checked_ejecting_and_bounded(config: MeshConfig) ->
         assert check["interval"] == check["no_traffic_interval"] == "1s"
         assert cluster["connect_timeout"] == "1s"
         outlier = cluster["outlier_detection"]
-        assert outlier["consecutive_gateway_failure"] == 3
-        assert outlier["enforcing_consecutive_gateway_failure"] == 100
-        assert outlier["max_ejection_percent"] == 100
+        # Only local-origin failures (connect failures, resets, per-try timeouts) eject.
+        assert outlier["split_external_local_origin_errors"] is True
+        assert outlier["consecutive_local_origin_failure"] == 3
+        assert outlier["enforcing_consecutive_local_origin_failure"] == 100
+        # A host's own answers, which a client provokes, are detected but never enforced.
+        assert outlier["enforcing_consecutive_gateway_failure"] == 0
+        assert outlier["enforcing_consecutive_5xx"] == 0
+        assert "success_rate_minimum_hosts" not in outlier
+        assert "enforcing_success_rate" not in outlier
+        hosts = len(cluster["load_assignment"]["endpoints"])
+        assert outlier["max_ejection_percent"] == _max_ejection_percent(hosts)
         (limits,) = cluster["circuit_breakers"]["thresholds"]
         for field in ("max_connections", "max_pending_requests", "max_requests"):
             assert limits[field] == 1024
         assert limits["retry_budget"]["budget_percent"] == {"value": 20.0}
+
+
+def test_the_last_host_of_a_cluster_is_never_ejected(config: MeshConfig) -> None:
+    clusters = _clusters(render(config))
+    # One gateway per region: one of the two may be ejected, a lone retrieval never.
+    assert clusters["gateway"]["outlier_detection"]["max_ejection_percent"] == 50
+    assert clusters["retrieval-local"]["outlier_detection"]["max_ejection_percent"] == 50
+    assert clusters["retrieval-governance"]["outlier_detection"]["max_ejection_percent"] == 0
+    one = _clusters(render(dataclasses.replace(config, mesh=_one_region(config))))
+    assert one["gateway"]["outlier_detection"]["max_ejection_percent"] == 0
+
+
+def _one_region(config: MeshConfig) -> Any:
+    return dataclasses.replace(config.mesh, regions=config.mesh.regions[:1])
+
+
+def _envoy_ejects(ejected: int, hosts: int, max_ejection_percent: int) -> bool:
+    """Envoy's rule (source/common/upstream/outlier_detection_impl.cc, ejectHost): the hosts
+    of every priority together, the one about to be ejected included."""
+    return 100.0 * (ejected + 1) / hosts <= max_ejection_percent
+
+
+@pytest.mark.parametrize("hosts", range(1, 101))
+def test_max_ejection_percent_ejects_all_but_one(hosts: int) -> None:
+    percent = _max_ejection_percent(hosts)
+    assert 0 <= percent <= 100
+    assert not _envoy_ejects(hosts - 1, hosts, percent)  # never the last
+    if hosts > 1:
+        assert _envoy_ejects(hosts - 2, hosts, percent)  # every other one
 
 
 def test_fault_filter_is_inert_until_its_runtime_keys_are_set(config: MeshConfig) -> None:
@@ -368,6 +453,13 @@ def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
     assert schema.routes["POST"]["/v1/search"] == "message:ragmesh.v1.SearchRequest"
 
 
+def test_every_public_method_takes_one_message(descriptor_set: Path) -> None:
+    schema = body_schema(descriptor_set, PUBLIC_SERVICES)
+    methods = ["DeleteDocument", "Generate", "GenerateStream", "GetStatus"]
+    methods += ["IngestDocuments", "Search"]
+    assert sorted(schema.single_message) == [f"/ragmesh.v1.Gateway/{m}" for m in methods]
+
+
 def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> None:
     fields = body_schema(descriptor_set, PUBLIC_SERVICES).messages["ragmesh.v1.GenerateRequest"]
     assert fields == {
@@ -406,7 +498,8 @@ def test_schema_of_documents_descends_into_document(descriptor_set: Path) -> Non
 
 
 def _toy_descriptor_set(path: Path) -> Path:
-    """A service with a templated body route, a body field, a map of messages and a Struct."""
+    """A service with a templated body route, a body field, a map of messages and a Struct,
+    and a client-streaming method."""
     toy = descriptor_pb2.FileDescriptorProto(name="toy.proto", package="toy", syntax="proto3")
     string = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
     message = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
@@ -428,8 +521,10 @@ def _toy_descriptor_set(path: Path) -> Path:
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=string)
     entry.field.add(name="value", number=2, type=message, type_name=".toy.Item")
-    method = toy.service.add(name="Toy").method.add(
-        name="Put", input_type=".toy.PutRequest", output_type=".toy.Item"
+    service = toy.service.add(name="Toy")
+    method = service.method.add(name="Put", input_type=".toy.PutRequest", output_type=".toy.Item")
+    service.method.add(
+        name="Upload", input_type=".toy.Item", output_type=".toy.Item", client_streaming=True
     )
     rule = method.options.Extensions[annotations_pb2.http]
     rule.put = "/v1/{name=items/*}:put"
@@ -452,6 +547,7 @@ def test_schema_follows_templates_body_fields_and_maps(tmp_path: Path) -> None:
         "extra": "well_known",
     }
     assert schema.messages["toy.Item"] == {"item_id": "scalar", "itemId": "scalar"}
+    assert schema.single_message == ["/toy.Toy/Put"]
     with pytest.raises(ValueError, match="ragmesh"):
         body_schema(tmp_path / "toy.pb", ["ragmesh.v1.Gateway"])
 
@@ -470,7 +566,8 @@ def test_lua_filter_embeds_the_generated_schema(config: MeshConfig) -> None:
         assert f'["{path}"] = "message:ragmesh.v1.' in source
     assert '["ragmesh.v1.Document"] = {' in source
     assert '["metadata"] = "map",' in source
-    assert source.endswith(UNKNOWN_FIELDS_LUA.read_text(encoding="utf-8"))
+    assert 'local SINGLE_MESSAGE = {\n  ["/ragmesh.v1.Gateway/DeleteDocument"] = true,' in source
+    assert source.endswith(REQUEST_GUARD_LUA.read_text(encoding="utf-8"))
     assert "function envoy_on_request(request_handle)" in source
 
 
