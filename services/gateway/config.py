@@ -23,7 +23,7 @@ class TierConfig:
     context_tokens: int = 2048
     # The model's tokenizer, to count prompts as the model will: a tokenizer.json or GGUF
     # file, by path or as `package:<module>/<file>` (services/common/tokens.py). Empty: count
-    # UTF-8 bytes, a bound never below the real count, for a model whose vocabulary is unknown.
+    # UTF-8 bytes plus one, never below the real count, for a model whose vocabulary is unknown.
     tokenizer: str = ""
     # Tokens the model adds around the prompt (its chat template), counted in its window.
     template_tokens: int = 0

@@ -37,7 +37,7 @@ class Tier:
     # The local Triton first, then the other regions' (a tier with its own target: just it).
     endpoints: list[Endpoint]
     # The model's own token count of a prompt, without its template.
-    count: tokens.TokenCounter = tokens.utf8_bytes
+    count: tokens.TokenCounter = tokens.bound
 
     def version(self, pinned: str) -> str:
         if pinned and not pinned.isdigit():
@@ -65,9 +65,12 @@ class Tier:
                 field="max_tokens",
             )
         kept = list(sources) if grounded else []
+        template = self.config.template_tokens
         while True:
             prompt = build_prompt(question, kept) if grounded else plain_prompt(question)
-            size = self.count(prompt) + self.config.template_tokens
+            if tokens.bound(prompt) + template + max_tokens <= window:  # fits: no need to count
+                return Fitted(prompt, max_tokens, len(kept))
+            size = self.count(prompt) + template
             if size + max_tokens <= window or (not kept and size < window):
                 return Fitted(prompt, min(max_tokens, window - size), len(kept))
             if not kept:
