@@ -68,6 +68,23 @@ class DeadlineExceeded(RagmeshError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+# Statuses the caller brings on itself (a bad or unauthorised request, a resource it does not
+# have, its own cancellation, its quota): never a server failure, in the console's error
+# rates, the SLO rules (deploy/prometheus/slo-rules.yml, kept equal by a test) or a breaker.
+CALLER_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
 # The grpc-gateway mapping, the one table used wherever an HTTP code is shown.
 # Envoy's transcoder applies the same mapping at the edge.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {

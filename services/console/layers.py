@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.errors import CALLER_CODES
 from services.console.config import SloConfig
 from services.console.observe import HOST_ERRORS, HOST_HEALTHY, HOST_RQ, Observer
 from services.console.scrape import Scrape, quantile
 from services.mesh.regions import Region
 
 REQUEST = "ragmesh_request_duration_seconds"
+# Calls that ended well, or with a status the caller brought on itself: not failures.
+_NOT_FAILED = ("OK", *sorted(code.name for code in CALLER_CODES))
 TTFT = "ragmesh_time_to_first_token_seconds"
 EDGE_TIME = "envoy_cluster_upstream_rq_time"
 # The calls that answer questions: what latency budgets are about (ingest is bulk work).
@@ -75,8 +78,13 @@ def _service(d: Scrape | None, layer: str, span: float, up: bool) -> dict[str, A
     if d is None:
         return _node(up, 0.0, [], 1000.0, 0.0, 0.0)
     calls = d.total(f"{REQUEST}_count", layer=layer)
-    ok = d.total(f"{REQUEST}_count", layer=layer, code="OK")
-    return _node(up, _rate(calls, span), d.buckets(REQUEST, layer=layer), 1000.0, calls - ok, calls)
+    failed = calls - _not_failed(d, layer=layer)
+    return _node(up, _rate(calls, span), d.buckets(REQUEST, layer=layer), 1000.0, failed, calls)
+
+
+def _not_failed(d: Scrape, **match: str) -> float:
+    """Calls matching `match` that ended OK or with a caller's own status (CALLER_CODES)."""
+    return sum(d.total(f"{REQUEST}_count", **match, code=code) for code in _NOT_FAILED)
 
 
 def _gateway(d: Scrape | None, latest: Scrape | None, span: float) -> dict[str, Any]:
@@ -229,11 +237,7 @@ def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
 
     def reads(layer: str) -> tuple[Figures, int]:
         parts = [s.buckets(REQUEST, layer=layer, method=m) for s in scrapes for m in READS[layer]]
-        ok = sum(
-            s.total(f"{REQUEST}_count", layer=layer, method=m, code="OK")
-            for s in scrapes
-            for m in READS[layer]
-        )
+        ok = sum(_not_failed(s, layer=layer, method=m) for s in scrapes for m in READS[layer])
         found = figures(parts, 1000.0)
         return found, found[0] - int(ok)
 

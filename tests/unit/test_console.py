@@ -28,17 +28,18 @@ def histogram(name: str, labels: str, bounds: tuple[float, ...], counts: list[in
     return "\n".join(lines) + "\n"
 
 
-def gateway_text(ok: list[int], failed: int, breaker: float) -> str:
-    """Generate calls, the retrieval breaker's state, and one cache hit for three misses a
-    request that succeeded."""
+def gateway_text(ok: list[int], failed: int, breaker: float, refused: int = 0) -> str:
+    """Generate calls (`failed` UNAVAILABLE, `refused` INVALID_ARGUMENT: the caller's), the
+    retrieval breaker's state, and one cache hit for three misses a request that succeeded."""
     name = "ragmesh_request_duration_seconds"
     text = histogram(name, 'layer="gateway",method="Generate",code="OK"', GATEWAY_BOUNDS, ok)
-    text += histogram(
-        name,
-        'layer="gateway",method="Generate",code="UNAVAILABLE"',
-        GATEWAY_BOUNDS,
-        [0, 0, 0, 0, failed, 0],
-    ).replace("# TYPE ragmesh_request_duration_seconds histogram\n", "")
+    for code, count in (("UNAVAILABLE", failed), ("INVALID_ARGUMENT", refused)):
+        text += histogram(
+            name,
+            f'layer="gateway",method="Generate",code="{code}"',
+            GATEWAY_BOUNDS,
+            [0, 0, 0, 0, count, 0],
+        ).replace("# TYPE ragmesh_request_duration_seconds histogram\n", "")
     text += "# TYPE ragmesh_breaker_state gauge\n"
     text += f'ragmesh_breaker_state{{endpoint="retrieval 127.0.0.1:8081"}} {breaker}\n'
     text += "# TYPE ragmesh_cache_lookups_total counter\n"
@@ -97,7 +98,7 @@ def test_the_view_reports_rates_errors_breakers_and_links_over_the_window() -> N
         {"envoy": edge_text([0] * 6), "gateway-local": gateway_text([0] * 6, 0, 0)},
         {
             "envoy": edge_text([0, 40, 10, 0, 0, 0]),
-            "gateway-local": gateway_text([0, 48, 0, 0, 0, 0], 2, 2),
+            "gateway-local": gateway_text([0, 38, 0, 0, 0, 0], 2, 2, refused=10),
         },
     )
     view = layers.view(observer)
@@ -105,6 +106,7 @@ def test_the_view_reports_rates_errors_breakers_and_links_over_the_window() -> N
     assert view["edge"]["rps"] == 5.0
     gateway = view["regions"][0]["gateway"]
     assert gateway["rps"] == 5.0
+    # The 10 INVALID_ARGUMENT are the callers' own mistakes, not the gateway's failures.
     assert gateway["error_rate"] == pytest.approx(2 / 50)
     assert gateway["breakers"] == [{"name": "retrieval :8081", "state": "open"}]
     assert gateway["cache_hit_ratio"] == 0.25

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 import services.common.metrics
 import services.gateway.metrics  # noqa: F401  (registers the gateway's metrics)
+from services.common.errors import CALLER_CODES
 from services.mesh.config import MeshConfig
 from services.mesh.regions import regions
 
@@ -89,3 +90,15 @@ def test_slow_ratio_bounds_are_the_mesh_configs_slo_budgets() -> None:
     for stage, pattern in bounds.items():
         found = {float(le) * 1000 for le in re.findall(pattern, expressions)}
         assert found == {slo.budget_ms(stage)}, stage
+
+
+def test_slo_rules_count_as_failures_what_the_console_does() -> None:
+    """Every error-ratio rule leaves out OK and the caller's own statuses, the same set the
+    console uses (services.common.errors.CALLER_CODES): a client's mistake burns no budget."""
+    expected = {"OK", *(code.name for code in CALLER_CODES)}
+    excluded = [
+        set(found.split("|"))
+        for expr in _expressions()
+        for found in re.findall(r'code!~"([A-Z_|]+)"', expr)
+    ]
+    assert excluded and all(codes == expected for codes in excluded)
