@@ -53,8 +53,9 @@ def cmd_ask(args: argparse.Namespace) -> None:
         for event in client.ask_stream(request):
             if event.HasField("final"):
                 final = event.final
-            else:
+            elif event.HasField("token"):
                 print(event.token, end="", flush=True)
+            # An error event is followed by the call's status, which main() reports.
         print()
     for c in final.citations:
         print(f"  [{c.index}] {c.document_id} ({c.chunk_id}, score {c.score:.3f})")
@@ -62,6 +63,7 @@ def cmd_ask(args: argparse.Namespace) -> None:
         f"tier {final.tier}, model {final.model}, region {final.region}, "
         f"cache {pb.CacheStatus.Name(final.cache_status).removeprefix('CACHE_STATUS_').lower()}, "
         f"tokens {final.usage.prompt_tokens}+{final.usage.completion_tokens}, "
+        f"finish {final.finish_reason or 'not reported'}, "
         f"corpus v{final.corpus_version}, "
         f"trace {final.trace_id}"
     )
