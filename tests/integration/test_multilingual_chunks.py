@@ -2,25 +2,16 @@
 the embedder's tokens, so a fact at its end is found as well as one at its start, and a
 long run without spaces is stored in bounded chunks instead of being refused."""
 
-# ruff: noqa: RUF001  (the fullwidth punctuation of Chinese is the point)
-
 from __future__ import annotations
 
 import pytest
+from multilingual import FACT, ZH
 from ragmesh.v1 import gateway_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "multilingual-"  # every document id here: no other test's
-FACT = "The Zorblax reactor was commissioned in Lisbon in 1987."
 QUERY = "When was the Zorblax reactor commissioned?"
-ZH = [
-    "长江是中国最长的河流，全长约六千三百公里，流经十一个省级行政区。",
-    "黄河被称为中华民族的母亲河，它孕育了古老的华夏文明！",
-    "你知道泰山为什么被称为五岳之首吗？",
-    "唐朝是中国历史上最繁荣的朝代之一，首都长安是当时世界上最大的城市。",
-    "宋代的活字印刷术大大提高了书籍的生产效率。",
-]
 # Measured (numpy MiniLM on CPU): the late fact's chunk 0.832, the early one's 0.806, the
 # best chunk of prose alone 0.18. With the word chunker before, each document was one chunk
 # the embedder read the first 256 tokens of: 0.549 early, 0.144 late (this test failed).
