@@ -76,7 +76,13 @@ _PREVIOUS_HOSTS = (
 # refuses the requests that made a gateway reset or hang, and INVALID_ARGUMENT, NOT_FOUND,
 # FAILED_PRECONDITION, UNIMPLEMENTED, INTERNAL and DEADLINE_EXCEEDED are not retried.
 RETRY_ON = "connect-failure,refused-stream,reset,unavailable,cancelled"
+# A write is tried again only where it never reached a host.
+UNSENT = "connect-failure,refused-stream"
 WRITE_PATHS = ("/ragmesh.retrieval.v1.Retrieval/Upsert", "/ragmesh.retrieval.v1.Retrieval/Delete")
+PUBLIC_WRITE_PATHS = (
+    "/ragmesh.v1.Gateway/IngestDocuments",
+    "/ragmesh.v1.Gateway/DeleteDocument",
+)
 
 # The Lua request guard; render prepends the generated schema to it.
 REQUEST_GUARD_LUA = Path(__file__).with_name("request_guard.lua")
@@ -308,18 +314,26 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
     """HTTP/1.1 JSON and h2c gRPC on one port, both to the gateways, by region priority.
 
     A try may take the gateway's whole request budget, and a second try goes to the next
-    region; the route's timeout and the client's grpc-timeout bound both together.
+    region; the client's grpc-timeout, capped, bounds both together. Writes (ingest, delete)
+    have the gateway's write budget, and are tried again only where they never reached a
+    gateway (a client replays them: they are idempotent).
     """
-    edge = config.edge
-    retry = _retry_policy(2, config.gateway.request_timeout_s + 1.0, RETRY_ON)
+    edge, gateway = config.edge, config.gateway
+    retry = _retry_policy(2, gateway.request_timeout_s + 1.0, RETRY_ON)
     route = _route({"prefix": "/"}, "gateway", edge.route_timeout_s, retry)
+    # The transcoder rewrites a JSON request's path to its gRPC method's before routing.
+    writes = _retry_policy(2, gateway.write_timeout_s + 1.0, UNSENT)
+    write_routes = [
+        _route({"path": path}, "gateway", gateway.write_timeout_s, writes)
+        for path in PUBLIC_WRITE_PATHS
+    ]
     filters = [
         _body_limit(),
         _request_guard(descriptor_set),
         _transcoder(descriptor_set),
         _router(),
     ]
-    routes = _route_config("public", [_console_route(), route])
+    routes = _route_config("public", [_console_route(), *write_routes, route])
     manager = _connection_manager("public", "AUTO", routes, filters, _tracing(config, entry=True))
     return _listener("public", edge.listen_port, manager)
 
@@ -373,12 +387,14 @@ def _internal_listener(region: Region) -> dict[str, Any]:
     """
     c = region.config
     timeout = c.edge.route_timeout_s
-    writes = _retry_policy(1, timeout, "connect-failure,refused-stream")
+    write_timeout = c.gateway.write_timeout_s
+    writes = _retry_policy(1, write_timeout, UNSENT)
     degradable = _retry_policy(1, c.gateway.retrieval_timeout_s / 2, RETRY_ON)
     reads = _retry_policy(1, timeout, RETRY_ON)
     cluster = f"retrieval-{region.name}"
     routes = [
-        _route({"path": path}, "retrieval-governance", timeout, writes) for path in WRITE_PATHS
+        _route({"path": path}, "retrieval-governance", write_timeout, writes)
+        for path in WRITE_PATHS
     ]
     # The gateway marks the searches it degrades without (a generation's sources).
     marked = {"prefix": "/", "headers": [{"name": DEGRADABLE[0], "present_match": True}]}

@@ -2,7 +2,8 @@
 -- gRPC-JSON transcoder and before any gateway, so that no client mistake reaches a gateway as
 -- a reset, a hang or an INTERNAL (issue 13, parts 5 and 6; docs/regions.md has the table):
 --   every request   malformed grpc-timeout, grpc-encoding, grpc-previous-rpc-attempts or
---                   binary (-bin) header, or a header gRPC keeps for responses: refused;
+--                   binary (-bin) header, a text header that is not UTF-8, or a header gRPC
+--                   keeps for responses: refused;
 --                   OpenCensus grpc-trace-bin and grpc-tags-bin: removed
 --   gRPC            a content type other than protobuf, no te: trailers, a body that is not
 --                   whole length-prefixed messages, two messages to a method that takes one
@@ -441,8 +442,14 @@ local function header_problem(key, value)
     if not find(value, "^%d+$") or tonumber(value) > 4294967295 then
       return "must be a count"
     end
-  elseif sub(key, -4) == "-bin" and not valid_base64(value) then
-    return "a binary header must be base64"
+  elseif sub(key, -4) == "-bin" then
+    if not valid_base64(value) then
+      return "a binary header must be base64"
+    end
+  elseif not valid_utf8(value) then
+    -- The gateway's gRPC core logs such a value whole, at ERROR, before anything reads it:
+    -- a key or a note in it would reach the log in clear. Never echoed back either.
+    return "its value must be UTF-8 text"
   end
   return nil
 end

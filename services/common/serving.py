@@ -28,6 +28,8 @@ SERVER_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 )
+# How long a stopping server lets its calls in flight finish (SIGTERM to exit).
+DRAIN_S = 10.0
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -91,7 +93,7 @@ async def run_until_signal(
     server: grpc.aio.Server,
     health_servicer: health.aio.HealthServicer,
     names: Iterable[str],
-    grace_s: float = 10.0,
+    grace_s: float = DRAIN_S,
     drain: Callable[[float], Awaitable[None]] | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for up to `grace_s`.

@@ -24,9 +24,11 @@ def check_tenant(tenant: str) -> str:
 
 
 def check_document_id(value: str, field: str) -> str:
-    if not _DOCUMENT_ID.match(value):
+    """1-128 letters, digits or ._:-, and not "." or ".." (a URL path cannot name those)."""
+    if not _DOCUMENT_ID.match(value) or value in (".", ".."):
         raise InvalidArgument(
-            f"{field}: must be 1-128 letters, digits or ._:- (got {len(value)} characters)",
+            f'{field}: must be 1-128 letters, digits or ._:-, not "." or ".." '
+            f"(got {len(value)} characters)",
             field=field,
         )
     return value

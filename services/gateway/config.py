@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from services.common.config import require
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A Triton model version: a non-negative int64, which 18 digits always fit (str.isdigit
+# would take a superscript two or an Arabic-Indic digit, which Triton cannot parse).
+MODEL_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +35,11 @@ class TierConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.model), "gateway.tiers.model", "must not be empty")
-        require(self.version == "" or self.version.isdigit(), "gateway.tiers.version", "digits")
+        require(
+            self.version == "" or bool(MODEL_VERSION.fullmatch(self.version)),
+            "gateway.tiers.version",
+            "must be 1 to 18 ASCII digits",
+        )
         require(self.context_tokens >= 256, "gateway.tiers.context_tokens", "must be >= 256")
         require(
             0 <= self.template_tokens < self.context_tokens,
@@ -79,8 +86,10 @@ class GatewayConfig:
     max_query_chars: int = 2000
     max_document_bytes: int = 1_000_000
     max_documents_per_request: int = 100
-    # Used when the client sets no deadline; a shorter client deadline always wins.
+    # A request's budget: the client's deadline, at most this (and this without one).
     request_timeout_s: float = 30.0
+    # The same for ingests and deletes: embedding a 1 MB document takes minutes on 2 cores.
+    write_timeout_s: float = 300.0
     # Retrieval gets at most this much of the remaining time.
     retrieval_timeout_s: float = 2.0
     # Per endpoint: this many consecutive failures open its breaker for breaker_open_s;
@@ -133,6 +142,7 @@ class GatewayConfig:
         require(self.max_query_chars > 0, "gateway.max_query_chars", "must be positive")
         require(self.max_document_bytes > 0, "gateway.max_document_bytes", "must be positive")
         require(self.request_timeout_s > 0, "gateway.request_timeout_s", "must be positive")
+        require(self.write_timeout_s > 0, "gateway.write_timeout_s", "must be positive")
         require(self.retrieval_timeout_s > 0, "gateway.retrieval_timeout_s", "must be positive")
         require(self.breaker_failures >= 1, "gateway.breaker_failures", "must be >= 1")
         require(self.breaker_open_s > 0, "gateway.breaker_open_s", "must be positive")

@@ -267,6 +267,8 @@ class GatewayCore:
         tier = self._tiers.get(params.tier)
         version = tier.version(params.model_version)
         self._check_query(params.query)
+        # A question that cannot fit even without sources is refused before any retrieval.
+        tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
         request_span = trace.get_current_span()
         arrived = time.monotonic()
         cacheable = params.temperature == 0.0 and not params.bypass_cache

@@ -121,6 +121,10 @@ def _error(message: str, model: str, version: str) -> RagmeshError:
         return InvalidArgument(f"{field}: the model refused it: {why}", field=field)
     # Triton's words for a version it does not have (core/src/model_repository_manager.cc);
     # one it has but not ready (the model unloaded) is the server's state, not the request's.
+    if version and "failed to get model version" in message:  # one Triton cannot parse
+        return InvalidArgument(
+            f"model_version: {version!r} is not a version Triton reads", field="model_version"
+        )
     if version and f"version {version} is not found" in message:
         return NotFound(
             f"model_version: {model} has no version {version} being served",

@@ -54,9 +54,9 @@ class RetrievalClient:
             message = exc.details() or exc.code().name
             if error is Unavailable:
                 message = f"retrieval unavailable: {exc.code().name}"
-            raise error(
-                message, field=message.split(":", 1)[0] if error is InvalidArgument else ""
-            ) from exc
+            # The plane's messages start with the field (retrieval raises them so).
+            field = message.split(":", 1)[0] if error in (InvalidArgument, NotFound) else ""
+            raise error(message, field=field) from exc
 
     async def upsert(self, request: pb.UpsertRequest, timeout_s: float) -> pb.UpsertResponse:
         return await self._call(self._stub.Upsert, request, timeout_s)

@@ -86,10 +86,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._streams: set[asyncio.Task[object]] = set()  # the tasks serving open streams
         self._closing = False
 
-    def _call(self, context: grpc.aio.ServicerContext) -> Call:
+    def _call(self, context: grpc.aio.ServicerContext, budget: float | None = None) -> Call:
+        """The request's tenant and budget: the client's deadline, at most `budget` (the
+        gateway's request_timeout_s unless given), less the closing margin."""
         metadata = context.invocation_metadata() or ()
         tenant = self._auth.tenant(metadata)
-        budget = self._core.config.request_timeout_s
+        budget = self._core.config.request_timeout_s if budget is None else budget
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining - min(CLOSE_MARGIN_S, remaining / 10))
@@ -150,7 +152,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             rpb.Document(id=d.id, title=d.title, text=d.text, metadata=d.metadata)
             for d in request.documents
         ]
-        result = await self._core.ingest(self._call(context), documents)
+        call = self._call(context, self._core.config.write_timeout_s)
+        result = await self._core.ingest(call, documents)
         return pb.IngestDocumentsResponse(
             documents=result.documents, chunks=result.chunks, corpus_version=result.corpus_version
         )
@@ -158,7 +161,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def DeleteDocument(
         self, request: pb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteDocumentResponse:
-        result = await self._core.delete(self._call(context), request.id)
+        call = self._call(context, self._core.config.write_timeout_s)
+        result = await self._core.delete(call, request.id)
         return pb.DeleteDocumentResponse(
             deleted=result.deleted, corpus_version=result.corpus_version
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from services.common import tokens
 from services.common.errors import InvalidArgument
 from services.gateway.breaker import Breaker
-from services.gateway.config import GatewayConfig, TierConfig
+from services.gateway.config import MODEL_VERSION, GatewayConfig, TierConfig
 from services.gateway.llm import TritonLLM
 from services.gateway.prompt import Source, build_prompt, plain_prompt
 
@@ -40,8 +40,12 @@ class Tier:
     count: tokens.TokenCounter = tokens.bound
 
     def version(self, pinned: str) -> str:
-        if pinned and not pinned.isdigit():
-            raise InvalidArgument("model_version: must be digits", field="model_version")
+        """The version to ask for: `pinned`, else the tier's own ("" for Triton's latest)."""
+        if pinned and not MODEL_VERSION.fullmatch(pinned):
+            raise InvalidArgument(
+                "model_version: must be 1 to 18 ASCII digits (a Triton model version)",
+                field="model_version",
+            )
         return pinned or self.config.version
 
     def prompt(

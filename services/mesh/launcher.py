@@ -22,6 +22,7 @@ import yaml
 from edge.render import write as write_envoy_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.serving import DRAIN_S
 from services.mesh import triton_dist
 from services.mesh.config import MeshConfig
 from services.mesh.processes import Process, wait_until
@@ -348,7 +349,14 @@ class Mesh:
         self.wait_ready(name)
 
     def stop(self) -> None:
-        """Stops every process, last started first."""
+        """Stops every process: the gateways first, all at once, while the edge still carries
+        what they send (their open streams end with an error event, not a cut connection);
+        then the others, last started first."""
+        gateways = [name for name in self.processes if name.startswith("gateway")]
+        for name in gateways:
+            self.processes[name].terminate()
+        for name in gateways:
+            self.processes.pop(name).stop(DRAIN_S + 5.0)
         for name in reversed(list(self.processes)):
             self.processes.pop(name).stop()
 

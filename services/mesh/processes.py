@@ -31,6 +31,7 @@ class Process:
     ) -> None:
         self.name = name
         self.log_path = log_path
+        self._terminated = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self._popen = subprocess.Popen(
@@ -53,10 +54,17 @@ class Process:
     def wait(self, timeout_s: float | None = None) -> int:
         return self._popen.wait(timeout_s)
 
-    def stop(self, grace_s: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""
-        if self.alive():
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: the process drains and exits on its own. Once only: a
+        second SIGTERM tells a service to exit without draining."""
+        if self.alive() and not self._terminated:
             self._popen.send_signal(signal.SIGTERM)
+            self._terminated = True
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """terminate(), then SIGKILL after `grace_s`; returns the exit code."""
+        if self.alive():
+            self.terminate()
             try:
                 self._popen.wait(grace_s)
             except subprocess.TimeoutExpired:

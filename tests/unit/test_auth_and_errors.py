@@ -8,6 +8,7 @@ from services.common.errors import (
     http_status,
     status_details,
 )
+from services.common.validation import check_document_id
 from services.gateway.auth import Authenticator, key_digest
 
 
@@ -18,10 +19,20 @@ def test_tenant_from_either_header():
     assert auth.tenant([("authorization", b"bearer k1")]) == "acme"
 
 
-@pytest.mark.parametrize("metadata", [[], [("x-api-key", "nope")], [("authorization", "Basic k1")]])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("x-api-key", "nope")],
+        [("authorization", "Basic k1")],
+        # Two keys, even both known: which one counts would be the headers' order.
+        [("x-api-key", "k1"), ("x-api-key", "k2")],
+        [("x-api-key", "k1"), ("authorization", "Bearer k1")],
+    ],
+)
 def test_missing_or_unknown_key_is_unauthenticated(metadata):
     with pytest.raises(Unauthenticated):
-        Authenticator({"acme": key_digest("k1")}).tenant(metadata)
+        Authenticator({"acme": key_digest("k1"), "other": key_digest("k2")}).tenant(metadata)
 
 
 def test_http_table_is_the_grpc_gateway_mapping():
@@ -45,3 +56,10 @@ def test_status_details_name_the_field():
     detail = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(detail)
     assert detail.field_violations[0].field == "top_k"
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "a/b", "x" * 129, "é"])
+def test_document_ids_a_path_can_name(value):
+    with pytest.raises(InvalidArgument, match=r"^documents\[0\]\.id: "):
+        check_document_id(value, "documents[0].id")
+    assert check_document_id("...", "id") == "..." and check_document_id("a.b:c-d_e", "id")

@@ -294,6 +294,12 @@ async def test_bad_input_is_refused_before_any_call(gateway) -> None:
     core, retrieval, llms = gateway
     with pytest.raises(InvalidArgument, match="tier"):
         await _ask(core, tier="nope")
+    # 1,990 digits (under max_query_chars), SmolLM2 tokens each: with the grounded prompt's
+    # instructions, over the 2,048-token window even without sources. No retrieval either.
+    call = Call.start("demo", 10.0)
+    with pytest.raises(InvalidArgument, match=r"^query: \d+ tokens"):
+        async for _event in core.generate(call, GenerateParams(query="1234567890" * 199)):
+            pass
     assert retrieval.calls == 0 and not llms[LOCAL].prompts
 
 

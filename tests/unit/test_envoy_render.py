@@ -176,7 +176,16 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
 def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfig) -> None:
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
-    _, route = vhost["routes"]  # the console's route first (its own test)
+    _, ingest, delete, route = vhost["routes"]  # the console's route first (its own test)
+    # Writes: the gateway's write budget; tried again only where they never reached it.
+    for writing, method in ((ingest, "IngestDocuments"), (delete, "DeleteDocument")):
+        assert writing["match"] == {"path": f"/ragmesh.v1.Gateway/{method}"}
+        assert writing["route"]["max_stream_duration"] == {
+            "grpc_timeout_header_max": _duration(config.gateway.write_timeout_s)
+        }
+        policy = writing["route"]["retry_policy"]
+        assert policy["retry_on"] == "connect-failure,refused-stream"
+        assert policy["per_try_timeout"] == _duration(config.gateway.write_timeout_s + 1)
     action = route["route"]
     assert action["cluster"] == "gateway"
     # The client's grpc-timeout, capped; a route timeout would be ignored beside it, and a
@@ -575,7 +584,7 @@ def test_topology_route_goes_to_the_console_untranscoded(config: MeshConfig) -> 
     doc = render(config)
     public = doc["static_resources"]["listeners"][0]
     manager = public["filter_chains"][0]["filters"][0]["typed_config"]
-    first, last = manager["route_config"]["virtual_hosts"][0]["routes"]
+    first, *_, last = manager["route_config"]["virtual_hosts"][0]["routes"]
     assert first["match"] == {"prefix": "/topology"}
     assert first["route"]["cluster"] == "console"
     disabled = first["typed_per_filter_config"]

@@ -90,9 +90,11 @@ def test_unknown_tier_and_bad_version_name_the_field():
     assert tiers.get("economy").config.model == "economy"
     with pytest.raises(InvalidArgument, match=r"^tier: unknown tier 'gold'"):
         tiers.get("gold")
-    with pytest.raises(InvalidArgument, match=r"^model_version: "):
-        tiers.get("economy").version("v2")
+    for bad in ("v2", "²", "\u0661", "-1", "9" * 19, " 2"):  # isdigit() takes the 2nd, 3rd
+        with pytest.raises(InvalidArgument, match=r"^model_version: "):
+            tiers.get("economy").version(bad)
     assert tiers.get("economy").version("2") == "2"
+    assert tiers.get("economy").version("9" * 18) == "9" * 18
 
 
 def test_tiers_from_yaml_mappings_and_default_must_exist():

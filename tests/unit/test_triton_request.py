@@ -63,6 +63,12 @@ def test_the_finish_reason_is_read_from_the_models_output() -> None:
             NotFound,
             "model_version",
         ),
+        (
+            "failed to get model version from specified version string '99999999999999999999'",
+            "99999999999999999999",
+            InvalidArgument,
+            "model_version",
+        ),
         # The model itself is gone (unloaded): the server's state, another tier may answer.
         ("Request for unknown model: 'standard' is not found", "", Unavailable, ""),
         (

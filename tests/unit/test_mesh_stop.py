@@ -1,0 +1,42 @@
+"""The launcher stops the gateways first, all at once, while the edge still carries their
+streams' last events; then the rest, last started first."""
+
+from __future__ import annotations
+
+from services.mesh.config import MeshConfig
+from services.mesh.launcher import ROOT, Mesh
+from services.mesh.regions import first
+
+
+class FakeProcess:
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name, self.events = name, events
+
+    def terminate(self) -> None:
+        self.events.append(f"SIGTERM {self.name}")
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        self.events.append(f"stop {self.name} within {grace_s:g} s")
+        return 0
+
+
+def test_gateways_drain_before_the_edge_stops() -> None:
+    mesh = Mesh(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 2))
+    events: list[str] = []
+    started = ["triton-local", "retrieval-local", "triton-remote", "retrieval-remote"]
+    started += ["gateway-local", "gateway-remote", "envoy", "console"]
+    mesh.processes = {name: FakeProcess(name, events) for name in started}  # type: ignore[misc]
+    mesh.stop()
+    assert events == [
+        "SIGTERM gateway-local",
+        "SIGTERM gateway-remote",
+        "stop gateway-local within 15 s",  # the drain (10 s) and a margin
+        "stop gateway-remote within 15 s",
+        "stop console within 10 s",
+        "stop envoy within 10 s",
+        "stop retrieval-remote within 10 s",
+        "stop triton-remote within 10 s",
+        "stop retrieval-local within 10 s",
+        "stop triton-local within 10 s",
+    ]
+    assert mesh.processes == {}
