@@ -43,7 +43,7 @@ $(MODELS_VENV)/.installed: triton_models/requirements.txt triton_models/weights.
 
 .PHONY: install
 install: $(BIN)/.installed $(MODELS_VENV)/.installed build/gen/.stamp ## create both venvs, install everything, generate code
-	$(BIN)/python -m services.mesh.triton_dist build/triton
+	$(BIN)/python -m services.triton.dist build/triton
 
 build/gen/.stamp: $(BIN)/.installed $(wildcard protos/ragmesh/v1/*.proto protos/ragmesh/retrieval/v1/*.proto)
 	$(BIN)/python -m services.common.protogen protos build/gen
@@ -54,7 +54,7 @@ gen: build/gen/.stamp ## generate Python code and the Envoy descriptor set from 
 
 .PHONY: envoy-config
 envoy-config: install ## render the Envoy config from the mesh config into build/envoy.yaml
-	$(BIN)/python -m edge.render --config $(CONFIG) --out build/envoy.yaml
+	$(BIN)/python -m services.edge.render --config $(CONFIG) --out build/envoy.yaml
 
 .PHONY: up
 up: install $(if $(filter 1,$(TRACES)),$(PHOENIX_VENV)/.installed) ## run the mesh in the foreground (sample corpus included); REGIONS=2, TRACES=1
@@ -89,7 +89,7 @@ browser: ## install Debian's chromium for the topology page test
 test: install browser ## run lint, types, unit and integration tests
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy services envoy loadtest
+	$(BIN)/mypy services loadtest
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench

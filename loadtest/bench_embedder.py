@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as triton
 
-from services.mesh.config import MeshConfig
-from services.mesh.corpus import harvest
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.client.sample_corpus import harvest
+from services.config.mesh import MeshConfig
+from services.config.regions import first
 from services.retrieval.chunking import sentences
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 CONCURRENCY = (1, 8, 32)
 MODELS = {"batched": "embedder", "unbatched": "embedder_unbatched"}

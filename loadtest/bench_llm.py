@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 MODEL = "standard"
 MODEL_FILE = ROOT / "triton_models" / MODEL / "1" / "model.py"

@@ -47,11 +47,11 @@ from loadtest.litellm_side import VENV, LiteLLMSide, compare
 from loadtest.litellm_side import report as litellm_report
 from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, steady
 from loadtest.procfs import cpu_seconds, rss_mib
-from services.gateway.config import TierConfig
+from services.config.gateway import TierConfig
+from services.config.mesh import MeshConfig
+from services.config.regions import first
 from services.gateway.prompt import plain_prompt
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, free_port, isolated
-from services.mesh.regions import first
+from services.supervisor.launcher import ROOT, Mesh, free_port, isolated
 
 ECHO = Path(__file__).parent / "echo"
 QUESTION = "How do I parse a JSON string?"

@@ -36,12 +36,12 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
-from services.cli.client import Client
-from services.cli.documents import read_document
-from services.mesh.config import MeshConfig
-from services.mesh.corpus import harvest
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.client.documents import read_document
+from services.client.gateway import Client
+from services.client.sample_corpus import harvest
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 TIER = "standard"
 MAX_TOKENS = 64

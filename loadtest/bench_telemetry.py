@@ -36,9 +36,9 @@ from ragmesh.v1 import gateway_pb2_grpc
 from loadtest.gameday import runbook_corpus, runbook_questions
 from loadtest.latency import percentile
 from loadtest.procfs import cpu_seconds
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, free_port, isolated
-from services.mesh.regions import first
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh, free_port, isolated
 
 # name: (telemetry.enabled, telemetry.sample_ratio; None: as configured)
 VARIANTS = {"gateway-off": (False, None), "gateway-on": (True, None), "gateway-all": (True, 1.0)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from services.gateway.config import GatewayConfig
+from services.config.gateway import GatewayConfig
 from services.gateway.prompt import Source
 from services.gateway.tiers import Tier, Tiers
 

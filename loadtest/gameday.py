@@ -34,9 +34,9 @@ from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
 from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Sample, grpc_generate, steady
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 PHASES = ("before", "during", "after")
 BATCH = 10  # documents per ingest call in ingest-kill

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from ragmesh.v1 import gateway_pb2 as pb
 
-from services.cli.client import Client
-from services.cli.documents import read_document
-from services.mesh.config import MeshConfig
-from services.mesh.corpus import harvest
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.client.documents import read_document
+from services.client.gateway import Client
+from services.client.sample_corpus import harvest
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 QUESTIONS = (
     "How do I parse a JSON string?",

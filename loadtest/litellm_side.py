@@ -33,8 +33,8 @@ import yaml
 from loadtest.latency import percentile
 from loadtest.openai_mock import MODEL
 from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Reply, Sample, Send, steady
-from services.mesh.launcher import ROOT, free_port
-from services.mesh.processes import Process, wait_until
+from services.supervisor.launcher import ROOT, free_port
+from services.supervisor.processes import Process, wait_until
 
 VENV = ROOT / ".venv-litellm"
 START_TIMEOUT_S = 180.0  # the proxy imports for 10-20 s on a quiet machine

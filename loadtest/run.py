@@ -38,12 +38,12 @@ from ragmesh.v1 import gateway_pb2_grpc
 from loadtest.gameday import SCENARIOS, Form, GameDay, Outcome, runbook_questions
 from loadtest.latency import percentile
 from loadtest.openloop import Load, Rate, Sample, Send, burst, grpc_generate, http_generate, steady
+from services.config.mesh import MeshConfig
+from services.config.regions import first
 from services.console.gate import GATED, table, write_csv
 from services.console.layers import SloRow, slo
 from services.console.observe import Observer
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 BURST_FACTOR = 5.0
 BURST_S = 10.0

@@ -13,10 +13,10 @@ import pytest
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
+from services.config.mesh import MeshConfig
+from services.config.regions import first
 from services.gateway.auth import key_digest
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 OTHER_KEY = "rmk-test-other-tenant"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import grpc
 from ragmesh.v1 import gateway_pb2 as pb
 
-from services.cli.client import Client
-from services.cli.documents import find_files, read_document
+from services.client.documents import find_files, read_document
+from services.client.gateway import Client
 from services.common.errors import http_status
+from services.config.mesh import MeshConfig
 from services.gateway.auth import key_digest
-from services.mesh.config import MeshConfig
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -136,8 +136,8 @@ def cmd_gate(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    from services.mesh.regions import first
-    from services.mesh.up import run
+    from services.config.regions import first
+    from services.supervisor.up import run
 
     try:
         config = first(MeshConfig.load(args.config), args.regions)
@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     gate = commands.add_parser("gate", help="hold a load run (`make loadtest`) to the budgets")
     gate.add_argument("csv", metavar="RUN.csv", help="a run's CSV, e.g. build/loadtest/steady.csv")
     gate.set_defaults(run=cmd_gate)
-    # Its flags are services.mesh.trtllm's own; main() hands them over.
+    # Its flags are services.triton.trtllm's own; main() hands them over.
     commands.add_parser(
         "gpu-render",
         help="render the TensorRT-LLM model repository for a GPU node (docs/gpu.md)",
@@ -212,7 +212,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     args, rest = parser().parse_known_args()
     if args.command == "gpu-render":
-        from services.mesh import trtllm
+        from services.triton import trtllm
 
         sys.exit(trtllm.main(rest))
     if rest:

@@ -1,1 +1,2 @@
-"""Pieces every service shares: config loading, errors, gRPC plumbing, protobuf generation."""
+"""Pieces every service shares: errors, gRPC plumbing, telemetry, metrics, validation,
+token counting, protobuf generation."""

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
 from services.common.errors import ErrorInterceptor
+from services.config.telemetry import TelemetryConfig
 
 LOGGER = logging.getLogger(__name__)
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -28,6 +29,9 @@ SERVER_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 )
+# Marks a search whose caller degrades without it (a generation's sources): Envoy's internal
+# listener gives each region half of its time (services/edge/render.py), not the deadline.
+DEGRADABLE = ("x-ragmesh-degradable", "1")
 # How long a stopping server lets its calls in flight finish (SIGTERM to exit).
 DRAIN_S = 10.0
 CHANNEL_OPTIONS = (
@@ -37,7 +41,7 @@ CHANNEL_OPTIONS = (
 )
 
 
-def new_server(layer: str, tracing: telemetry.TelemetryConfig) -> grpc.aio.Server:
+def new_server(layer: str, tracing: TelemetryConfig) -> grpc.aio.Server:
     """A server whose every call runs in its trace (a span when the trace is sampled), is
     timed in `layer`'s metrics, and whose errors map to gRPC status by the one table.
 

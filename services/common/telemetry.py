@@ -17,7 +17,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -34,7 +33,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from services.common import metrics
-from services.common.config import require
+from services.config.telemetry import TelemetryConfig
 
 EXPORT_TIMEOUT_S = 2.0
 MAX_QUEUED_SPANS = 4096
@@ -42,37 +41,6 @@ MAX_QUEUED_SPANS = 4096
 # costs the process CPU for the HTTP round trip), full batches at high ones.
 EXPORT_EVERY_MS = 2000
 EXPORT_BATCH = 512
-
-
-@dataclass(frozen=True, kw_only=True)
-class TelemetryConfig:
-    # False: no spans, no per-call metrics, no metrics endpoint. Only for measuring what
-    # telemetry costs (loadtest/bench_telemetry.py); the mesh always runs with it.
-    enabled: bool = True
-    # OTLP/HTTP collector, e.g. http://127.0.0.1:6006 (Phoenix) or :4318 (a collector);
-    # empty: spans are made but not exported. `make up TRACES=1` sets it to Phoenix.
-    otlp_endpoint: str = ""
-    # Share of traces sampled (spans made and exported) where a request enters the mesh;
-    # the layers behind follow that decision. Every request is timed in the metrics and
-    # has a trace id whatever it is. `make up TRACES=1` samples every trace.
-    sample_ratio: float = 0.01
-    # The local trace viewer (Arize Phoenix) of `make up TRACES=1`: its UI and OTLP/HTTP
-    # port, and its OTLP/gRPC port.
-    viewer_port: int = 6006
-    viewer_grpc_port: int = 4317
-
-    @property
-    def sampled(self) -> float:
-        """The share of traces sampled: none without a collector to send them to."""
-        return self.sample_ratio if self.otlp_endpoint else 0.0
-
-    def __post_init__(self) -> None:
-        require(0.0 <= self.sample_ratio <= 1.0, "telemetry.sample_ratio", "must be 0..1")
-        require(
-            not self.otlp_endpoint or self.otlp_endpoint.startswith(("http://", "https://")),
-            "telemetry.otlp_endpoint",
-            "must be an http(s):// URL",
-        )
 
 
 def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:

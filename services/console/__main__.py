@@ -7,9 +7,9 @@ import signal
 import threading
 
 from services.common import telemetry
+from services.config.mesh import MeshConfig
 from services.console.observe import Observer
 from services.console.server import Console, build_server
-from services.mesh.config import MeshConfig
 
 
 def main() -> None:

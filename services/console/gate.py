@@ -11,7 +11,7 @@ import csv
 import math
 from pathlib import Path
 
-from services.console.config import STAGES, SloConfig
+from services.config.console import STAGES, SloConfig
 from services.console.layers import SloRow
 
 # What a run's CSV measures directly. Its edge row is an estimate (edge p99 minus gateway

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import CALLER_CODES
-from services.console.config import SloConfig
+from services.config.console import SloConfig
+from services.config.regions import Region
 from services.console.observe import HOST_ERRORS, HOST_HEALTHY, HOST_RQ, Observer
 from services.console.scrape import Scrape, quantile
-from services.mesh.regions import Region
 
 REQUEST = "ragmesh_request_duration_seconds"
 # Calls that ended well, or with a status the caller brought on itself: not failures.

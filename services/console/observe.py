@@ -14,9 +14,9 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass
 
+from services.config.mesh import MeshConfig
+from services.config.regions import Region, regions
 from services.console.scrape import TIMEOUT_S, Labels, Scrape, fetch
-from services.mesh.config import MeshConfig
-from services.mesh.regions import Region, regions
 
 HOST_RQ = "envoy_host_rq_total"
 HOST_ERRORS = "envoy_host_rq_error_total"

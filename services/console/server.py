@@ -15,8 +15,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from services.config.console import ConsoleConfig
 from services.console import layers, page
-from services.console.config import ConsoleConfig
 from services.console.observe import Observer
 
 LOGGER = logging.getLogger(__name__)

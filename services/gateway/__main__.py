@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from services.common import serving, telemetry
+from services.config.mesh import MeshConfig
 from services.gateway.server import build_server
-from services.mesh.config import MeshConfig
 
 LOGGER = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.validation import check_range, check_string_map
+from services.config.gateway import GatewayConfig
 from services.gateway import metrics
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
-from services.gateway.config import GatewayConfig
-from services.gateway.llm import Delta
 from services.gateway.prompt import Source, citations
 from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.tiers import Fitted, Tier, Tiers
+from services.triton.llm import Delta
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240

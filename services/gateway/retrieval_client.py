@@ -17,13 +17,9 @@ from services.common.errors import (
     RagmeshError,
     Unavailable,
 )
-from services.common.serving import new_channel
+from services.common.serving import DEGRADABLE, new_channel
 
 R = TypeVar("R")
-
-# Marks a search whose caller degrades without it (a generation's sources): Envoy's internal
-# listener gives each region half of its time (edge.render), not the whole deadline.
-DEGRADABLE = ("x-ragmesh-degradable", "1")
 
 # Failures of the caller's own input keep their status; anything else is the plane's fault.
 _PASSED_THROUGH: dict[grpc.StatusCode, type[RagmeshError]] = {

@@ -9,9 +9,10 @@ from grpc_health.v1 import health
 from ragmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.common import metrics as common_metrics
-from services.common import serving, telemetry
+from services.common import serving
+from services.config.gateway import GatewayConfig
+from services.config.telemetry import TelemetryConfig
 from services.gateway.auth import Authenticator
-from services.gateway.config import GatewayConfig
 from services.gateway.core import GatewayCore
 from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.servicer import GatewayServicer
@@ -51,7 +52,7 @@ class GatewayServer:
         await self.close_clients()
 
 
-def build_server(config: GatewayConfig, tracing: telemetry.TelemetryConfig) -> GatewayServer:
+def build_server(config: GatewayConfig, tracing: TelemetryConfig) -> GatewayServer:
     """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)

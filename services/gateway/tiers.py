@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from services.common import tokens
 from services.common.errors import InvalidArgument
+from services.config.gateway import MODEL_VERSION, GatewayConfig, TierConfig
 from services.gateway.breaker import Breaker
-from services.gateway.config import MODEL_VERSION, GatewayConfig, TierConfig
-from services.gateway.llm import TritonLLM
 from services.gateway.prompt import Source, build_prompt, plain_prompt
+from services.triton.llm import TritonLLM
 
 
 @dataclass(frozen=True)

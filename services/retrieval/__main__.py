@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from services.common import serving, telemetry
-from services.mesh.config import MeshConfig
+from services.config.mesh import MeshConfig
 from services.retrieval.server import build_server
 
 LOGGER = logging.getLogger(__name__)

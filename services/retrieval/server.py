@@ -8,14 +8,15 @@ import grpc
 from grpc_health.v1 import health
 from ragmesh.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
-from services.common import metrics, serving, telemetry
-from services.retrieval.config import RetrievalConfig
+from services.common import metrics, serving
+from services.config.retrieval import RetrievalConfig
+from services.config.telemetry import TelemetryConfig
 from services.retrieval.core import RetrievalCore
 from services.retrieval.corpus_log import CorpusLog
-from services.retrieval.embedder import TritonEmbedder
 from services.retrieval.replication import Replicator
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import MilvusStore
+from services.triton.embedder import TritonEmbedder
 
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name
 
@@ -53,7 +54,7 @@ class RetrievalServer:
         await self._close()
 
 
-def build_server(config: RetrievalConfig, tracing: telemetry.TelemetryConfig) -> RetrievalServer:
+def build_server(config: RetrievalConfig, tracing: TelemetryConfig) -> RetrievalServer:
     """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint."""
     store = MilvusStore(
         config.milvus_uri, config.milvus_token, config.collection, config.embedding_dim

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.retrieval.config import RetrievalConfig
+from services.config.retrieval import RetrievalConfig
 from services.retrieval.core import RetrievalCore
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.store import MilvusStore

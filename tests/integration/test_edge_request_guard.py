@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
-from edge.render import render
 
-from services.mesh.config import MeshConfig
+from services.config.mesh import MeshConfig
+from services.edge.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR_SET = ROOT / "build" / "gen" / "ragmesh.pb"

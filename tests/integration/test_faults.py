@@ -18,9 +18,9 @@ from google.protobuf import json_format
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 pytestmark = pytest.mark.integration
 

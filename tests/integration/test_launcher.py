@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, isolated
+from services.config.mesh import MeshConfig
+from services.supervisor.launcher import ROOT, isolated
 
 pytestmark = pytest.mark.integration
 

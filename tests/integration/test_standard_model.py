@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tier_client import SOURCES, Reply, generate, rag_prompt
 
-from services.gateway.config import GatewayConfig
+from services.config.gateway import GatewayConfig
 from services.gateway.prompt import plain_prompt
 from services.gateway.tiers import Tiers
 

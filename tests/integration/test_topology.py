@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from ragmesh.v1 import gateway_pb2 as pb
 
-from services.console.config import STAGES
-from services.mesh.launcher import ROOT
+from services.config.console import STAGES
+from services.supervisor.launcher import ROOT
 
 pytestmark = pytest.mark.integration
 LAYERS = ("client", "edge", "gateway", "retrieval", "inference", "telemetry")

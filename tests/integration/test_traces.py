@@ -18,10 +18,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
-from services.common.telemetry import TelemetryConfig, digest
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh, isolated
-from services.mesh.regions import first
+from services.common.telemetry import digest
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.config.telemetry import TelemetryConfig
+from services.supervisor.launcher import ROOT, Mesh, isolated
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from multilingual import FACT, JA, MIXED, TH, ZH
 from uniseg.graphemecluster import grapheme_clusters
 from uniseg.sentencebreak import sentence_boundaries
 
-from services.common.config import ConfigError
-from services.mesh.config import MeshConfig
+from services.config.loading import ConfigError
+from services.config.mesh import MeshConfig
+from services.config.retrieval import RetrievalConfig
 from services.retrieval.chunking import Chunker, _sentence_bounds, sentences
-from services.retrieval.config import RetrievalConfig
 
 
 @pytest.fixture(scope="module")

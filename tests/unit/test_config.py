@@ -1,8 +1,8 @@
 import pytest
 
-from services.common.config import ConfigError
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT
+from services.config.loading import ConfigError
+from services.config.mesh import MeshConfig
+from services.supervisor.launcher import ROOT
 
 
 def test_shipped_config_loads_and_matches_defaults():

@@ -6,12 +6,12 @@ import math
 
 import pytest
 
+from services.config.console import SloConfig
+from services.config.mesh import MeshConfig
+from services.config.regions import first
 from services.console import layers
-from services.console.config import SloConfig
 from services.console.observe import HOST_HEALTHY, HOST_RQ, Observer, Snapshot
 from services.console.scrape import Scrape, quantile
-from services.mesh.config import MeshConfig
-from services.mesh.regions import first
 
 GATEWAY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, math.inf)
 EDGE_BOUNDS = (5.0, 10.0, 25.0, 50.0, 100.0, math.inf)

@@ -15,10 +15,10 @@ import pytest
 from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from services.gateway.config import GatewayConfig
+from services.config.gateway import GatewayConfig
 from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
-from services.gateway.llm import Delta
 from services.gateway.tiers import Tiers
+from services.triton.llm import Delta
 
 LOCAL, REMOTE = "triton.local:8001", "triton.remote:8001"
 

@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 import services.common.metrics
 import services.gateway.metrics  # noqa: F401  (registers the gateway's metrics)
 from services.common.errors import CALLER_CODES
-from services.mesh.config import MeshConfig
-from services.mesh.regions import regions
+from services.config.mesh import MeshConfig
+from services.config.regions import regions
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.openloop import Load, Reply, burst, steady
-from services.console.config import SloConfig
+from services.config.console import SloConfig
 from services.console.gate import breaches, read_csv, write_csv
 from services.console.layers import SloRow
 

@@ -3,9 +3,9 @@ streams' last events; then the rest, last started first."""
 
 from __future__ import annotations
 
-from services.mesh.config import MeshConfig
-from services.mesh.launcher import ROOT, Mesh
-from services.mesh.regions import first
+from services.config.mesh import MeshConfig
+from services.config.regions import first
+from services.supervisor.launcher import ROOT, Mesh
 
 
 class FakeProcess:

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.mesh import trtllm
+from services.triton import trtllm
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_CONFIGS = sorted((ROOT / "triton_models").glob("*/config.pbtxt"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ConfigError
-from services.mesh.config import MeshConfig
-from services.mesh.regions import first, regions
+from services.config.loading import ConfigError
+from services.config.mesh import MeshConfig
+from services.config.regions import first, regions
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "mesh.yaml"
 

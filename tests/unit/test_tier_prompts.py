@@ -5,7 +5,7 @@ import pytest
 
 from services.common import tokens
 from services.common.errors import InvalidArgument
-from services.gateway.config import SMOLLM2_TOKENIZER, GatewayConfig, TierConfig
+from services.config.gateway import SMOLLM2_TOKENIZER, GatewayConfig, TierConfig
 from services.gateway.prompt import Source, plain_prompt
 from services.gateway.tiers import Tier, Tiers
 

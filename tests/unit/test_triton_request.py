@@ -8,7 +8,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from services.gateway import llm
+from services.triton import llm
 
 
 def test_the_triton_request_carries_raw_tensors_and_the_stream_flag() -> None:

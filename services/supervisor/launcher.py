@@ -19,14 +19,14 @@ from pathlib import Path
 
 import grpc
 import yaml
-from edge.render import write as write_envoy_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.serving import DRAIN_S
-from services.mesh import triton_dist
-from services.mesh.config import MeshConfig
-from services.mesh.processes import Process, wait_until
-from services.mesh.regions import Region, regions
+from services.config.mesh import MeshConfig
+from services.config.regions import Region, regions
+from services.edge.render import write as write_envoy_config
+from services.supervisor.processes import Process, wait_until
+from services.triton import dist as triton_dist
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
@@ -316,7 +316,7 @@ class Mesh:
 
     def delay_retrieval(self, region: str, delay_ms: int) -> None:
         """Delays every request to `region`'s retrieval by `delay_ms` (0: none) through the
-        fault filter of its Envoy listener (edge.render `_fault`, runtime keys)."""
+        fault filter of its Envoy listener (services.edge.render `_fault`, runtime keys)."""
         prefix = f"chaos.{region}.retrieval"
         query = f"{prefix}.delay_percent={100 if delay_ms else 0}&{prefix}.delay_ms={delay_ms}"
         request = urllib.request.Request(f"{self.admin_url}/runtime_modify?{query}", method="POST")

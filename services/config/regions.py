@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.mesh.config import MeshConfig
+from services.config.mesh import MeshConfig
 
 
 @dataclass(frozen=True)

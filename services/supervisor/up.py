@@ -6,11 +6,11 @@ import logging
 import signal
 import time
 
-from services.cli.client import Client
-from services.cli.documents import read_document
-from services.mesh.config import MeshConfig
-from services.mesh.corpus import harvest
-from services.mesh.launcher import Mesh
+from services.client.documents import read_document
+from services.client.gateway import Client
+from services.client.sample_corpus import harvest
+from services.config.mesh import MeshConfig
+from services.supervisor.launcher import Mesh
 
 LOGGER = logging.getLogger(__name__)
 

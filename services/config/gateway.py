@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from services.common.config import require
+from services.config.loading import require
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A Triton model version: a non-negative int64, which 18 digits always fit (str.isdigit

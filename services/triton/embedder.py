@@ -8,7 +8,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.common import telemetry
 from services.common.errors import DeadlineExceeded, Unavailable
-from services.common.triton_recovery import StubRecovery
+from services.triton.recovery import StubRecovery
 
 
 class TritonEmbedder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import require
+from services.config.loading import require
 
 # The most characters a chunk may hold: any 16,383 code points fit in 65,535 bytes of UTF-8
 # (4 bytes a code point at most), Milvus's VARCHAR limit for the `text` column.

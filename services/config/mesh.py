@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.config import build, read_yaml, require
-from services.common.telemetry import TelemetryConfig
-from services.console.config import ConsoleConfig, SloConfig
-from services.gateway.config import GatewayConfig
-from services.retrieval.config import RetrievalConfig
+from services.config.console import ConsoleConfig, SloConfig
+from services.config.gateway import GatewayConfig
+from services.config.loading import build, read_yaml, require
+from services.config.retrieval import RetrievalConfig
+from services.config.telemetry import TelemetryConfig
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 

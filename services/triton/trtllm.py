@@ -6,7 +6,7 @@ tensorrt_llm, postprocessing, ensemble, tensorrt_llm_bls) with NVIDIA's `${name}
 fills every placeholder of every config.pbtxt; it refuses a placeholder left unfilled and a value
 that no template uses, so a typo cannot pass silently.
 
-    python -m services.mesh.trtllm --engine-dir /engines/llama --tokenizer-dir /models/llama \\
+    python -m services.triton.trtllm --engine-dir /engines/llama --tokenizer-dir /models/llama \\
         --max-batch-size 64 --out /models/premium
 """
 
@@ -163,7 +163,7 @@ def render(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.mesh.trtllm",
+        prog="python -m services.triton.trtllm",
         description="Render the TensorRT-LLM model repository (deploy/trtllm) for a GPU node.",
     )
     parser.add_argument("--engine-dir", required=True, help="trtllm-build's --output_dir")

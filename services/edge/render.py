@@ -1,6 +1,6 @@
 """Renders Envoy's bootstrap (build/envoy.yaml) from the mesh config.
 
-    python -m edge.render --config config/mesh.yaml --out build/envoy.yaml
+    python -m services.edge.render --config config/mesh.yaml --out build/envoy.yaml
 
 Envoy is the mesh's edge. Two listeners, both on 127.0.0.1:
 
@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from edge.body_schema import body_schema, lua_schema
 
-from services.gateway.retrieval_client import DEGRADABLE
-from services.mesh.config import MeshConfig
-from services.mesh.regions import Region, regions
+from services.common.serving import DEGRADABLE
+from services.config.mesh import MeshConfig
+from services.config.regions import Region, regions
+from services.edge.body_schema import body_schema, lua_schema
 
 PUBLIC_SERVICES = ["ragmesh.v1.Gateway"]
 # The transcoder buffers a JSON request whole before sending it on as one gRPC message.
@@ -85,7 +85,8 @@ PUBLIC_WRITE_PATHS = (
 )
 
 # The Lua request guard; render prepends the generated schema to it.
-REQUEST_GUARD_LUA = Path(__file__).with_name("request_guard.lua")
+# Envoy's own files stay in the repository's envoy/ folder.
+REQUEST_GUARD_LUA = Path(__file__).resolve().parents[2] / "envoy" / "request_guard.lua"
 
 # Headers and timings only: no bodies and no credentials (x-api-key, authorization).
 ACCESS_LOG_FORMAT: dict[str, str] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import require
+from services.config.loading import require
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ from services.common.errors import (
     RagmeshError,
     Unavailable,
 )
-from services.common.triton_recovery import StubRecovery
+from services.triton.recovery import StubRecovery
 
 
 @dataclass(frozen=True)

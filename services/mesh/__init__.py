@@ -1,1 +1,0 @@
-"""The local mesh: config of every plane, process supervision, the sample corpus."""
