@@ -64,10 +64,6 @@ class MeshSettings:
             )
         require(self.port_stride > 0, "mesh.port_stride", "must be positive")
 
-    @property
-    def default_region(self) -> str:
-        return self.regions[0]
-
 
 @dataclass(frozen=True, kw_only=True)
 class MeshConfig:

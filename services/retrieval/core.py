@@ -35,7 +35,7 @@ from services.retrieval import metrics
 from services.retrieval.chunking import Chunker
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.hot_store import HotStore
-from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk
+from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk, VectorStore
 from services.triton.embedder import TritonEmbedder
 
 LOGGER = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class RetrievalCore:
         self._chunker = Chunker.from_config(config)  # loads the embedder's tokenizer
         # Milvus stays the store of record; the hot index, loaded in `recover`, serves search.
         self._hot = HotStore(store, config.embedding_dim) if config.hot_index else None
-        self._store: MilvusStore | HotStore = self._hot or store
+        self._store: VectorStore = self._hot or store
         self._embedder = embedder
         self._log = log
         # Milvus Lite and the log are not thread-safe: one worker thread owns every call.

@@ -1,6 +1,6 @@
 """Milvus as the store of record, searched through the hot index kept in process.
 
-HotStore has MilvusStore's methods. Every write goes to Milvus first and reaches the hot
+HotStore is a VectorStore, as MilvusStore is. Every write goes to Milvus first and reaches the hot
 index only once Milvus took it, so what a search can return is always acknowledged data.
 Searches run on the hot index alone (docs/retrieval.md, "Retrieval at size": Milvus Lite
 scans every row in Python on each search). `load` fills the index from Milvus at start;
@@ -76,19 +76,6 @@ class HotStore:
         self._milvus.set_version(tenant, version)
         self._versions[tenant] = version
 
-    def replace_document(
-        self,
-        tenant: str,
-        document_id: str,
-        title: str,
-        metadata: dict[str, str],
-        chunks: list[str],
-        vectors: np.ndarray,
-        version: int,
-    ) -> None:
-        document = DocumentRows(document_id, title, metadata, chunks, vectors)
-        self.replace_documents(tenant, [document], version)
-
     def replace_documents(self, tenant: str, documents: list[DocumentRows], version: int) -> None:
         try:
             self._milvus.replace_documents(tenant, documents, version)
@@ -124,12 +111,6 @@ class HotStore:
         if self._index is None:
             return self._milvus.search(tenant, vector, top_k, filters)
         return self._index.search(tenant, vector, top_k, filters)
-
-    def count(self, tenant: str) -> int:
-        return self._milvus.count(tenant)
-
-    def flush(self) -> None:
-        self._milvus.flush()
 
     def close(self) -> None:
         self._milvus.close()

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
@@ -120,6 +120,30 @@ class StoreLimits:
         return None
 
 
+class VectorStore(Protocol):
+    """What the retrieval core asks of its store: MilvusStore, or HotStore in front of it.
+
+    Synchronous and not thread-safe: the core calls it from one worker thread. Every read
+    and delete is confined to one tenant.
+    """
+
+    @property
+    def limits(self) -> StoreLimits: ...
+    def reachable(self) -> bool: ...
+    def version(self, tenant: str) -> int: ...
+    def set_version(self, tenant: str, version: int) -> None: ...
+    def replace_documents(
+        self, tenant: str, documents: list[DocumentRows], version: int
+    ) -> None: ...
+    def delete_version(self, tenant: str, document_ids: list[str], version: int) -> None: ...
+    def has_document(self, tenant: str, document_id: str) -> bool: ...
+    def delete_document(self, tenant: str, document_id: str) -> int: ...
+    def search(
+        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str]
+    ) -> list[StoredChunk]: ...
+    def close(self) -> None: ...
+
+
 def row_id(tenant: str, document_id: str, version: int, chunk_index: int) -> str:
     """A chunk row's primary key: tenant, document, version and chunk."""
     return f"{tenant}/{document_id}/{version}/{chunk_index}"
@@ -204,23 +228,6 @@ class MilvusStore:
         row = {"tenant": tenant, "version": version, "vector": [0.0, 0.0]}
         self._client.upsert(self._versions, [row])
 
-    def replace_document(
-        self,
-        tenant: str,
-        document_id: str,
-        title: str,
-        metadata: dict[str, str],
-        chunks: list[str],
-        vectors: np.ndarray,
-        version: int,
-    ) -> None:
-        """Writes the new version's chunks in one call, then drops the older versions'.
-
-        Row ids name tenant, document, version and chunk, so a repeat overwrites itself.
-        """
-        document = DocumentRows(document_id, title, metadata, chunks, vectors)
-        self.replace_documents(tenant, [document], version)
-
     def replace_documents(self, tenant: str, documents: list[DocumentRows], version: int) -> None:
         """`replace_document` for many documents of one version: one upsert, one delete."""
         rows = [
@@ -284,12 +291,6 @@ class MilvusStore:
             search_params={"metric_type": "COSINE"},
         )[0]
         return [_chunk(hit) for hit in hits]
-
-    def count(self, tenant: str) -> int:
-        rows = self._client.query(
-            self._chunks, filter=f"tenant == {literal(tenant)}", output_fields=["count(*)"]
-        )
-        return int(rows[0]["count(*)"]) if rows else 0
 
     def versions(self) -> dict[str, int]:
         """Every tenant's corpus version."""

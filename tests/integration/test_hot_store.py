@@ -16,7 +16,7 @@ from store_cores import DIM, core
 
 from services.retrieval.hot_index import unit
 from services.retrieval.hot_store import HotStore
-from services.retrieval.store import MilvusStore
+from services.retrieval.store import DocumentRows, MilvusStore
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,8 @@ def _same_answers(hot, milvus, rng, tenants=("acme", "globex"), filters=({}, {"l
 def _write(store, rng, tenant, document, version, lang, count):
     vectors = _vectors(rng, count)
     chunks = [f"{document} v{version} chunk {i}" for i in range(count)]
-    store.replace_document(
-        tenant, document, f"title {document}", {"lang": lang}, chunks, vectors, version
-    )
+    rows = DocumentRows(document, f"title {document}", {"lang": lang}, chunks, vectors)
+    store.replace_documents(tenant, [rows], version)
     return vectors
 
 
@@ -73,7 +72,7 @@ def test_answers_match_milvus_after_ingest_reingest_and_delete(stores):
     hits = hot.search("acme", old[0], 20, {})
     assert sorted(c.chunk_index for c in hits if c.document_id == "d1") == [0, 1]
     assert not [c for c in hits if c.document_id == "d2"]
-    assert hot.index is not None and hot.index.rows == milvus.count("acme") + milvus.count("globex")
+    assert hot.index is not None and hot.index.rows == sum(len(b) for b in milvus.scan())
 
 
 def test_versions_are_cached_and_written_through(stores):
