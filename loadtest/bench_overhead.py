@@ -50,7 +50,7 @@ from loadtest.procfs import cpu_seconds, rss_mib
 from services.config.gateway import TierConfig
 from services.config.mesh import MeshConfig
 from services.config.regions import first
-from services.gateway.prompt import plain_prompt
+from services.contract.prompt import plain_prompt
 from services.supervisor.launcher import ROOT, Mesh, free_port, isolated
 
 ECHO = Path(__file__).parent / "echo"

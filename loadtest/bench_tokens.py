@@ -14,7 +14,7 @@ import argparse
 import time
 
 from services.config.gateway import GatewayConfig
-from services.gateway.prompt import Source
+from services.contract.prompt import Source
 from services.gateway.tiers import Tier, Tiers
 
 QUESTION = "How do I parse a JSON string?"

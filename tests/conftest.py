@@ -42,7 +42,7 @@ def regions(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def triton_only(tmp_path_factory: pytest.TempPathFactory):
-    """Triton alone with every model of triton_models/, for tests of the models' contract."""
+    """Triton alone with every model of triton_models/cpu/, for tests of the models' contract."""
     base = first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1)
     config = isolated(base, tmp_path_factory.mktemp("t"))
     with Mesh(config, planes=("triton",)) as running:

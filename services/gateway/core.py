@@ -28,10 +28,11 @@ from services.common.errors import (
 )
 from services.common.validation import check_range, check_string_map
 from services.config.gateway import GatewayConfig
+from services.contract.prompt import Source
 from services.gateway import metrics
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
-from services.gateway.prompt import Source, citations
+from services.gateway.citations import citations
 from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.tiers import Fitted, Tier, Tiers
 from services.triton.llm import Delta

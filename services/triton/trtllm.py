@@ -1,4 +1,4 @@
-"""Renders the TensorRT-LLM model repository templates in deploy/trtllm for a GPU node.
+"""Renders the TensorRT-LLM model repository templates in triton_models/trtllm for a GPU node.
 
 The templates follow TensorRT-LLM's `all_models/inflight_batcher_llm` layout (preprocessing,
 tensorrt_llm, postprocessing, ensemble, tensorrt_llm_bls) with NVIDIA's `${name}` placeholders;
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "trtllm"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "trtllm"
 CONFIG = "config.pbtxt"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BATCHING_STRATEGIES = ("inflight_fused_batching", "inflight_batching")
@@ -164,7 +164,7 @@ def render(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.triton.trtllm",
-        description="Render the TensorRT-LLM model repository (deploy/trtllm) for a GPU node.",
+        description="Render the TensorRT-LLM templates (triton_models/trtllm) for a GPU node.",
     )
     parser.add_argument("--engine-dir", required=True, help="trtllm-build's --output_dir")
     parser.add_argument("--tokenizer-dir", required=True, help="the Hugging Face checkpoint")

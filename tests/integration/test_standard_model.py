@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from tier_client import SOURCES, Reply, generate, rag_prompt
 
 from services.config.gateway import GatewayConfig
-from services.gateway.prompt import plain_prompt
+from services.contract.prompt import plain_prompt
 from services.gateway.tiers import Tiers
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from services.gateway.prompt import Source, build_prompt
+from services.contract.prompt import Source, build_prompt
 
 SOURCES = [
     "Paris is the capital and largest city of France. It has two million residents.",

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS_PYTHON = ROOT / ".venv-models" / "bin" / "python"
-MODEL_DIR = ROOT / "triton_models" / "embedder" / "1"
+MODEL_DIR = ROOT / "triton_models" / "cpu" / "embedder" / "1"
 REFERENCE = ROOT / "tests" / "fixtures" / "minilm_reference.json"
 
 # Reads probes (JSON list) on stdin; writes {"batch", "single", "erf_max_error"} on stdout.

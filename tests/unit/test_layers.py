@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Ground floor first. Rooms on one floor know nothing of each other.
 FLOORS = {
     "config": 0,  # the mesh's schema, parsed once
+    "contract": 0,  # the tier contract: the prompt's format, the tensors, the models' helpers
     "common": 1,  # errors, gRPC plumbing, telemetry, metrics, validation, tokens
     "triton": 2,  # the Triton client: generation, embeddings, model control
     "client": 2,  # the gateway's client library, documents, the sample corpus

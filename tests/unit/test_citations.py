@@ -1,4 +1,5 @@
-from services.gateway.prompt import Source, build_prompt, citations, cited
+from services.contract.prompt import Source, build_prompt
+from services.gateway.citations import citations, cited
 
 
 def test_sources_are_numbered_and_fenced_as_data():
