@@ -1,20 +1,17 @@
-"""One exception hierarchy, one interceptor that maps it to gRPC status, one HTTP table.
+"""One exception hierarchy, its gRPC status both ways, one HTTP table.
 
-Each class's docstring names its gRPC status. Anything else a handler raises becomes
-INTERNAL with a generic message, and its traceback goes to the log.
+Each class's docstring names its gRPC status. Servers end a call with it (`abort`, which
+`interceptor.CallInterceptor` calls for whatever a handler raises); clients read a failed
+call's status back as one of these classes (`from_status`).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Collection
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
-
-LOGGER = logging.getLogger(__name__)
 
 
 class RagmeshError(Exception):
@@ -109,8 +106,8 @@ def http_status(code: grpc.StatusCode) -> int:
     return HTTP_STATUS.get(code, 500)
 
 
-def status_details(error: RagmeshError) -> bytes:
-    """A serialized google.rpc.Status; a BadRequest field violation when a field is named."""
+def rpc_status(error: RagmeshError) -> status_pb2.Status:
+    """The error as a google.rpc.Status; a BadRequest field violation when a field is named."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message)
     if error.field:
         detail = any_pb2.Any()
@@ -119,10 +116,16 @@ def status_details(error: RagmeshError) -> bytes:
         )
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status.details.append(detail)
-    return bytes(status.SerializeToString())
+    return status
+
+
+def status_details(error: RagmeshError) -> bytes:
+    """`rpc_status(error)` serialized, as the `grpc-status-details-bin` trailer carries it."""
+    return bytes(rpc_status(error).SerializeToString())
 
 
 async def abort(context: grpc.aio.ServicerContext, error: RagmeshError) -> None:
+    """Ends the call with `error`'s status, message and details (raises AbortError)."""
     await context.abort(
         error.code,
         error.message,
@@ -130,61 +133,40 @@ async def abort(context: grpc.aio.ServicerContext, error: RagmeshError) -> None:
     )
 
 
-async def _handle(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    if isinstance(exc, RagmeshError):
-        await abort(context, exc)
-    LOGGER.exception("unhandled error in handler")
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+_BY_CODE: dict[grpc.StatusCode, type[RagmeshError]] = {
+    kind.code: kind
+    for kind in (
+        InvalidArgument,
+        Unauthenticated,
+        NotFound,
+        FailedPrecondition,
+        Unavailable,
+        DeadlineExceeded,
+    )
+}
+_FIELD_FIRST = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
 
 
-_Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-_Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+def from_status(
+    code: grpc.StatusCode,
+    details: str,
+    server: str,
+    *,
+    timeout: str = "",
+    passed: Collection[grpc.StatusCode] = (),
+) -> RagmeshError:
+    """The error for a call to `server` that failed with status `code` and `details`.
 
-
-def _wrap_unary(behavior: _Unary) -> _Unary:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _handle(context, exc)
-
-    return wrapper
-
-
-def _wrap_streaming(behavior: _Streaming) -> _Streaming:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _handle(context, exc)
-
-    return wrapper
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps RagmeshError to its status (with rich details) and anything else to INTERNAL."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_stream_rpc_method_handler(
-            _wrap_streaming(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    A code in `passed` (a ragmesh plane's verdict on the request itself) keeps its class and
+    message, and the field its message starts with where it names one (the planes' messages
+    do). Else DEADLINE_EXCEEDED is DeadlineExceeded(`timeout`, default "<server> timed
+    out"), and anything else the server's failure: Unavailable("<server> unavailable: CODE").
+    """
+    kind = _BY_CODE.get(code) if code in passed else None
+    if kind is not None:
+        message = details or code.name
+        field = message.split(":", 1)[0] if code in _FIELD_FIRST else ""
+        return kind(message, field=field)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(timeout or f"{server} timed out")
+    return Unavailable(f"{server} unavailable: {code.name}")

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
-from services.common.errors import ErrorInterceptor
+from services.common.interceptor import CallInterceptor
 from services.config.telemetry import TelemetryConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -46,10 +46,8 @@ def new_server(layer: str, tracing: TelemetryConfig) -> grpc.aio.Server:
     timed in `layer`'s metrics, and whose errors map to gRPC status by the one table.
 
     With telemetry off (`enabled` false): errors are mapped, nothing else."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-    if tracing.enabled:
-        interceptors.insert(0, telemetry.ServerTelemetry(layer, tracing.sampled))
-    return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    interceptor = CallInterceptor(layer, tracing.sampled, telemetry_on=tracing.enabled)
+    return grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
 
 
 def new_channel(target: str) -> grpc.aio.Channel:

@@ -16,7 +16,6 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -24,7 +23,6 @@ import requests
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -32,7 +30,6 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
-from services.common import metrics
 from services.config.telemetry import TelemetryConfig
 
 EXPORT_TIMEOUT_S = 2.0
@@ -49,7 +46,7 @@ def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
     Disabled, the provider is returned but not installed: spans stay OpenTelemetry's no-ops.
     """
     resource = Resource.create({"service.name": service, "ragmesh.region": region})
-    # A root span is sampled: the decision was ServerTelemetry's, before it was started.
+    # A root span is sampled: the decision was CallInterceptor's, before it was started.
     provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     if config.otlp_endpoint:
         session = requests.Session()
@@ -88,118 +85,7 @@ def triton_traceparent(span: trace.Span | None = None) -> dict[str, str]:
     return traceparent(span) if span.is_recording() else {}
 
 
-_RAGMESH_CALLS = "/ragmesh."
 _IDS = RandomIdGenerator()
-_Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-_Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-
-
-class ServerTelemetry(grpc.aio.ServerInterceptor):
-    """Every ragmesh call timed in `layer`'s metrics and run in its trace; a span, made by
-    opentelemetry-instrumentation-grpc, for the calls of sampled traces only.
-
-    A call that brings a trace context (`traceparent`) keeps its caller's decision; one that
-    does not starts a trace, sampled at `ratio`. An unsampled call runs in its trace's
-    context all the same (its trace id names it; the calls it makes carry the trace on with
-    the sampled flag off) but makes no span: the instrumentation and the SDK cost about
-    0.1 ms of CPU a call on a 2-core VM even for a span they drop. One interceptor, and the
-    wrapped handlers made once per method, because every interceptor and every handler
-    made per call costs CPU too. Place it outermost: the status it records is the one the
-    caller gets. Health checks and reflection are neither timed nor traced.
-    """
-
-    def __init__(
-        self, layer: str, ratio: float, tracer_provider: TracerProvider | None = None
-    ) -> None:
-        self._layer = layer
-        self._ratio = ratio
-        self._traced = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=tracer_provider
-        )
-        # method: (timed handler, timed handler in the trace context of its metadata); a
-        # method's handler does not change once the server runs
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.request_streaming:
-            return handler
-        if not details.method.startswith(_RAGMESH_CALLS):
-            return handler
-        timed, in_context = self._handlers.get(details.method) or self._wrap(details, handler)
-        if not _sampled(details.invocation_metadata, self._ratio):
-            return in_context
-
-        async def timed_handler(_: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-            return timed
-
-        return await self._traced.intercept_service(timed_handler, details)
-
-    def _wrap(
-        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler
-    ) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
-        timer = metrics.REQUEST_SECONDS.labels
-        layer, method = self._layer, details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            unary: _Unary = handler.unary_unary
-
-            async def timed_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, code = time.perf_counter(), "OK"
-                try:
-                    return await unary(request, context)
-                except BaseException as exc:
-                    code = _code(context, exc)
-                    raise
-                finally:
-                    timer(layer, method, code).observe(time.perf_counter() - started)
-
-            async def unary_in_context(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = otel_context.attach(_unsampled(context))
-                try:
-                    return await timed_unary(request, context)
-                finally:
-                    otel_context.detach(token)
-
-            wrapped = (
-                handler._replace(unary_unary=timed_unary),
-                handler._replace(unary_unary=unary_in_context),
-            )
-        else:
-            streaming: _Streaming = handler.unary_stream
-
-            async def timed_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                started, code = time.perf_counter(), "OK"
-                try:
-                    async for item in streaming(request, context):
-                        yield item
-                except BaseException as exc:
-                    code = _code(context, exc)
-                    raise
-                finally:
-                    timer(layer, method, code).observe(time.perf_counter() - started)
-
-            async def stream_in_context(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                token = otel_context.attach(_unsampled(context))
-                try:
-                    async for item in timed_stream(request, context):
-                        yield item
-                finally:
-                    otel_context.detach(token)
-
-            wrapped = (
-                handler._replace(unary_stream=timed_stream),
-                handler._replace(unary_stream=stream_in_context),
-            )
-        self._handlers[details.method] = wrapped
-        return wrapped
 
 
 def _traceparent(metadata: Any) -> str:
@@ -212,16 +98,17 @@ def _traceparent(metadata: Any) -> str:
 _SAMPLED_FLAGS = {f"{flags:02x}" for flags in range(256) if flags & 1}
 
 
-def _sampled(metadata: Any, ratio: float) -> bool:
-    """The caller's decision (the sampled bit of traceparent's flags), else a new one."""
+def sampled(metadata: Any, ratio: float) -> bool:
+    """Whether a call with this metadata is sampled: its caller's decision (the sampled bit
+    of traceparent's flags), else a new one, at `ratio`."""
     header = _traceparent(metadata)
     if header:
         return header[-2:] in _SAMPLED_FLAGS
     return random.random() < ratio
 
 
-def _unsampled(context: grpc.aio.ServicerContext) -> otel_context.Context:
-    """The call's unsampled trace: the caller's, or a new one."""
+def unsampled(context: grpc.aio.ServicerContext) -> otel_context.Context:
+    """The context of an unsampled call's trace: its caller's, or a new one."""
     header = _traceparent(context.invocation_metadata())
     if header:
         caller = propagate.extract({"traceparent": header})
@@ -229,15 +116,6 @@ def _unsampled(context: grpc.aio.ServicerContext) -> otel_context.Context:
             return caller
     root = SpanContext(_IDS.generate_trace_id(), _IDS.generate_span_id(), is_remote=False)
     return trace.set_span_in_context(NonRecordingSpan(root))
-
-
-def _code(context: grpc.aio.ServicerContext, exc: BaseException) -> str:
-    """The status the caller gets: the one the call aborted with (errors.ErrorInterceptor maps
-    every error to one), CANCELLED when the caller went away (the task is cancelled)."""
-    if isinstance(exc, grpc.aio.AbortError):
-        code = context.code()
-        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
 
 
 def trace_id() -> str:

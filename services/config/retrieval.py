@@ -59,7 +59,6 @@ class RetrievalConfig:
     chunk_chars: int = 2048
     # Texts per embedder request (the model's max_batch_size bounds it).
     embed_batch: int = 32
-    embed_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "retrieval.port", "must be 0..65535")

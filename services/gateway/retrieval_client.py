@@ -10,23 +10,19 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
 from services.common import telemetry
-from services.common.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    RagmeshError,
-    Unavailable,
-)
+from services.common.errors import from_status
 from services.common.serving import DEGRADABLE, new_channel
 
 R = TypeVar("R")
 
 # Failures of the caller's own input keep their status; anything else is the plane's fault.
-_PASSED_THROUGH: dict[grpc.StatusCode, type[RagmeshError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-}
+_PASSED_THROUGH = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
 
 class RetrievalClient:
@@ -46,13 +42,8 @@ class RetrievalClient:
             metadata = (*telemetry.traceparent().items(), *extra)
             return await method(request, timeout=max(timeout_s, 0.001), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            error = _PASSED_THROUGH.get(exc.code(), Unavailable)
-            message = exc.details() or exc.code().name
-            if error is Unavailable:
-                message = f"retrieval unavailable: {exc.code().name}"
-            # The plane's messages start with the field (retrieval raises them so).
-            field = message.split(":", 1)[0] if error in (InvalidArgument, NotFound) else ""
-            raise error(message, field=field) from exc
+            details = exc.details() or ""
+            raise from_status(exc.code(), details, "retrieval", passed=_PASSED_THROUGH) from exc
 
     async def upsert(self, request: pb.UpsertRequest, timeout_s: float) -> pb.UpsertResponse:
         return await self._call(self._stub.Upsert, request, timeout_s)

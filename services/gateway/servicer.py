@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import empty_pb2
-from google.rpc import status_pb2
 from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
-from services.common.errors import RagmeshError, Unavailable
+from services.common.errors import RagmeshError, Unavailable, rpc_status
 from services.gateway.auth import Authenticator
 from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
 
@@ -139,8 +138,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise  # the client went away: nobody to tell
             error = exc if isinstance(exc, RagmeshError) else _SHUTTING_DOWN
             if streamed:  # else the status alone says it, and Envoy may still retry
-                status = status_pb2.Status(code=error.code.value[0], message=error.message)
-                yield pb.GenerateStreamResponse(error=status)
+                yield pb.GenerateStreamResponse(error=rpc_status(error))
             raise error from None
         finally:
             self._streams.discard(task)

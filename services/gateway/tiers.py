@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from services.common import tokens
 from services.common.errors import InvalidArgument
 from services.config.gateway import MODEL_VERSION, GatewayConfig, TierConfig
+from services.contract.prompt import Source, build_prompt, plain_prompt
 from services.gateway.breaker import Breaker
-from services.gateway.prompt import Source, build_prompt, plain_prompt
+from services.triton.client import TritonClient
 from services.triton.llm import TritonLLM
 
 
@@ -86,11 +87,15 @@ class Tier:
             kept.pop()
 
 
+def _connect(target: str) -> TritonLLM:
+    return TritonLLM(TritonClient(target))
+
+
 class Tiers:
     """The declared tiers; one Triton client per distinct target, one breaker per model on it."""
 
     def __init__(
-        self, config: GatewayConfig, client: Callable[[str], TritonLLM] = TritonLLM
+        self, config: GatewayConfig, client: Callable[[str], TritonLLM] = _connect
     ) -> None:
         clients: dict[str, TritonLLM] = {}
         self._tiers: dict[str, Tier] = {}

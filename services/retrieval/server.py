@@ -16,6 +16,7 @@ from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.replication import Replicator
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import MilvusStore
+from services.triton.client import TritonClient
 from services.triton.embedder import TritonEmbedder
 
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name
@@ -60,7 +61,10 @@ def build_server(config: RetrievalConfig, tracing: TelemetryConfig) -> Retrieval
         config.milvus_uri, config.milvus_token, config.collection, config.embedding_dim
     )
     embedder = TritonEmbedder(
-        config.triton_target, config.embedder_model, config.embed_batch, config.embedding_dim
+        TritonClient(config.triton_target),
+        config.embedder_model,
+        config.embed_batch,
+        config.embedding_dim,
     )
     core = RetrievalCore(config, store, embedder, CorpusLog(config.corpus_log))
     replicator = None

@@ -1,2 +1,3 @@
-"""Everything that speaks to Triton: generation and embeddings over its gRPC API, model
-control and stub recovery, the install step and the TensorRT-LLM renderer."""
+"""Everything that speaks to Triton: one client a server (client.py: a channel and the
+generated stub), on which generation (llm.py), embeddings (embedder.py), model control and
+stub recovery (recovery.py) go; the install step and the TensorRT-LLM renderer."""

@@ -1,20 +1,49 @@
-"""Embeddings from Triton's `embedder` model over gRPC."""
+"""Embeddings from Triton's `embedder` model: raw ModelInferRequests on a TritonClient's stub.
+
+The model (triton_models/cpu/embedder/config.pbtxt) takes a batch of texts as `text`, a BYTES
+tensor of shape [n, 1], and answers `embedding`, FP32 of shape [n, dim], unit-length rows.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
 
 from services.common import telemetry
-from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.errors import Unavailable, from_status
+from services.triton.client import TritonClient, encode_bytes
 from services.triton.recovery import StubRecovery
 
 
+def _request(model: str, texts: list[str]) -> Any:
+    """The ModelInferRequest for one batch of texts."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="text", datatype="BYTES", shape=(len(texts), 1))
+    request.outputs.add(name="embedding")
+    request.raw_input_contents.append(encode_bytes(t.encode() for t in texts))
+    return request
+
+
+def _vectors(response: Any, count: int, dim: int) -> np.ndarray:
+    """The response's `embedding` rows; Unavailable if it is not `count` FP32 rows of `dim`."""
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=False):
+        if tensor.name == "embedding":
+            shape, size = list(tensor.shape), count * dim * 4
+            if tensor.datatype == "FP32" and shape == [count, dim] and len(raw) == size:
+                return np.frombuffer(raw, dtype="<f4").reshape(count, dim)
+            break
+    raise Unavailable("embedder returned an unexpected shape")
+
+
 class TritonEmbedder:
-    def __init__(self, target: str, model: str, batch: int, dim: int) -> None:
-        self._client = triton.InferenceServerClient(target)
-        self._recovery = StubRecovery(self._client)
+    """Embeds texts with `model` on `client`'s Triton; closing it closes the client."""
+
+    def __init__(self, client: TritonClient, model: str, batch: int, dim: int) -> None:
+        self._client = client
+        self._recovery = StubRecovery(client)
         self._model = model
         self._batch = batch
         self._dim = dim
@@ -28,32 +57,18 @@ class TritonEmbedder:
         return np.concatenate(rows) if rows else np.zeros((0, self._dim), np.float32)
 
     async def _embed_batch(self, texts: list[str], timeout_s: float) -> np.ndarray:
-        data = np.array([[t.encode()] for t in texts], dtype=np.object_)
-        tensor = triton.InferInput("text", list(data.shape), "BYTES")
-        tensor.set_data_from_numpy(data)
         try:
-            result = await self._client.infer(
-                self._model,
-                [tensor],
-                outputs=[triton.InferRequestedOutput("embedding")],
-                client_timeout=max(timeout_s, 0.001),
-                headers=telemetry.triton_traceparent(),
+            response = await self._client.stub.ModelInfer(
+                _request(self._model, texts),
+                timeout=max(timeout_s, 0.001),
+                metadata=tuple(telemetry.triton_traceparent().items()),
             )
-        except InferenceServerException as exc:
-            self._recovery.notice(self._model, exc.message() or "")
-            if "Deadline" in str(exc.status()):
-                raise DeadlineExceeded("embedding timed out") from exc
-            raise Unavailable(f"embedder unavailable: {exc.status()}") from exc
-        vectors = result.as_numpy("embedding")
-        if vectors is None or vectors.shape != (len(texts), self._dim):
-            raise Unavailable("embedder returned an unexpected shape")
-        return vectors.astype(np.float32, copy=False)
-
-    async def ready(self) -> bool:
-        try:
-            return bool(await self._client.is_model_ready(self._model))
-        except InferenceServerException:
-            return False
+        except grpc.aio.AioRpcError as exc:
+            self._recovery.notice(self._model, exc.details() or "")
+            raise from_status(
+                exc.code(), exc.details() or "", "embedder", timeout="embedding timed out"
+            ) from exc
+        return _vectors(response, len(texts), self._dim)
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,4 +1,4 @@
-"""Generation from a Triton LLM tier over the gRPC stream API.
+"""Generation from a Triton LLM tier over the gRPC stream API, on a TritonClient's stub.
 
 Every tier takes the tensor names of TensorRT-LLM's `inflight_batcher_llm` ensemble
 (`text_input`, `max_tokens`, `stream`, `temperature` -> `text_output`), so one client
@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import tritonclient.grpc.aio as triton
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
 
-from services.common import serving
 from services.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
     RagmeshError,
     Unavailable,
+    from_status,
 )
+from services.contract import tensors
+from services.triton.client import TritonClient, decode_bytes, encode_bytes
 from services.triton.recovery import StubRecovery
 
 
@@ -43,12 +43,8 @@ class Delta:
     finish_reason: str = ""
 
 
-_INPUTS = (
-    ("text_input", "BYTES"),
-    ("max_tokens", "INT32"),
-    ("stream", "BOOL"),
-    ("temperature", "FP32"),
-)
+# The contract's inputs that a request fills, in the order of its raw contents (_request).
+_INPUTS = tensors.wire(("text_input", "max_tokens", "stream", "temperature"))
 _SHAPE = (1, 1)  # a batch of one
 
 
@@ -62,10 +58,9 @@ def _request(
     )
     for name, datatype in _INPUTS:
         request.inputs.add(name=name, datatype=datatype, shape=_SHAPE)
-    text = prompt.encode()
     request.raw_input_contents.extend(
         [
-            struct.pack("<I", len(text)) + text,  # BYTES: a uint32 length, then the bytes
+            encode_bytes((prompt.encode(),)),
             struct.pack("<i", max_tokens),
             b"\x01" if stream else b"\x00",
             struct.pack("<f", temperature),
@@ -89,18 +84,15 @@ def _delta(response: Any) -> Delta:
 
 
 def _string(raw: bytes) -> str:
-    """A BYTES tensor's elements, joined: each is a uint32 length, then the bytes."""
-    parts, at = [], 0
-    while at + 4 <= len(raw):
-        (size,) = struct.unpack_from("<I", raw, at)
-        parts.append(raw[at + 4 : at + 4 + size])
-        at += 4 + size
-    return b"".join(parts).decode()
+    """A BYTES tensor's elements, joined."""
+    return b"".join(decode_bytes(raw)).decode()
 
 
 def _count(raw: bytes | None) -> int:
     return struct.unpack_from("<i", raw)[0] if raw and len(raw) >= 4 else -1
 
+
+_TIMED_OUT = "generation timed out"
 
 # A model names the input tensor a request got wrong ("max_tokens: must be >= 1"); the
 # request's field that fills it.
@@ -131,19 +123,19 @@ def _error(message: str, model: str, version: str) -> RagmeshError:
             field="model_version",
         )
     if "deadline" in message.lower():
-        return DeadlineExceeded("generation timed out")
+        return DeadlineExceeded(_TIMED_OUT)
     return Unavailable(f"llm unavailable: {message}")
 
 
 class TritonLLM:
-    """One Triton server's LLM models; a tier names the model (and maybe its version)."""
+    """One Triton server's LLM models, on `client`; a tier names the model (and maybe its
+    version). Closing it closes the client."""
 
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self._channel = serving.new_channel(target)
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._client = triton.InferenceServerClient(target)  # readiness and model control
-        self._recovery = StubRecovery(self._client)
+    def __init__(self, client: TritonClient) -> None:
+        self.target = client.target
+        self._client = client
+        self._stub = client.stub
+        self._recovery = StubRecovery(client)
 
     async def stream(
         self,
@@ -170,19 +162,13 @@ class TritonLLM:
                     raise _error(response.error_message, model, version)
                 yield _delta(response.infer_response)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded("generation timed out") from exc
             self._recovery.notice(model, exc.details() or "")
-            raise Unavailable(f"llm unavailable: {exc.code().name}") from exc
+            raise from_status(exc.code(), exc.details() or "", "llm", timeout=_TIMED_OUT) from exc
         finally:
             call.cancel()
 
     async def ready(self, model: str, version: str = "") -> bool:
-        try:
-            return bool(await self._client.is_model_ready(model, version))
-        except InferenceServerException:
-            return False
+        return await self._client.ready(model, version)
 
     async def close(self) -> None:
-        await self._channel.close()
         await self._client.close()

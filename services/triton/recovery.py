@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 
-import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
+import grpc
+
+from services.triton.client import TritonClient
 
 LOGGER = logging.getLogger(__name__)
 MIN_INTERVAL_S = 10.0
@@ -27,7 +28,7 @@ def stub_died(message: str) -> bool:
 class StubRecovery:
     """Reloads a model whose stub died, at most once every MIN_INTERVAL_S per model."""
 
-    def __init__(self, client: triton.InferenceServerClient) -> None:
+    def __init__(self, client: TritonClient) -> None:
         self._client = client
         self._last: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,11 +47,11 @@ class StubRecovery:
     async def _reload(self, model: str) -> None:
         LOGGER.warning("model %s lost its stub process: reloading it", model)
         try:
-            await self._client.unload_model(model)
+            await self._client.unload(model)
             deadline = time.monotonic() + UNLOAD_TIMEOUT_S
-            while await self._client.is_model_ready(model) and time.monotonic() < deadline:
+            while await self._client.ready(model) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            await self._client.load_model(model)
+            await self._client.load(model)
             LOGGER.info("model %s reloaded", model)
-        except InferenceServerException as exc:
-            LOGGER.error("reloading model %s failed: %s", model, exc.message())
+        except grpc.aio.AioRpcError as exc:
+            LOGGER.error("reloading model %s failed: %s", model, exc.details())

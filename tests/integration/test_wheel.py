@@ -53,17 +53,22 @@ def test_the_command_runs(installed: Path) -> None:
     assert "usage: ragmesh" in out
 
 
+# Imported only inside Triton's python-backend stub, which provides its module.
+IN_TRITON_ONLY = {"services.contract.backend"}
+
+
 def test_every_module_imports_from_the_wheel(installed: Path) -> None:
-    script = """
+    script = f"""
 import importlib, pkgutil, services, ragmesh
 names = []
 for package in (services, ragmesh):
     assert "site-packages" in package.__path__[0], package.__path__  # the wheel's, not ours
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        importlib.import_module(module.name)
-        names.append(module.name)
+        if module.name not in {IN_TRITON_ONLY!r}:
+            importlib.import_module(module.name)
+            names.append(module.name)
 print(len(names))
 """
     count = int(_run(installed, "-c", script, cwd=installed.parents[2]))
-    expected = len(list((ROOT / "services").rglob("*.py")))
-    assert count >= expected - 1  # services/__init__.py is the package itself
+    ours = list((ROOT / "services").rglob("*.py"))
+    assert count >= len(ours) - 1 - len(IN_TRITON_ONLY)  # less services/__init__.py itself

@@ -3,9 +3,14 @@ import pytest
 
 from services.common.errors import (
     HTTP_STATUS,
+    DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     Unauthenticated,
+    Unavailable,
+    from_status,
     http_status,
+    rpc_status,
     status_details,
 )
 from services.common.validation import check_document_id
@@ -56,6 +61,96 @@ def test_status_details_name_the_field():
     detail = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(detail)
     assert detail.field_violations[0].field == "top_k"
+    # The one builder: a stream's error event carries the same status as the trailer.
+    assert rpc_status(InvalidArgument("top_k: bad", field="top_k")) == status
+    assert not rpc_status(Unavailable("down")).details
+
+
+PASSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "passed", "kind", "message", "field"),
+    [
+        # A plane's verdict on the request keeps its status, message and field.
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_k: must be 1..50",
+            PASSED,
+            InvalidArgument,
+            "top_k: must be 1..50",
+            "top_k",
+        ),
+        (
+            grpc.StatusCode.NOT_FOUND,
+            "id: no such document",
+            PASSED,
+            NotFound,
+            "id: no such document",
+            "id",
+        ),
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "embedding timed out",
+            {grpc.StatusCode.DEADLINE_EXCEEDED},
+            DeadlineExceeded,
+            "embedding timed out",
+            "",
+        ),
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "",
+            {grpc.StatusCode.DEADLINE_EXCEEDED},
+            DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            "",
+        ),
+        # Not passed: the deadline is the call's; anything else is the server's failure.
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "Deadline Exceeded",
+            (),
+            DeadlineExceeded,
+            "plane timed out",
+            "",
+        ),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "text: bad",
+            (),
+            Unavailable,
+            "plane unavailable: INVALID_ARGUMENT",
+            "",
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "failed to connect",
+            PASSED,
+            Unavailable,
+            "plane unavailable: UNAVAILABLE",
+            "",
+        ),
+        (
+            grpc.StatusCode.INTERNAL,
+            "Stub process is not healthy",
+            (),
+            Unavailable,
+            "plane unavailable: INTERNAL",
+            "",
+        ),
+    ],
+)
+def test_a_status_is_read_back_as_one_error(code, details, passed, kind, message, field):
+    error = from_status(code, details, "plane", passed=passed)
+    assert (type(error), error.message, error.field) == (kind, message, field)
+    assert error.code == kind.code
+
+
+def test_a_timeout_may_name_the_work():
+    error = from_status(
+        grpc.StatusCode.DEADLINE_EXCEEDED, "", "llm", timeout="generation timed out"
+    )
+    assert (type(error), error.message) == (DeadlineExceeded, "generation timed out")
 
 
 @pytest.mark.parametrize("value", ["", ".", "..", "a/b", "x" * 129, "é"])

@@ -1,11 +1,15 @@
-"""ServerTelemetry: every call timed and run in its trace; spans for sampled traces only."""
+"""CallInterceptor: every call's errors mapped to its status; every ragmesh call timed and run
+in its trace; spans for sampled traces only; with telemetry off, errors mapped all the same."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -13,7 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from services.common import metrics, telemetry
-from services.common.errors import ErrorInterceptor, InvalidArgument
+from services.common.errors import InvalidArgument
+from services.common.interceptor import CallInterceptor
 
 SERVICE = "ragmesh.test.Probe"
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -23,20 +28,20 @@ CALLER_SPAN = "b7ad6b7169203331"
 class Probe:
     """A server whose one method reports the trace it ran in (or fails, when asked)."""
 
-    def __init__(self, ratio: float) -> None:
+    def __init__(self, ratio: float, enabled: bool = True) -> None:
         self.exporter = InMemorySpanExporter()
         provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
         provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.server = grpc.aio.server(
-            interceptors=[
-                telemetry.ServerTelemetry("probe", ratio, tracer_provider=provider),
-                ErrorInterceptor(),
-            ]
+        self.interceptor = CallInterceptor(
+            "probe", ratio, telemetry_on=enabled, tracer_provider=provider
         )
+        self.server = grpc.aio.server(interceptors=[self.interceptor])
 
         async def say(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             if request == b"fail":
                 raise InvalidArgument("query: must not be empty", field="query")
+            if request == b"crash":
+                raise KeyError("a secret the caller must not see")
             span = trace.get_current_span()
             recording = b"recording" if span.is_recording() else b"not-recording"
             headers = "".join(telemetry.traceparent().values())
@@ -48,6 +53,10 @@ class Probe:
         async def count(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             for _ in range(2):
                 yield telemetry.trace_id().encode()
+            if request == b"fail":
+                raise InvalidArgument("top_k: must be 1..50", field="top_k")
+            if request == b"wait":
+                await asyncio.sleep(10)
 
         self.server.add_generic_rpc_handlers(
             (
@@ -65,7 +74,9 @@ class Probe:
 
 @pytest.fixture
 async def probe(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Probe, grpc.aio.Channel]]:
-    server = Probe(request.param)
+    """A Probe sampling at `request.param`, or with telemetry off where that is None."""
+    ratio = request.param
+    server = Probe(ratio or 0.0, enabled=ratio is not None)
     await server.server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield server, channel
@@ -145,3 +156,79 @@ async def test_an_error_is_timed_and_traced_with_the_status_the_caller_gets(prob
     (span,) = server.exporter.get_finished_spans()
     # (A caller's mistake is no server error in OpenTelemetry's gRPC conventions.)
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def _field(error: grpc.aio.AioRpcError) -> str:
+    """The field named by the BadRequest detail of the call's google.rpc.Status."""
+    (details,) = [v for k, v in error.trailing_metadata() if k == "grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(details)
+    violation = error_details_pb2.BadRequest()
+    assert status.code == error.code().value[0] and status.details[0].Unpack(violation)
+    return str(violation.field_violations[0].field)
+
+
+@pytest.mark.parametrize("probe", [1.0, None], indirect=True)
+async def test_errors_are_mapped_with_telemetry_on_or_off(probe, caplog) -> None:
+    server, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _say(channel, b"fail")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "query: must not be empty"
+    assert _field(raised.value) == "query"
+    # Anything else: INTERNAL with a generic message; the traceback goes to the log only.
+    crashed, refused = _timed("Say", "INTERNAL"), _timed("Count", "INVALID_ARGUMENT")
+    logged = caplog.at_level(logging.ERROR, logger="services.common.interceptor")
+    with logged, pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _say(channel, b"crash")
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.details() == "internal error"
+    (record,) = caplog.records
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    # A stream's error after its first replies: the replies, then the status.
+    streamed = channel.unary_stream(f"/{SERVICE}/Count")(b"fail", timeout=5)
+    replies = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for reply in streamed:
+            replies.append(reply)
+    assert len(replies) == 2 and raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field(raised.value) == "top_k"
+    timed = server.interceptor._traced is not None  # telemetry on
+    assert (_timed("Say", "INTERNAL") > crashed) is timed
+    assert (_timed("Count", "INVALID_ARGUMENT") > refused) is timed
+
+
+@pytest.mark.parametrize("probe", [None], indirect=True)
+async def test_with_telemetry_off_a_call_has_no_trace_and_no_timing(probe) -> None:
+    server, channel = probe
+    before = _timed("Say", "OK")
+    trace_id, recording, onward, to_triton = await _say(
+        channel, b"hi", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    )
+    assert (trace_id, recording, onward, to_triton) == ("", "not-recording", "", "")
+    assert server.exporter.get_finished_spans() == ()
+    assert _timed("Say", "OK") == before
+
+
+@pytest.mark.parametrize("probe", [0.0], indirect=True)
+async def test_handlers_are_wrapped_once_per_method(probe) -> None:
+    server, channel = probe
+    handlers = server.interceptor._handlers
+    await _say(channel, b"hi")
+    first = handlers[f"/{SERVICE}/Say"]
+    await _say(channel, b"hi", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")  # sampled: a span
+    await _say(channel, b"hi")
+    assert list(handlers) == [f"/{SERVICE}/Say"] and handlers[f"/{SERVICE}/Say"] is first
+
+
+@pytest.mark.parametrize("probe", [0.0], indirect=True)
+async def test_a_call_its_caller_leaves_is_timed_as_cancelled(probe) -> None:
+    _, channel = probe
+    before = _timed("Count", "CANCELLED")
+    streamed = channel.unary_stream(f"/{SERVICE}/Count")(b"wait", timeout=5)
+    assert len(await streamed.read()) == 32  # the first reply, then the stream waits
+    streamed.cancel()
+    for _ in range(100):
+        if _timed("Count", "CANCELLED") > before:
+            break
+        await asyncio.sleep(0.01)
+    assert _timed("Count", "CANCELLED") > before

@@ -1,14 +1,17 @@
-"""The gateway's Triton requests and responses in Triton's raw tensor encoding."""
+"""The Triton client's requests and responses in Triton's raw tensor encoding: generation's
+(the gateway's) and embeddings' (retrieval's)."""
 
 from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from services.triton import llm
+from services.triton import embedder, llm
+from services.triton.client import decode_bytes, encode_bytes
 
 
 def test_the_triton_request_carries_raw_tensors_and_the_stream_flag() -> None:
@@ -86,3 +89,52 @@ def test_model_errors_are_told_apart_by_cause(message, version, kind, field) -> 
     assert type(error) is kind and error.field == field
     if field:
         assert error.message.startswith(f"{field}: ")
+
+
+def test_bytes_tensors_are_length_prefixed_elements() -> None:
+    items = [b"", "é ✓".encode(), b"x" * 300]
+    raw = encode_bytes(items)
+    assert raw[:4] == b"\x00\x00\x00\x00" and raw[4:8] == (6).to_bytes(4, "little")
+    assert decode_bytes(raw) == items and decode_bytes(b"") == []
+
+
+def test_the_embedding_request_carries_one_raw_bytes_tensor_of_the_batch() -> None:
+    request = embedder._request("embedder", ["tea", "Grüner Tee"])
+    assert (request.model_name, request.model_version, request.id) == ("embedder", "", "")
+    (text,) = request.inputs
+    assert (text.name, text.datatype, list(text.shape)) == ("text", "BYTES", [2, 1])
+    assert [o.name for o in request.outputs] == ["embedding"]
+    (raw,) = request.raw_input_contents
+    tea, green = b"tea", "Grüner Tee".encode()
+    assert raw == len(tea).to_bytes(4, "little") + tea + len(green).to_bytes(4, "little") + green
+    # No list-typed contents beside the raw ones: Triton takes one or the other.
+    assert not text.HasField("contents")
+
+
+def _embedding_response(rows: np.ndarray, datatype: str = "FP32", name: str = "embedding"):
+    response = service_pb2.ModelInferResponse(model_name="embedder", model_version="1")
+    response.outputs.add(name=name, datatype=datatype, shape=rows.shape)
+    response.raw_output_contents.append(rows.astype("<f4").tobytes())
+    return response
+
+
+def test_the_embedding_response_is_read_from_its_raw_output() -> None:
+    rows = np.arange(6, dtype=np.float32).reshape(2, 3) / 10
+    vectors = embedder._vectors(_embedding_response(rows), 2, 3)
+    assert vectors.dtype == np.float32 and vectors.shape == (2, 3)
+    assert np.array_equal(vectors, rows)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        _embedding_response(np.zeros((3, 3), np.float32)),  # a row too many
+        _embedding_response(np.zeros((2, 4), np.float32)),  # another model's dimension
+        _embedding_response(np.zeros((2, 3), np.float32), datatype="FP16"),
+        _embedding_response(np.zeros((2, 3), np.float32), name="other"),
+        service_pb2.ModelInferResponse(),
+    ],
+)
+def test_an_embedding_response_of_another_shape_is_unavailable(response) -> None:
+    with pytest.raises(Unavailable, match="unexpected shape"):
+        embedder._vectors(response, 2, 3)
