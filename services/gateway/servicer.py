@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
@@ -25,6 +26,8 @@ from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, 
 # The time a call keeps before its client's deadline to send how it ended: at most this,
 # and at most a tenth of the call's time.
 CLOSE_MARGIN_S = 0.25
+
+T = TypeVar("T")
 
 _CACHE_STATUS = {
     HIT: pb.CACHE_STATUS_HIT,
@@ -61,7 +64,29 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
     )
 
 
-_SHUTTING_DOWN = Unavailable("the gateway is shutting down: ask again")
+async def _until(events: AsyncGenerator[T], closing: asyncio.Event) -> AsyncIterator[T]:
+    """`events`, until `closing` is set: then Unavailable (the gateway is shutting down), the
+    generation behind them stopped. Waits on both at once, so that a shutdown never lands in
+    the middle of gRPC's write of an event."""
+    stop = asyncio.ensure_future(closing.wait())
+    step: asyncio.Future[T] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(events))
+            await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                raise Unavailable("the gateway is shutting down: ask again")
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stop.cancel()
+        if step is not None and not step.done():  # shutdown, or the client went away
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await step
+        await events.aclose()
 
 
 def _params(request: pb.GenerateRequest) -> GenerateParams:
@@ -82,8 +107,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, core: GatewayCore, auth: Authenticator) -> None:
         self._core = core
         self._auth = auth
-        self._streams: set[asyncio.Task[object]] = set()  # the tasks serving open streams
-        self._closing = False
+        self._closing = asyncio.Event()  # set at shutdown, once open streams had their grace
 
     def _call(self, context: grpc.aio.ServicerContext, budget: float | None = None) -> Call:
         """The request's tenant and budget: the client's deadline, at most `budget` (the
@@ -100,9 +124,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         """At shutdown: open streams may end on their own within `grace_s`, less the margin;
         then each still open ends with an UNAVAILABLE error event (ask again elsewhere)."""
         await asyncio.sleep(max(grace_s - CLOSE_MARGIN_S, 0.0))
-        self._closing = True
-        for task in list(self._streams):
-            task.cancel()
+        self._closing.set()
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -121,11 +143,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         call = self._call(context)
         streamed = False
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
+        events = _until(self._core.generate(call, _params(request)), self._closing)
         try:
-            async for event in self._core.generate(call, _params(request)):
+            async for event in events:
                 if isinstance(event, Answer):
                     final = _final(event, call, self._core.config.region)
                     final.ClearField("answer")  # the tokens already carried it
@@ -133,15 +153,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 else:
                     streamed = True
                     yield pb.GenerateStreamResponse(token=event)
-        except (RagmeshError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not self._closing:
-                raise  # the client went away: nobody to tell
-            error = exc if isinstance(exc, RagmeshError) else _SHUTTING_DOWN
+        except RagmeshError as error:
             if streamed:  # else the status alone says it, and Envoy may still retry
                 yield pb.GenerateStreamResponse(error=rpc_status(error))
-            raise error from None
-        finally:
-            self._streams.discard(task)
+            raise
 
     async def IngestDocuments(
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext
