@@ -7,9 +7,11 @@ probe; its success closes the breaker, its failure opens it again.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+from services.common.errors import BreakerOpen
 from services.gateway import metrics
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
@@ -66,8 +68,48 @@ class Breaker:
         """An allowed call ended without a verdict (the client went away)."""
         self._probing = False
 
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[Attempt]:
+        """One call through the breaker: BreakerOpen (UNAVAILABLE) at once when it refuses;
+        else the call's verdict as the body gives it (Attempt.succeeded or .failed), and none
+        (release) when the body gives none, whatever it raises."""
+        if not self.allow():
+            raise BreakerOpen(f"{self.name}: circuit breaker open")
+        attempt = Attempt(self)
+        try:
+            yield attempt
+        finally:
+            if not attempt.judged:
+                self.release()
+
     def _set(self, state: str) -> None:
         if state != self._state:
             metrics.BREAKER_TRANSITIONS.labels(self.name, state).inc()
         self._state = state
         metrics.BREAKER_STATE.labels(self.name).set({CLOSED: 0, HALF_OPEN: 1, OPEN: 2}[state])
+
+
+class Attempt:
+    """The verdict on one allowed call, recorded as soon as it is known (a stream's first
+    token closes a half-open breaker at once); a later failure is recorded too."""
+
+    def __init__(self, breaker: Breaker | None) -> None:
+        self._breaker = breaker
+        self.judged = False
+
+    def succeeded(self) -> None:
+        self._record(True)
+
+    def failed(self) -> None:
+        self._record(False)
+
+    def _record(self, ok: bool) -> None:
+        if self._breaker is not None:
+            self._breaker.record(ok)
+        self.judged = True
+
+
+@contextlib.contextmanager
+def unguarded() -> Iterator[Attempt]:
+    """A call that no breaker guards (a pinned model version): verdicts count nowhere."""
+    yield Attempt(None)

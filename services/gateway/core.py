@@ -1,22 +1,22 @@
 """The gateway's domain: validate, retrieve, prompt, generate, cite. Knows nothing of gRPC.
 
-Every outbound call gets the time left in the request's own budget, so a slow plane
-costs the request its deadline, never a hang. Each endpoint sits behind a circuit breaker;
-a dependency that is down degrades the answer (and says so) instead of failing it.
+A generation is one pipeline of steps, the same for a unary call and a stream: plan (validate,
+pick the tier, check the question fits), sources (retrieval, or none), the answer cache, the
+model (services/gateway/generation.py), the answer (citations, usage, why it degraded).
+Every outbound call gets the time left in the request's own budget, so a slow plane costs
+the request its deadline, never a hang. Each endpoint sits behind a circuit breaker; a
+dependency that is down degrades the answer (and says so) instead of failing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode
-from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 
 from services.common import telemetry
 from services.common.errors import (
@@ -29,114 +29,50 @@ from services.common.errors import (
 from services.common.validation import check_range, check_string_map
 from services.config.gateway import GatewayConfig
 from services.contract.prompt import Source
-from services.gateway import metrics
+from services.gateway import generation, metrics
+from services.gateway.answer import (
+    BYPASS,
+    HIT,
+    MISS,
+    Answer,
+    Call,
+    Citation,
+    Dependency,
+    GenerateParams,
+    Status,
+)
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
 from services.gateway.citations import citations
-from services.gateway.retrieval_client import RetrievalClient
-from services.gateway.tiers import Fitted, Tier, Tiers
-from services.triton.llm import Delta
+from services.gateway.retrieval_client import (
+    Chunk,
+    CorpusState,
+    Deleted,
+    Document,
+    Found,
+    RetrievalClient,
+    Written,
+)
+from services.gateway.tiers import Tier, Tiers
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
-_TRACER = trace.get_tracer("ragmesh.gateway")
 
 
 @dataclass(frozen=True)
-class Call:
-    """One request: who asks, until when, and the trace it belongs to."""
+class _Plan:
+    """What a generation will ask, decided before any call."""
 
-    tenant: str
-    deadline: float  # time.monotonic() by which the answer must be out
-    trace_id: str
-
-    @classmethod
-    def start(cls, tenant: str, budget_s: float) -> Call:
-        """In the request's span: its trace id names the request (a random one without)."""
-        trace_id = telemetry.trace_id() or secrets.token_hex(16)
-        return cls(tenant=tenant, deadline=time.monotonic() + budget_s, trace_id=trace_id)
-
-    def remaining(self) -> float:
-        """Seconds left; raises DeadlineExceeded when none are."""
-        left = self.remaining_s()
-        if left <= 0:
-            raise DeadlineExceeded("the request's deadline passed")
-        return left
-
-    def remaining_s(self) -> float:
-        """Seconds left, negative once the deadline passed."""
-        return self.deadline - time.monotonic()
+    tier: Tier
+    version: str
+    max_tokens: int
+    cacheable: bool
 
 
 @dataclass(frozen=True)
-class GenerateParams:
-    query: str
-    top_k: int = 0
-    max_tokens: int = 0
-    temperature: float = 0.0
-    filters: dict[str, str] = field(default_factory=dict)
-    tier: str = ""
-    model_version: str = ""
-    bypass_cache: bool = False
-    skip_retrieval: bool = False
-
-
-@dataclass(frozen=True)
-class Citation:
-    index: int
-    document_id: str
-    chunk_id: str
-    score: float
-    snippet: str
-
-
-@dataclass(frozen=True)
-class Dependency:
-    name: str
-    target: str
-    healthy: bool
-    detail: str
-    breaker: str = ""
-
-
-@dataclass(frozen=True)
-class Status:
-    corpus_version: str
-    corpus_region: str
-    corpus_lag: int  # -1: unknown
-    dependencies: list[Dependency]
-
-
-HIT, MISS, BYPASS = "hit", "miss", "bypass"
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    citations: list[Citation]
-    prompt_tokens: int
-    completion_tokens: int
-    model: str
-    tier: str
-    corpus_version: str
-    finish_reason: str
-    cache_status: str = BYPASS
-    degraded_reason: str = ""  # empty: not degraded
-
-    @property
-    def degraded(self) -> bool:
-        return bool(self.degraded_reason)
-
-
-@dataclass(frozen=True)
-class _Retrieved:
-    chunks: list[rpb.Chunk]
-    corpus_version: str
-    degraded_reason: str = ""
-
-
-# An attempt on a model needs at least this much time left to be worth starting.
-MIN_ATTEMPT_S = 0.05
+class _Sources:
+    found: Found
+    degraded_reason: str = ""  # why there are none: retrieval down or late
 
 
 class GatewayCore:
@@ -172,49 +108,95 @@ class GatewayCore:
         filters: dict[str, str],
         *,
         degradable: bool = False,
-    ) -> rpb.SearchResponse:
+    ) -> Found:
         """Retrieval behind its breaker: an open breaker fails fast with UNAVAILABLE.
 
         A plain search may take the request's whole deadline; a `degradable` one (a
         generation's sources, which it can answer without) at most retrieval_timeout_s.
         """
-        request = rpb.SearchRequest(
-            tenant=call.tenant,
-            query=self._check_query(query),
-            top_k=self._top_k(top_k),
-            filters=check_string_map(filters, "filters"),
-        )
-        breaker = self._retrieval_breaker
-        if not breaker.allow():
-            raise BreakerOpen("retrieval unavailable: its circuit breaker is open")
-        remaining = call.remaining()
-        timeout = min(remaining, self.config.retrieval_timeout_s) if degradable else remaining
-        try:
-            found = await self._retrieval.search(request, timeout, degradable=degradable)
-        except Unavailable:
-            breaker.record(False)
-            raise
-        except DeadlineExceeded:
-            # Late against its own budget counts; a client's short deadline does not.
-            if timeout < remaining:
-                breaker.record(False)
-            else:
-                breaker.release()
-            raise
-        except BaseException:
-            breaker.release()
-            raise
-        breaker.record(True)
+        query, top_k = self._check_query(query), self._top_k(top_k)
+        filters = check_string_map(filters, "filters")
+        with self._retrieval_breaker.attempt() as attempt:
+            remaining = call.remaining()
+            timeout = min(remaining, self.config.retrieval_timeout_s) if degradable else remaining
+            try:
+                found = await self._retrieval.search(
+                    call.tenant, query, top_k, filters, timeout, degradable=degradable
+                )
+            except Unavailable:
+                attempt.failed()
+                raise
+            except DeadlineExceeded:
+                if timeout < remaining:  # late against its own budget; a client's is not
+                    attempt.failed()
+                raise
+            attempt.succeeded()
         self._cache.saw_version(call.tenant, found.corpus_version)
         return found
 
-    async def _retrieve(self, call: Call, params: GenerateParams) -> _Retrieved:
+    async def generate(
+        self, call: Call, params: GenerateParams, *, stream: bool = True
+    ) -> AsyncGenerator[str | Answer]:
+        """Yields answer text as the model produces it, then one Answer. Not `stream`: the
+        model answers in one piece (a unary call reads no text before the end; one response
+        costs Triton, the gateway and the wire far less than one a token).
+
+        Degrades rather than fails: retrieval down or late -> a fresh cached answer, else an
+        answer without sources (or UNAVAILABLE where so configured); a tier down -> its
+        fallback tier. Every degraded Answer says why.
+        """
+        plan = self._plan(params)
+        request_span = trace.get_current_span()
+        arrived = time.monotonic()
+        sources = (
+            _Sources(Found([], "")) if params.skip_retrieval else await self._sources(call, params)
+        )
+        key = self._cache_key(call, params, plan.tier.name, sources.found.corpus_version)
+        cached = self._cached(key, plan, sources)
+        if cached is not None:
+            _annotate(request_span, call, params, sources.found, cached, self.config.region)
+            _observe(sources.found, cached, arrived)
+            yield cached.text
+            yield cached
+            return
+        answer = None
+        async for event in self._from_model(call, params, plan, sources, stream, arrived):
+            if isinstance(event, Answer):
+                answer = event
+            else:
+                yield event
+        assert answer is not None
+        if plan.cacheable and not answer.degraded:
+            self._cache.put(key, answer)
+        _annotate(request_span, call, params, sources.found, answer, self.config.region)
+        _observe(sources.found, answer, None)
+        yield answer
+
+    def _plan(self, params: GenerateParams) -> _Plan:
+        """Validates the request and decides its tier; refuses a question that cannot fit the
+        tier even without sources before any retrieval."""
+        max_tokens = check_range(
+            params.max_tokens or self.config.default_max_tokens,
+            1,
+            self.config.max_max_tokens,
+            "max_tokens",
+        )
+        if not 0.0 <= params.temperature <= 2.0:
+            raise InvalidArgument("temperature: must be 0..2", field="temperature")
+        tier = self._tiers.get(params.tier)
+        version = tier.version(params.model_version)
+        self._check_query(params.query)
+        tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
+        cacheable = params.temperature == 0.0 and not params.bypass_cache
+        return _Plan(tier, version, max_tokens, cacheable)
+
+    async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
         """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""
         try:
             found = await self.search(
                 call, params.query, params.top_k, params.filters, degradable=True
             )
-            return _Retrieved(list(found.chunks), found.corpus_version)
+            return _Sources(found)
         except (Unavailable, DeadlineExceeded) as exc:
             call.remaining()  # the request's own deadline passed: that is no degradation
             cause = (
@@ -229,7 +211,7 @@ class GatewayCore:
                     f"{cause}; this gateway refuses to answer without sources"
                 ) from exc
             version = self._cache.last_version(call.tenant) or ""
-            return _Retrieved([], version, cause)
+            return _Sources(Found([], version), cause)
 
     def _cache_key(
         self, call: Call, params: GenerateParams, tier: str, version: str
@@ -246,176 +228,66 @@ class GatewayCore:
             filters,
         )
 
-    async def generate(
-        self, call: Call, params: GenerateParams, *, stream: bool = True
-    ) -> AsyncGenerator[str | Answer]:
-        """Yields answer text as the model produces it, then one Answer. Not `stream`: the
-        model answers in one piece (a unary call reads no text before the end; one response
-        costs Triton, the gateway and the wire far less than one a token).
-
-        Degrades rather than fails: retrieval down or late -> a fresh cached answer, else an
-        answer without sources (or UNAVAILABLE where so configured); a tier down -> its
-        fallback tier. Every degraded Answer says why.
-        """
-        max_tokens = check_range(
-            params.max_tokens or self.config.default_max_tokens,
-            1,
-            self.config.max_max_tokens,
-            "max_tokens",
-        )
-        if not 0.0 <= params.temperature <= 2.0:
-            raise InvalidArgument("temperature: must be 0..2", field="temperature")
-        tier = self._tiers.get(params.tier)
-        version = tier.version(params.model_version)
-        self._check_query(params.query)
-        # A question that cannot fit even without sources is refused before any retrieval.
-        tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
-        request_span = trace.get_current_span()
-        arrived = time.monotonic()
-        cacheable = params.temperature == 0.0 and not params.bypass_cache
-        found = _Retrieved([], "") if params.skip_retrieval else await self._retrieve(call, params)
-        key = self._cache_key(call, params, tier.name, found.corpus_version)
-        cached = self._cache.get(key) if cacheable and found.corpus_version else None
-        metrics.CACHE.labels("answer", HIT if cached else MISS if cacheable else BYPASS).inc()
-        if cached is not None:
-            reason = f"{found.degraded_reason}: answer from cache" if found.degraded_reason else ""
-            if reason:
-                metrics.DEGRADED.labels("retrieval").inc()
-            hit = dataclasses.replace(cached, cache_status=HIT, degraded_reason=reason)
-            _annotate(request_span, call, params, found, hit, self.config.region)
-            _observe(found, hit, arrived)
-            yield hit.text
-            yield hit
-            return
-        reasons = (
-            [f"{found.degraded_reason}: answered without sources"] if found.degraded_reason else []
-        )
-        sources = [Source(c.document_id, c.chunk_id, c.text) for c in found.chunks]
-        # A pinned version asks for that model: no other tier stands in for it.
-        chain = [tier] if params.model_version else self._tiers.chain(tier)
-        parts: list[str] = []
-        prompt_tokens = completion_tokens = -1
-        finish_reason = ""
-        served, shown = tier, 0
-        async for answered, fitted, delta in self._stream(
-            call, chain, version, params, sources, max_tokens, stream
-        ):
-            served, shown = answered, fitted.sources
-            if delta.text:
-                if not parts:
-                    ttft = time.monotonic() - arrived
-                    metrics.TIME_TO_FIRST_TOKEN.labels(answered.name).observe(ttft)
-                parts.append(delta.text)
-                yield delta.text
-            prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
-            finish_reason = delta.finish_reason or finish_reason
-            version = delta.model_version
-        if served is not tier:
-            reasons.append(f"tier {tier.name} unavailable: answered by {served.name}")
-            metrics.DEGRADED.labels("tier").inc()
-        if found.degraded_reason:
+    def _cached(self, key: tuple[object, ...], plan: _Plan, sources: _Sources) -> Answer | None:
+        """A fresh cached answer to the same request on the same corpus version, if any."""
+        version = sources.found.corpus_version
+        cached = self._cache.get(key) if plan.cacheable and version else None
+        metrics.CACHE.labels("answer", HIT if cached else MISS if plan.cacheable else BYPASS).inc()
+        if cached is None:
+            return None
+        reason = f"{sources.degraded_reason}: answer from cache" if sources.degraded_reason else ""
+        if reason:
             metrics.DEGRADED.labels("retrieval").inc()
-        text = "".join(parts)
-        cited = citations(text, sources[:shown])  # only sources the prompt held
-        answer = Answer(
-            text=text,
-            citations=[_citation(n, found.chunks[n - 1]) for n in cited],
-            prompt_tokens=max(prompt_tokens, 0),
-            completion_tokens=max(completion_tokens, 0),
-            model=f"{served.config.model}/{version}" if version else served.config.model,
-            tier=served.name,
-            corpus_version=found.corpus_version,
-            finish_reason=finish_reason,
-            cache_status=MISS if cacheable else BYPASS,
-            degraded_reason="; ".join(reasons),
-        )
-        if cacheable and not answer.degraded:
-            self._cache.put(key, answer)
-        _annotate(request_span, call, params, found, answer, self.config.region)
-        _observe(found, answer, None)
-        yield answer
+        return dataclasses.replace(cached, cache_status=HIT, degraded_reason=reason)
 
-    async def _stream(
+    async def _from_model(
         self,
         call: Call,
-        chain: list[Tier],
-        pinned: str,
         params: GenerateParams,
-        sources: list[Source],
-        max_tokens: int,
+        plan: _Plan,
+        sources: _Sources,
         stream: bool,
-    ) -> AsyncIterator[tuple[Tier, Fitted, Delta]]:
-        """Deltas from the first tier and endpoint that answers, in order of preference, each
-        with its tier and the prompt fitted to it.
+        arrived: float,
+    ) -> AsyncGenerator[str | Answer]:
+        """The model's text as it comes, then the Answer: citations of the sources its prompt
+        held, usage, the tier and version that answered, and why it degraded."""
+        chunks = sources.found.chunks
+        prompt_sources = [Source(c.document_id, c.chunk_id, c.text) for c in chunks]
+        # A pinned version asks for that model: no other tier stands in for it.
+        chain = [plan.tier] if params.model_version else self._tiers.chain(plan.tier)
+        parts: list[str] = []
+        served, version, shown, last = plan.tier, plan.version, 0, None
+        async for step in generation.generate(
+            call, chain, plan.version, params, prompt_sources, plan.max_tokens, stream
+        ):
+            served, shown, last = step.tier, step.fitted.sources, step.delta
+            if step.delta.text:
+                if not parts:
+                    ttft = time.monotonic() - arrived
+                    metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(ttft)
+                parts.append(step.delta.text)
+                yield step.delta.text
+        if last is not None:
+            version = last.model_version
+        fallback_from = plan.tier.name if served is not plan.tier else ""
+        text = "".join(parts)
+        yield Answer(
+            text=text,
+            citations=[
+                _citation(n, chunks[n - 1]) for n in citations(text, prompt_sources[:shown])
+            ],
+            prompt_tokens=max(last.prompt_tokens, 0) if last else 0,
+            completion_tokens=max(last.completion_tokens, 0) if last else 0,
+            model=f"{served.config.model}/{version}" if version else served.config.model,
+            tier=served.name,
+            corpus_version=sources.found.corpus_version,
+            finish_reason=last.finish_reason if last is not None else "",
+            cache_status=MISS if plan.cacheable else BYPASS,
+            degraded_reason=_degraded(sources, fallback_from, served.name),
+            fallback_from=fallback_from,
+        )
 
-        An endpoint that fails before its first delta costs the client nothing: the next one
-        is tried while the deadline allows. One that fails after it has streamed ends the
-        response with UNAVAILABLE (DEADLINE_EXCEEDED when the request's deadline cut it),
-        never with a clean end. The request's own mistakes (a prompt that cannot fit, a
-        pinned version not served) raise at once: no other tier or endpoint is tried.
-        """
-        errors: list[str] = []
-        for tier in chain:
-            fitted = tier.prompt(
-                params.query, sources, max_tokens, grounded=not params.skip_retrieval
-            )
-            version = pinned if tier is chain[0] else tier.config.version
-            for endpoint in tier.endpoints:
-                # A pinned version (a canary, say) bypasses the breakers: its failures say
-                # nothing about the version the tier's other traffic gets.
-                breaker = None if params.model_version else endpoint.breaker
-                if breaker is not None and not breaker.allow():
-                    errors.append(f"{endpoint.breaker.name}: breaker open")
-                    continue
-                if call.remaining() < MIN_ATTEMPT_S:
-                    if breaker is not None:
-                        breaker.release()
-                    raise DeadlineExceeded("the request's deadline passed")
-                started = False
-                span = _chat_span(tier, endpoint.llm.target, params, fitted.max_tokens)
-                last: Delta | None = None
-                try:
-                    async for delta in endpoint.llm.stream(
-                        tier.config.model,
-                        version,
-                        fitted.prompt,
-                        max_tokens=fitted.max_tokens,
-                        temperature=params.temperature,
-                        stream=stream,
-                        timeout_s=call.remaining(),
-                        headers=telemetry.triton_traceparent(span),
-                    ):
-                        last = delta
-                        if not started:
-                            started = True
-                            if breaker is not None:
-                                breaker.record(True)
-                        yield tier, fitted, delta
-                except (Unavailable, DeadlineExceeded) as exc:
-                    span.set_status(StatusCode.ERROR, exc.message)
-                    # The request's own deadline is not the endpoint's failure.
-                    late = call.remaining_s() < MIN_ATTEMPT_S
-                    late = late and isinstance(exc, DeadlineExceeded)
-                    if breaker is not None:
-                        breaker.release() if late else breaker.record(False)
-                    if started:
-                        kind = DeadlineExceeded if late else Unavailable
-                        raise kind(f"generation failed after it started: {exc.message}") from exc
-                    call.remaining()
-                    errors.append(f"{endpoint.breaker.name}: {exc.message}")
-                    continue
-                except BaseException:
-                    if breaker is not None and not started:
-                        breaker.release()
-                    raise
-                finally:
-                    _end_chat(span, last)
-                if breaker is not None and not started:
-                    breaker.record(True)
-                return
-        raise Unavailable("no model could answer: " + "; ".join(errors))
-
-    async def ingest(self, call: Call, documents: list[rpb.Document]) -> rpb.UpsertResponse:
+    async def ingest(self, call: Call, documents: list[Document]) -> Written:
         limit = self.config.max_documents_per_request
         if not 1 <= len(documents) <= limit:
             raise InvalidArgument(f"documents: must hold 1..{limit} documents", field="documents")
@@ -427,12 +299,10 @@ class GatewayCore:
                     f"{name}: {size} bytes, over the limit of {self.config.max_document_bytes}",
                     field=name,
                 )
-        request = rpb.UpsertRequest(tenant=call.tenant, documents=documents)
-        return await self._retrieval.upsert(request, call.remaining())
+        return await self._retrieval.upsert(call.tenant, documents, call.remaining())
 
-    async def delete(self, call: Call, document_id: str) -> rpb.DeleteResponse:
-        request = rpb.DeleteRequest(tenant=call.tenant, document_id=document_id)
-        return await self._retrieval.delete(request, call.remaining())
+    async def delete(self, call: Call, document_id: str) -> Deleted:
+        return await self._retrieval.delete(call.tenant, document_id, call.remaining())
 
     async def status(self, call: Call) -> Status:
         """The tenant's corpus version (and its replica's lag), and each dependency's health."""
@@ -442,7 +312,7 @@ class GatewayCore:
             corpus = await self._retrieval.version(call.tenant, min(call.remaining(), 2.0))
             retrieval = Dependency("retrieval", target, True, "serving", breaker.state)
         except RagmeshError as exc:
-            corpus = rpb.GetCorpusVersionResponse()
+            corpus = CorpusState("", "", 0)
             retrieval = Dependency("retrieval", target, False, exc.message, breaker.state)
         models = []
         for tier in self._tiers.all():
@@ -460,12 +330,24 @@ class GatewayCore:
         return Status(
             corpus_version=corpus.corpus_version,
             corpus_region=corpus.region,
-            corpus_lag=corpus.lag if corpus.lag_known else -1,
+            corpus_lag=corpus.lag,
             dependencies=[retrieval, *models],
         )
 
 
-def _observe(found: _Retrieved, answer: Answer, arrived: float | None) -> None:
+def _degraded(sources: _Sources, fallback_from: str, served: str) -> str:
+    """Why an answer from the model is degraded; "" when it is not. Counts it, too."""
+    reasons = []
+    if sources.degraded_reason:
+        reasons.append(f"{sources.degraded_reason}: answered without sources")
+        metrics.DEGRADED.labels("retrieval").inc()
+    if fallback_from:
+        reasons.append(f"tier {fallback_from} unavailable: answered by {served}")
+        metrics.DEGRADED.labels("tier").inc()
+    return "; ".join(reasons)
+
+
+def _observe(found: Found, answer: Answer, arrived: float | None) -> None:
     """Metrics of one answer; `arrived` for a cached one, whose text is out at once."""
     if arrived is not None:
         metrics.TIME_TO_FIRST_TOKEN.labels(answer.tier).observe(time.monotonic() - arrived)
@@ -476,64 +358,24 @@ def _observe(found: _Retrieved, answer: Answer, arrived: float | None) -> None:
         metrics.RETRIEVAL_TOP_SCORE.observe(max(c.score for c in found.chunks))
 
 
-def _chat_span(tier: Tier, target: str, params: GenerateParams, max_tokens: int) -> trace.Span:
-    """A generation attempt, with the OpenTelemetry GenAI attributes. Not made current: it
-    lives across the stream's yields; Triton joins it through the traceparent header.
-    An invalid span in an unsampled trace: nothing to record."""
-    if not trace.get_current_span().is_recording():
-        return trace.INVALID_SPAN
-    return _TRACER.start_span(
-        f"chat {tier.config.model}",
-        kind=trace.SpanKind.CLIENT,
-        attributes={
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "triton",
-            "gen_ai.request.model": tier.config.model,
-            "gen_ai.request.max_tokens": max_tokens,
-            "gen_ai.request.temperature": params.temperature,
-            "server.address": target,
-            "ragmesh.tier": tier.name,
-        },
-    )
-
-
-def _end_chat(span: trace.Span, last: Delta | None) -> None:
-    if last is not None:
-        span.set_attributes(
-            {
-                "gen_ai.usage.input_tokens": max(last.prompt_tokens, 0),
-                "gen_ai.usage.output_tokens": max(last.completion_tokens, 0),
-                "gen_ai.response.finish_reasons": [last.finish_reason]
-                if last.finish_reason
-                else [],
-            }
-        )
-    span.end()
-
-
 def _annotate(
     span: trace.Span,
     call: Call,
     params: GenerateParams,
-    found: _Retrieved,
+    found: Found,
     answer: Answer,
     region: str,
 ) -> None:
     """The request's span gets what it was and how it went; hashes, never text."""
     if not span.is_recording():  # an unsampled trace: spare the hashing
         return
+    routing = "fallback" if answer.fallback_from else "requested" if params.tier else "default"
     span.set_attributes(
         {
             "ragmesh.tenant": telemetry.digest(call.tenant),
             "ragmesh.region": region,
             "ragmesh.tier": answer.tier,
-            "ragmesh.routing_reason": (
-                "fallback"
-                if "answered by" in answer.degraded_reason
-                else "requested"
-                if params.tier
-                else "default"
-            ),
+            "ragmesh.routing_reason": routing,
             "ragmesh.cache_status": answer.cache_status,
             "ragmesh.degraded": answer.degraded,
             "ragmesh.degraded_reason": answer.degraded_reason,
@@ -551,7 +393,7 @@ def _annotate(
     )
 
 
-def _citation(n: int, chunk: rpb.Chunk) -> Citation:
+def _citation(n: int, chunk: Chunk) -> Citation:
     snippet = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS] + "…"
     return Citation(
         index=n,

@@ -1,8 +1,10 @@
-"""The gateway's client of the retrieval plane; maps its failures to gateway errors."""
+"""The gateway's client of the retrieval plane: plain values in and out, its failures mapped
+to the gateway's errors (the caller's own mistakes keep their status)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -25,6 +27,57 @@ _PASSED_THROUGH = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Document:
+    """A document to store: its text is chunked and embedded by retrieval."""
+
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A retrieved chunk; `score` is the cosine similarity to the query (-1..1)."""
+
+    document_id: str
+    chunk_id: str  # "<document_id>#<index>"
+    score: float
+    text: str
+    title: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Found:
+    chunks: list[Chunk]  # best first
+    corpus_version: str
+
+
+@dataclass(frozen=True)
+class Written:
+    documents: int
+    chunks: int
+    corpus_version: str
+
+
+@dataclass(frozen=True)
+class Deleted:
+    deleted: bool
+    corpus_version: str
+
+
+@dataclass(frozen=True)
+class CorpusState:
+    """A tenant's corpus version at the replica that answered, its region, and how many log
+    entries that replica is behind the governance point (-1: not known)."""
+
+    corpus_version: str
+    region: str
+    lag: int
+
+
 class RetrievalClient:
     def __init__(self, target: str) -> None:
         self._channel = new_channel(target)
@@ -45,25 +98,46 @@ class RetrievalClient:
             details = exc.details() or ""
             raise from_status(exc.code(), details, "retrieval", passed=_PASSED_THROUGH) from exc
 
-    async def upsert(self, request: pb.UpsertRequest, timeout_s: float) -> pb.UpsertResponse:
-        return await self._call(self._stub.Upsert, request, timeout_s)
+    async def upsert(self, tenant: str, documents: list[Document], timeout_s: float) -> Written:
+        request = pb.UpsertRequest(
+            tenant=tenant,
+            documents=[
+                pb.Document(id=d.id, title=d.title, text=d.text, metadata=d.metadata)
+                for d in documents
+            ],
+        )
+        reply = await self._call(self._stub.Upsert, request, timeout_s)
+        return Written(reply.documents, reply.chunks, reply.corpus_version)
 
-    async def delete(self, request: pb.DeleteRequest, timeout_s: float) -> pb.DeleteResponse:
-        return await self._call(self._stub.Delete, request, timeout_s)
+    async def delete(self, tenant: str, document_id: str, timeout_s: float) -> Deleted:
+        request = pb.DeleteRequest(tenant=tenant, document_id=document_id)
+        reply = await self._call(self._stub.Delete, request, timeout_s)
+        return Deleted(reply.deleted, reply.corpus_version)
 
     async def search(
-        self, request: pb.SearchRequest, timeout_s: float, *, degradable: bool = False
-    ) -> pb.SearchResponse:
+        self,
+        tenant: str,
+        query: str,
+        top_k: int,
+        filters: dict[str, str],
+        timeout_s: float,
+        *,
+        degradable: bool = False,
+    ) -> Found:
+        """`degradable`: the caller answers without it (Envoy gives each region half)."""
+        request = pb.SearchRequest(tenant=tenant, query=query, top_k=top_k, filters=filters)
         extra = (DEGRADABLE,) if degradable else ()
-        return await self._call(self._stub.Search, request, timeout_s, extra)
+        reply = await self._call(self._stub.Search, request, timeout_s, extra)
+        chunks = [
+            Chunk(c.document_id, c.chunk_id, c.score, c.text, c.title, dict(c.metadata))
+            for c in reply.chunks
+        ]
+        return Found(chunks, reply.corpus_version)
 
-    async def version(self, tenant: str, timeout_s: float) -> pb.GetCorpusVersionResponse:
-        """The tenant's corpus version at the replica that answers, with its region and lag."""
-        return await self._call(
-            self._stub.GetCorpusVersion,
-            pb.GetCorpusVersionRequest(tenant=tenant),
-            timeout_s,
-        )
+    async def version(self, tenant: str, timeout_s: float) -> CorpusState:
+        request = pb.GetCorpusVersionRequest(tenant=tenant)
+        reply = await self._call(self._stub.GetCorpusVersion, request, timeout_s)
+        return CorpusState(reply.corpus_version, reply.region, reply.lag if reply.lag_known else -1)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -15,13 +15,14 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
-from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from services.common.errors import RagmeshError, Unavailable, rpc_status
+from services.gateway.answer import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 from services.gateway.auth import Authenticator
-from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
+from services.gateway.core import GatewayCore
+from services.gateway.retrieval_client import Document
 
 # The time a call keeps before its client's deadline to send how it ended: at most this,
 # and at most a tenth of the call's time.
@@ -162,7 +163,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.IngestDocumentsResponse:
         documents = [
-            rpb.Document(id=d.id, title=d.title, text=d.text, metadata=d.metadata)
+            Document(id=d.id, title=d.title, text=d.text, metadata=dict(d.metadata))
             for d in request.documents
         ]
         call = self._call(context, self._core.config.write_timeout_s)

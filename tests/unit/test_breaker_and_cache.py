@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from services.common.errors import BreakerOpen
 from services.gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from services.gateway.cache import AnswerCache
 
@@ -55,6 +58,27 @@ def test_a_probe_without_verdict_frees_the_way_for_the_next() -> None:
     assert breaker.allow()
     breaker.release()  # the client went away
     assert breaker.allow()
+
+
+def test_an_attempt_is_refused_open_judged_by_its_body_or_released() -> None:
+    clock = Clock()
+    breaker = Breaker("t4", failures=1, open_s=1.0, clock=clock)
+    with breaker.attempt() as attempt:
+        attempt.failed()
+    assert breaker.state == OPEN
+    with pytest.raises(BreakerOpen, match="t4"), breaker.attempt():
+        pass
+    clock.now += 2
+    with pytest.raises(ValueError), breaker.attempt():  # the probe ends without a verdict
+        raise ValueError("the client went away")
+    with breaker.attempt() as attempt:  # so the next one may probe
+        attempt.succeeded()
+        attempt.failed()  # a stream that failed after its first token: both count
+    assert breaker.state == OPEN
+    clock.now += 2
+    with breaker.attempt() as attempt:
+        attempt.succeeded()
+    assert breaker.state == CLOSED
 
 
 def test_cache_answers_until_the_ttl_then_forgets() -> None:

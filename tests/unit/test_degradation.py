@@ -12,11 +12,12 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
-from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.config.gateway import GatewayConfig
-from services.gateway.core import BYPASS, HIT, MISS, Answer, Call, GatewayCore, GenerateParams
+from services.gateway.answer import BYPASS, HIT, MISS, Answer, Call, GenerateParams
+from services.gateway.core import GatewayCore
+from services.gateway.retrieval_client import Chunk, Found
 from services.gateway.tiers import Tiers
 from services.triton.llm import Delta
 
@@ -30,13 +31,12 @@ class FakeRetrieval:
         self.calls = 0
         self.asked: list[tuple[float, bool]] = []  # (timeout_s, degradable) of each call
 
-    async def search(self, request, timeout_s, *, degradable=False) -> rpb.SearchResponse:
+    async def search(self, tenant, query, top_k, filters, timeout_s, *, degradable=False) -> Found:
         self.calls += 1
         self.asked.append((timeout_s, degradable))
         if self.down is not None:
             raise self.down
-        chunk = rpb.Chunk(document_id="tea", chunk_id="tea#0", score=0.9, text="Brew at 80 C.")
-        return rpb.SearchResponse(chunks=[chunk], corpus_version=self.version)
+        return Found([Chunk("tea", "tea#0", 0.9, "Brew at 80 C.", "Tea", {})], self.version)
 
 
 class FakeLLM:

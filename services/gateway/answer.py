@@ -1,0 +1,96 @@
+"""The gateway's domain values: a request (who, until when, what) and what it gets back."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from services.common import telemetry
+from services.common.errors import DeadlineExceeded
+
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: who asks, until when, and the trace it belongs to."""
+
+    tenant: str
+    deadline: float  # time.monotonic() by which the answer must be out
+    trace_id: str
+
+    @classmethod
+    def start(cls, tenant: str, budget_s: float) -> Call:
+        """In the request's span: its trace id names the request (a random one without)."""
+        trace_id = telemetry.trace_id() or secrets.token_hex(16)
+        return cls(tenant=tenant, deadline=time.monotonic() + budget_s, trace_id=trace_id)
+
+    def remaining(self) -> float:
+        """Seconds left; raises DeadlineExceeded when none are."""
+        left = self.remaining_s()
+        if left <= 0:
+            raise DeadlineExceeded("the request's deadline passed")
+        return left
+
+    def remaining_s(self) -> float:
+        """Seconds left, negative once the deadline passed."""
+        return self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    query: str
+    top_k: int = 0
+    max_tokens: int = 0
+    temperature: float = 0.0
+    filters: dict[str, str] = field(default_factory=dict)
+    tier: str = ""
+    model_version: str = ""
+    bypass_cache: bool = False
+    skip_retrieval: bool = False
+
+
+@dataclass(frozen=True)
+class Citation:
+    index: int  # the source's number in the prompt, as the answer cites it: [n]
+    document_id: str
+    chunk_id: str
+    score: float
+    snippet: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: list[Citation]
+    prompt_tokens: int
+    completion_tokens: int
+    model: str  # "<model>/<version>"
+    tier: str  # the tier that answered
+    corpus_version: str
+    finish_reason: str  # the model's: "stop", "length"; "" where it reports none
+    cache_status: str = BYPASS
+    degraded_reason: str = ""  # empty: not degraded
+    fallback_from: str = ""  # the tier asked for, when it was down and `tier` answered
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reason)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    name: str
+    target: str
+    healthy: bool
+    detail: str
+    breaker: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    corpus_version: str
+    corpus_region: str
+    corpus_lag: int  # -1: unknown
+    dependencies: list[Dependency]
