@@ -96,6 +96,8 @@ test: install browser ## run lint, types, unit and integration tests
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy services loadtest
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n \
+		services triton_models loadtest tests
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench

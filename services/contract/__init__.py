@@ -4,6 +4,7 @@
 - `tensors`: the names and datatypes of a tier's tensors, those of TensorRT-LLM's
   `inflight_batcher_llm` ensemble (`text_input`, `max_tokens`, ... -> `text_output`), which
   the gateway's requests, the models' config.pbtxt files and the models themselves use.
+- `documents`: a document as the gateway sends it and retrieval stores it.
 - `backend`: the python-backend side of that contract (reading a request's tensors, answering
   with the output tensors or an error), shared by the models in triton_models/cpu/.
 

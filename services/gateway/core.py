@@ -28,6 +28,7 @@ from services.common.errors import (
 )
 from services.common.validation import check_range, check_string_map
 from services.config.gateway import GatewayConfig
+from services.contract.documents import Document
 from services.contract.prompt import Source
 from services.gateway import generation, metrics
 from services.gateway.answer import (
@@ -48,7 +49,6 @@ from services.gateway.retrieval_client import (
     Chunk,
     CorpusState,
     Deleted,
-    Document,
     Found,
     RetrievalClient,
     Written,

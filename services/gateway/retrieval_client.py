@@ -4,7 +4,7 @@ to the gateway's errors (the caller's own mistakes keep their status)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -14,6 +14,7 @@ from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 from services.common import telemetry
 from services.common.errors import from_status
 from services.common.serving import DEGRADABLE, new_channel
+from services.contract.documents import Document
 
 R = TypeVar("R")
 
@@ -25,16 +26,6 @@ _PASSED_THROUGH = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
-
-
-@dataclass(frozen=True)
-class Document:
-    """A document to store: its text is chunked and embedded by retrieval."""
-
-    id: str
-    title: str
-    text: str
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

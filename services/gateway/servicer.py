@@ -19,10 +19,10 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from services.common.errors import RagmeshError, Unavailable, rpc_status
+from services.contract.documents import Document
 from services.gateway.answer import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 from services.gateway.auth import Authenticator
 from services.gateway.core import GatewayCore
-from services.gateway.retrieval_client import Document
 
 # The time a call keeps before its client's deadline to send how it ended: at most this,
 # and at most a tenth of the call's time.

@@ -14,7 +14,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -31,6 +31,7 @@ from services.common.validation import (
     check_tenant,
 )
 from services.config.retrieval import RetrievalConfig
+from services.contract.documents import Document
 from services.retrieval import metrics
 from services.retrieval.chunking import Chunker
 from services.retrieval.corpus_log import CorpusLog
@@ -51,14 +52,6 @@ LOG_PAGE = 256
 PULL_MAX_BYTES = MAX_MESSAGE_BYTES // 2
 MAX_ENTRY_BYTES = MAX_MESSAGE_BYTES // 2
 MAX_REASON_CHARS = 300
-
-
-@dataclass(frozen=True)
-class Document:
-    id: str
-    title: str
-    text: str
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import grpc
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
-from services.retrieval.core import Document, RetrievalCore
+from services.contract.documents import Document
+from services.retrieval.core import RetrievalCore
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_PULL = 256

@@ -14,7 +14,7 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from store_cores import DIM, core
 
 from services.common.errors import InvalidArgument
-from services.retrieval.core import Document
+from services.contract.documents import Document
 from services.retrieval.replication import Replicator
 
 pytestmark = pytest.mark.integration

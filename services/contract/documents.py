@@ -1,0 +1,17 @@
+"""A document as the gateway sends it to retrieval and retrieval stores it: the internal
+retrieval API's `Document` in plain Python, so that neither plane passes protobufs around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Document:
+    """`text` is chunked and embedded by retrieval; `title` is stored whole and embedded with
+    each chunk; `metadata` holds identifier keys and short printable values (filters)."""
+
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, str] = field(default_factory=dict)
