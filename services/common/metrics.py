@@ -1,9 +1,9 @@
 """Prometheus metrics every service shares: per-layer request latency and outcome.
 
-Each service serves its metrics on 127.0.0.1 (`metrics_port` of its section);
-`telemetry.ServerTelemetry` times every call of the ragmesh APIs and labels it with the
-gRPC status the caller gets. Buckets are dense from 5 ms to 30 s, so p95 and p99 are
-readable at every layer, from a cache hit to a CPU LLM's answer.
+Each service serves its metrics on 127.0.0.1 (`metrics_port` of its section); the one
+server interceptor (services/common/interceptor.py) times every call of the ragmesh APIs
+and labels it with the gRPC status the caller gets. Buckets are dense from 5 ms to 30 s, so
+p95 and p99 are readable at every layer, from a cache hit to a CPU LLM's answer.
 """
 
 from __future__ import annotations
