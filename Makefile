@@ -49,7 +49,7 @@ $(MODELS_VENV)/.installed: $(MODELS_REQUIREMENTS) $(MODELS_WEIGHTS) pyproject.to
 
 .PHONY: install
 install: $(BIN)/.installed $(MODELS_VENV)/.installed build/gen/.stamp ## create both venvs, install everything, generate code
-	$(BIN)/python -m services.triton.dist build/triton
+	$(BIN)/python -m services.triton.install build/triton
 
 build/gen/.stamp: $(BIN)/.installed $(wildcard protos/ragmesh/v1/*.proto protos/ragmesh/retrieval/v1/*.proto)
 	$(BIN)/python -m services.common.protogen protos build/gen

@@ -12,7 +12,7 @@
 -- gRPC request gets gRPC's trailers-only answer (grpc-status 3), a JSON one HTTP 400 with
 -- {"code": 3, "message": ...}; each message starts with the header, "body" or the field.
 --
--- edge.render prepends the generated schema, from the descriptor set's google.api.http rules:
+-- services.edge.render prepends the generated schema, from the descriptor set's google.api.http rules:
 --   ROUTES[method][path] = the body's kind (below) for exact paths
 --   PATTERNS = { {method, anchored lua pattern, kind}, ... } for templated paths
 --   MESSAGES[message][json key] = kind, where kind is

@@ -36,9 +36,9 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
-from services.client.documents import read_document
+from services.client.files import read_document
 from services.client.gateway import Client
-from services.client.sample_corpus import harvest
+from services.client.sample_corpus import QUESTIONS, harvest
 from services.config.mesh import MeshConfig
 from services.config.regions import first
 from services.supervisor.launcher import ROOT, Mesh, isolated
@@ -46,18 +46,6 @@ from services.supervisor.launcher import ROOT, Mesh, isolated
 TIER = "standard"
 MAX_TOKENS = 64
 # Questions the sample corpus (the standard library's docstrings) answers.
-QUESTIONS = (
-    "How do I parse a JSON string into a Python object?",
-    "What does functools.lru_cache do?",
-    "How do I create a temporary directory that is removed afterwards?",
-    "How can I run a command in a subprocess and capture its output?",
-    "What is a named tuple and how do I make one?",
-    "How do I read rows from a CSV file?",
-    "How do I match a regular expression at the start of a string?",
-    "What is the difference between a deque and a list?",
-    "How do I copy a directory tree?",
-    "How do I format a datetime as an ISO 8601 string?",
-)
 
 
 @dataclass(frozen=True)

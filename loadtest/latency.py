@@ -24,20 +24,12 @@ from pathlib import Path
 
 from ragmesh.v1 import gateway_pb2 as pb
 
-from services.client.documents import read_document
+from services.client.files import read_document
 from services.client.gateway import Client
-from services.client.sample_corpus import harvest
+from services.client.sample_corpus import QUESTIONS, harvest
 from services.config.mesh import MeshConfig
 from services.config.regions import first
 from services.supervisor.launcher import ROOT, Mesh, isolated
-
-QUESTIONS = (
-    "How do I parse a JSON string?",
-    "What does functools.lru_cache do?",
-    "How do I create a temporary directory?",
-    "How can I run a command in a subprocess and capture its output?",
-    "What is a named tuple?",
-)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -30,20 +30,15 @@ from locust import User, between, task
 grpc_gevent.init_gevent()
 
 ROOT = Path(__file__).resolve().parents[1]
-# The generated stubs (`make gen`); this venv has no .pth file pointing at them.
-sys.path.insert(0, str(ROOT / "build" / "gen"))
+# The generated stubs (`make gen`) and the sample corpus's questions (standard library only);
+# this venv has neither installed.
+sys.path[:0] = [str(ROOT / "build" / "gen"), str(ROOT)]
 from ragmesh.v1 import gateway_pb2 as pb  # noqa: E402
 from ragmesh.v1 import gateway_pb2_grpc  # noqa: E402
 
+from services.client.sample_corpus import QUESTIONS  # noqa: E402
+
 TIMEOUT_S = 30.0
-QUESTIONS = (
-    "How do I parse a JSON string?",
-    "What does functools.lru_cache do?",
-    "How do I create a temporary directory?",
-    "How can I run a command in a subprocess and capture its output?",
-    "What is a named tuple?",
-    "How do I read a CSV file?",
-)
 SEARCHES = ("json decoder", "temporary directory", "ordered dictionary", "regular expression")
 
 

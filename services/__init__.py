@@ -1,1 +1,2 @@
-"""ragmesh's Python planes: gateway, retrieval, the mesh launcher and the CLI."""
+"""ragmesh's Python code, one room per concern (docs/architecture.md): config, contract,
+common, triton, client, the planes (gateway, retrieval, console, edge), supervisor, cli."""

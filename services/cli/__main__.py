@@ -7,6 +7,8 @@ ragmesh search "json decoder"
 ragmesh status
 ragmesh slo [--window 30]       p95/p99 per layer against the SLO budgets
 ragmesh gate RUN.csv            a load run against the SLO budgets (exit 1 on a breach)
+ragmesh hash-key KEY            the digest to put under gateway.api_keys
+ragmesh gpu-render ...          render triton_models/trtllm for a GPU node (--help)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import grpc
 from ragmesh.v1 import gateway_pb2 as pb
 
-from services.client.documents import find_files, read_document
+from services.client.files import find_files, read_document
 from services.client.gateway import Client
 from services.common.errors import http_status
 from services.config.mesh import MeshConfig
@@ -64,7 +66,7 @@ def cmd_ask(args: argparse.Namespace) -> None:
         f"cache {pb.CacheStatus.Name(final.cache_status).removeprefix('CACHE_STATUS_').lower()}, "
         f"tokens {final.usage.prompt_tokens}+{final.usage.completion_tokens}, "
         f"finish {final.finish_reason or 'not reported'}, "
-        f"corpus v{final.corpus_version}, "
+        f"corpus v{final.corpus_version or '-'}, "
         f"trace {final.trace_id}"
     )
     if final.degraded:
@@ -214,7 +216,7 @@ def main() -> None:
     if args.command == "gpu-render":
         from services.triton import trtllm
 
-        sys.exit(trtllm.main(rest))
+        sys.exit(trtllm.main(rest, prog="ragmesh gpu-render"))
     if rest:
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:

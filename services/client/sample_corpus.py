@@ -18,6 +18,19 @@ MODULES = (
     "uuid", "zipfile",
 )  # fmt: skip
 MAX_CHARS = 12_000  # bounds the first ingest's embedding time on a 2-core machine
+# Questions the sample corpus answers, for the load tools and benchmarks.
+QUESTIONS = (
+    "How do I parse a JSON string into a Python object?",
+    "What does functools.lru_cache do?",
+    "How do I create a temporary directory that is removed afterwards?",
+    "How can I run a command in a subprocess and capture its output?",
+    "What is a named tuple and how do I make one?",
+    "How do I read rows from a CSV file?",
+    "How do I match a regular expression at the start of a string?",
+    "What is the difference between a deque and a list?",
+    "How do I copy a directory tree?",
+    "How do I format a datetime as an ISO 8601 string?",
+)
 
 
 def _members(module: object) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import uvloop
@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
 from services.common.interceptor import CallInterceptor
+from services.config.mesh import MeshConfig
 from services.config.telemetry import TelemetryConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -129,6 +130,35 @@ async def stop_draining(
         await server.stop(grace_s)
         return
     await asyncio.gather(server.stop(grace_s), drain(grace_s))
+
+
+class PlaneServer(Protocol):
+    """What a gRPC plane's build_server returns."""
+
+    port: int
+
+    async def serve(self) -> None: ...
+
+
+def run_plane(plane: str, build: Callable[[Any, TelemetryConfig], PlaneServer]) -> None:
+    """A gRPC plane's entry point, `python -m services.<plane>`: its section of the mesh
+    config (`build(section, telemetry)` makes its server), its telemetry set up, served until
+    a signal, and queued spans exported on the way out."""
+
+    async def serve(config_path: str) -> None:
+        mesh = MeshConfig.load(config_path)
+        config = getattr(mesh, plane)
+        tracing = telemetry.setup(f"ragmesh-{plane}", config.region, mesh.telemetry)
+        server = build(config, mesh.telemetry)
+        LOGGER.info(
+            "%s listening on %s:%d (region %s)", plane, config.host, server.port, config.region
+        )
+        try:
+            await server.serve()
+        finally:
+            tracing.shutdown()
+
+    main(f"python -m services.{plane}", serve)
 
 
 def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:

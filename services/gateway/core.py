@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from services.common import telemetry
 from services.common.errors import (
     BreakerOpen,
     DeadlineExceeded,
@@ -30,18 +29,7 @@ from services.common.validation import check_range, check_string_map
 from services.config.gateway import GatewayConfig
 from services.contract.documents import Document
 from services.contract.prompt import Source
-from services.gateway import generation, metrics
-from services.gateway.answer import (
-    BYPASS,
-    HIT,
-    MISS,
-    Answer,
-    Call,
-    Citation,
-    Dependency,
-    GenerateParams,
-    Status,
-)
+from services.gateway import generation, metrics, observe
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
 from services.gateway.citations import citations
@@ -54,6 +42,17 @@ from services.gateway.retrieval_client import (
     Written,
 )
 from services.gateway.tiers import Tier, Tiers
+from services.gateway.values import (
+    BYPASS,
+    HIT,
+    MISS,
+    Answer,
+    Call,
+    Citation,
+    Dependency,
+    GenerateParams,
+    Status,
+)
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
@@ -154,8 +153,8 @@ class GatewayCore:
         key = self._cache_key(call, params, plan.tier.name, sources.found.corpus_version)
         cached = self._cached(key, plan, sources)
         if cached is not None:
-            _annotate(request_span, call, params, sources.found, cached, self.config.region)
-            _observe(sources.found, cached, arrived)
+            observe.annotate(request_span, call, params, sources.found, cached, self.config.region)
+            observe.answered(sources.found, cached, arrived)
             yield cached.text
             yield cached
             return
@@ -168,8 +167,8 @@ class GatewayCore:
         assert answer is not None
         if plan.cacheable and not answer.degraded:
             self._cache.put(key, answer)
-        _annotate(request_span, call, params, sources.found, answer, self.config.region)
-        _observe(sources.found, answer, None)
+        observe.annotate(request_span, call, params, sources.found, answer, self.config.region)
+        observe.answered(sources.found, answer, None)
         yield answer
 
     def _plan(self, params: GenerateParams) -> _Plan:
@@ -345,52 +344,6 @@ def _degraded(sources: _Sources, fallback_from: str, served: str) -> str:
         reasons.append(f"tier {fallback_from} unavailable: answered by {served}")
         metrics.DEGRADED.labels("tier").inc()
     return "; ".join(reasons)
-
-
-def _observe(found: Found, answer: Answer, arrived: float | None) -> None:
-    """Metrics of one answer; `arrived` for a cached one, whose text is out at once."""
-    if arrived is not None:
-        metrics.TIME_TO_FIRST_TOKEN.labels(answer.tier).observe(time.monotonic() - arrived)
-    if answer.cache_status != HIT:  # a cached answer costs no tokens
-        metrics.TOKENS.labels(answer.tier, "input").inc(answer.prompt_tokens)
-        metrics.TOKENS.labels(answer.tier, "output").inc(answer.completion_tokens)
-    if found.chunks:
-        metrics.RETRIEVAL_TOP_SCORE.observe(max(c.score for c in found.chunks))
-
-
-def _annotate(
-    span: trace.Span,
-    call: Call,
-    params: GenerateParams,
-    found: Found,
-    answer: Answer,
-    region: str,
-) -> None:
-    """The request's span gets what it was and how it went; hashes, never text."""
-    if not span.is_recording():  # an unsampled trace: spare the hashing
-        return
-    routing = "fallback" if answer.fallback_from else "requested" if params.tier else "default"
-    span.set_attributes(
-        {
-            "ragmesh.tenant": telemetry.digest(call.tenant),
-            "ragmesh.region": region,
-            "ragmesh.tier": answer.tier,
-            "ragmesh.routing_reason": routing,
-            "ragmesh.cache_status": answer.cache_status,
-            "ragmesh.degraded": answer.degraded,
-            "ragmesh.degraded_reason": answer.degraded_reason,
-            "ragmesh.retrieval.k": len(found.chunks),
-            "ragmesh.retrieval.top_score": max((c.score for c in found.chunks), default=0.0),
-            "ragmesh.corpus_version": found.corpus_version,
-            "ragmesh.prompt_hash": telemetry.digest(params.query),
-            "gen_ai.request.model": answer.model,
-            "gen_ai.usage.input_tokens": answer.prompt_tokens,
-            "gen_ai.usage.output_tokens": answer.completion_tokens,
-            "gen_ai.response.finish_reasons": [answer.finish_reason]
-            if answer.finish_reason
-            else [],
-        }
-    )
 
 
 def _citation(n: int, chunk: Chunk) -> Citation:

@@ -19,9 +19,9 @@ from opentelemetry.trace import StatusCode
 from services.common import telemetry
 from services.common.errors import BreakerOpen, DeadlineExceeded, Unavailable
 from services.contract.prompt import Source
-from services.gateway.answer import Call, GenerateParams
 from services.gateway.breaker import Attempt, unguarded
 from services.gateway.tiers import Endpoint, Fitted, Tier
+from services.gateway.values import Call, GenerateParams
 from services.triton.llm import Delta
 
 # An attempt on a model needs at least this much time left to be worth starting.

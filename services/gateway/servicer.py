@@ -20,9 +20,9 @@ from ragmesh.v1 import gateway_pb2_grpc
 
 from services.common.errors import RagmeshError, Unavailable, rpc_status
 from services.contract.documents import Document
-from services.gateway.answer import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 from services.gateway.auth import Authenticator
 from services.gateway.core import GatewayCore
+from services.gateway.values import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 
 # The time a call keeps before its client's deadline to send how it ended: at most this,
 # and at most a tenth of the call's time.
@@ -109,6 +109,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._core = core
         self._auth = auth
         self._closing = asyncio.Event()  # set at shutdown, once open streams had their grace
+        self._open = 0  # streams open now
+        self._idle = asyncio.Event()  # set while none is
+        self._idle.set()
 
     def _call(self, context: grpc.aio.ServicerContext, budget: float | None = None) -> Call:
         """The request's tenant and budget: the client's deadline, at most `budget` (the
@@ -122,10 +125,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return Call.start(tenant, budget)
 
     async def close_streams(self, grace_s: float) -> None:
-        """At shutdown: open streams may end on their own within `grace_s`, less the margin;
-        then each still open ends with an UNAVAILABLE error event (ask again elsewhere)."""
-        await asyncio.sleep(max(grace_s - CLOSE_MARGIN_S, 0.0))
-        self._closing.set()
+        """At shutdown: open streams may end on their own within `grace_s`, less the margin
+        (this returns as soon as none is open); then each still open ends with an UNAVAILABLE
+        error event (ask again elsewhere)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(grace_s - CLOSE_MARGIN_S, 0.0))
+        except TimeoutError:
+            self._closing.set()
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -145,6 +151,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         call = self._call(context)
         streamed = False
         events = _until(self._core.generate(call, _params(request)), self._closing)
+        self._open += 1
+        self._idle.clear()
         try:
             async for event in events:
                 if isinstance(event, Answer):
@@ -158,6 +166,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             if streamed:  # else the status alone says it, and Envoy may still retry
                 yield pb.GenerateStreamResponse(error=rpc_status(error))
             raise
+        finally:
+            self._open -= 1
+            if not self._open:
+                self._idle.set()
 
     async def IngestDocuments(
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext

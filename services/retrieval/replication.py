@@ -18,7 +18,7 @@ import grpc
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
-from services.common.serving import CHANNEL_OPTIONS
+from services.common.serving import new_channel
 from services.retrieval.core import RetrievalCore
 
 LOGGER = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class Replicator:
         self._core = core
         self._target = primary_target
         self._interval_s = interval_s
-        self._channel = grpc.aio.insecure_channel(primary_target, options=CHANNEL_OPTIONS)
+        self._channel = new_channel(primary_target)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
         self._task: asyncio.Task[None] | None = None
 

@@ -26,7 +26,7 @@ from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.edge.render import write as write_envoy_config
 from services.supervisor.processes import Process, wait_until
-from services.triton import dist as triton_dist
+from services.triton import install as triton_install
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
@@ -220,9 +220,9 @@ class Mesh:
 
     def _triton(self, region: Region) -> _Spec:
         t = region.config.triton
-        backends = triton_dist.install(resolve(t.install_dir))
+        backends = triton_install.install(resolve(t.install_dir))
         argv = [
-            str(triton_dist.server_binary()),
+            str(triton_install.server_binary()),
             f"--model-repository={resolve(t.model_repository)}",
             f"--backend-directory={backends}",
             "--grpc-address=127.0.0.1",
@@ -238,13 +238,13 @@ class Mesh:
             "--model-control-mode=explicit",
             "--load-model=*",
             # The response cache (for models that enable it: the embedder).
-            f"--cache-directory={triton_dist.wheel_root() / 'caches'}",
+            f"--cache-directory={triton_install.wheel_root() / 'caches'}",
             f"--cache-config=local,size={t.response_cache_bytes}",
         ]
         argv += _triton_tracing(region)
         # The python-backend stub imports from the first python3 on PATH: the models venv.
         path = f"{resolve(t.models_venv) / 'bin'}:/usr/bin:/bin"
-        env = {"PATH": path, "LD_LIBRARY_PATH": str(triton_dist.library_dir())}
+        env = {"PATH": path, "LD_LIBRARY_PATH": str(triton_install.library_dir())}
         url = f"http://127.0.0.1:{t.http_port}/v2/health/ready"
         return _Spec(argv, env, lambda: _http_ok(url))
 

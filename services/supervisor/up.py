@@ -6,7 +6,7 @@ import logging
 import signal
 import time
 
-from services.client.documents import read_document
+from services.client.files import read_document
 from services.client.gateway import Client
 from services.client.sample_corpus import harvest
 from services.config.mesh import MeshConfig

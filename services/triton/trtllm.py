@@ -161,9 +161,9 @@ def render(
     return sorted(written)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m services.triton.trtllm") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.triton.trtllm",
+        prog=prog,
         description="Render the TensorRT-LLM templates (triton_models/trtllm) for a GPU node.",
     )
     parser.add_argument("--engine-dir", required=True, help="trtllm-build's --output_dir")

@@ -15,10 +15,10 @@ import pytest
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.config.gateway import GatewayConfig
-from services.gateway.answer import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 from services.gateway.core import GatewayCore
 from services.gateway.retrieval_client import Chunk, Found
 from services.gateway.tiers import Tiers
+from services.gateway.values import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 from services.triton.llm import Delta
 
 LOCAL, REMOTE = "triton.local:8001", "triton.remote:8001"

@@ -24,20 +24,38 @@ FLOORS = {
 }
 
 
-def _rooms_imported(path: Path) -> set[str]:
-    """The rooms of services/ that a module imports, at any depth of its code."""
+def _modules_imported(path: Path) -> set[str]:
+    """Every module name a file imports, at any depth of its code: `import a.b`, `from a
+    import b` (a.b, for `from services import cli`), relative imports resolved from the
+    file's package, and `importlib.import_module("a.b")` or `__import__("a.b")` with a
+    literal name."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names: list[str] = []
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "services" and len(parts) > 1:
-                found.add(parts[1])
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Call) and node.args and _is_import_call(node.func):
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                found.add(first.value)
     return found
+
+
+def _is_import_call(func: ast.expr) -> bool:
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name in ("import_module", "__import__")
+
+
+def _rooms_imported(path: Path) -> set[str]:
+    """The rooms of services/ that a module imports."""
+    parts = (name.split(".") for name in _modules_imported(path))
+    return {p[1] for p in parts if p[0] == "services" and len(p) > 1}
 
 
 def test_every_room_has_a_floor() -> None:
@@ -55,3 +73,27 @@ def test_imports_only_go_down() -> None:
             if FLOORS[other] >= FLOORS[room]:
                 upward.append(f"{path.relative_to(ROOT)} imports services.{other}")
     assert not upward, "\n".join(upward)
+
+
+def test_the_models_import_only_the_contract() -> None:
+    """The models' venv holds the project without its dependencies: only services.contract
+    (the standard library and Triton's own module besides) is theirs to import."""
+    rooms = {
+        room for path in (ROOT / "triton_models").rglob("*.py") for room in _rooms_imported(path)
+    }
+    assert rooms <= {"contract"}
+
+
+def test_dodged_imports_are_seen() -> None:
+    probe = ROOT / "services" / "config" / "probe_for_test_layers.py"
+    probe.write_text(
+        "import importlib\n"
+        "from services import cli\n"
+        "from ..supervisor import up\n"
+        "importlib.import_module('services.gateway')\n",
+        encoding="utf-8",
+    )
+    try:
+        assert _rooms_imported(probe) == {"cli", "supervisor", "gateway"}
+    finally:
+        probe.unlink()

@@ -1,4 +1,4 @@
-from services.client.documents import document_id, find_files, read_document
+from services.client.files import document_id, find_files, read_document
 
 
 def test_html_text_and_title(tmp_path):

@@ -3,7 +3,7 @@
 The wheel is installed with --no-deps; only `tritonserver` and the python backend are used.
 The backend stub for Python 3.11 goes beside `libtriton_python.so`, where Triton looks for it.
 
-    python -m services.triton.dist build/triton
+    python -m services.triton.install build/triton
 """
 
 from __future__ import annotations

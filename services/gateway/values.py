@@ -1,4 +1,5 @@
-"""The gateway's domain values: a request (who, until when, what) and what it gets back."""
+"""The gateway's domain values: a request (Call, GenerateParams), what it gets back (Answer,
+Citation), and the mesh's state as a tenant sees it (Status, Dependency)."""
 
 from __future__ import annotations
 

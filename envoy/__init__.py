@@ -1,1 +1,0 @@
-"""The edge plane: renders the Envoy config from the mesh config."""

@@ -1,0 +1,58 @@
+"""What an answer tells the metrics and the request's span (hashes, never text)."""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import trace
+
+from services.common import telemetry
+from services.gateway import metrics
+from services.gateway.retrieval_client import Found
+from services.gateway.values import HIT, Answer, Call, GenerateParams
+
+
+def answered(found: Found, answer: Answer, arrived: float | None) -> None:
+    """Metrics of one answer; `arrived` for a cached one, whose text is out at once."""
+    if arrived is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(answer.tier).observe(time.monotonic() - arrived)
+    if answer.cache_status != HIT:  # a cached answer costs no tokens
+        metrics.TOKENS.labels(answer.tier, "input").inc(answer.prompt_tokens)
+        metrics.TOKENS.labels(answer.tier, "output").inc(answer.completion_tokens)
+    if found.chunks:
+        metrics.RETRIEVAL_TOP_SCORE.observe(max(c.score for c in found.chunks))
+
+
+def annotate(
+    span: trace.Span,
+    call: Call,
+    params: GenerateParams,
+    found: Found,
+    answer: Answer,
+    region: str,
+) -> None:
+    """The request's span gets what it was and how it went; hashes, never text."""
+    if not span.is_recording():  # an unsampled trace: spare the hashing
+        return
+    routing = "fallback" if answer.fallback_from else "requested" if params.tier else "default"
+    span.set_attributes(
+        {
+            "ragmesh.tenant": telemetry.digest(call.tenant),
+            "ragmesh.region": region,
+            "ragmesh.tier": answer.tier,
+            "ragmesh.routing_reason": routing,
+            "ragmesh.cache_status": answer.cache_status,
+            "ragmesh.degraded": answer.degraded,
+            "ragmesh.degraded_reason": answer.degraded_reason,
+            "ragmesh.retrieval.k": len(found.chunks),
+            "ragmesh.retrieval.top_score": max((c.score for c in found.chunks), default=0.0),
+            "ragmesh.corpus_version": found.corpus_version,
+            "ragmesh.prompt_hash": telemetry.digest(params.query),
+            "gen_ai.request.model": answer.model,
+            "gen_ai.usage.input_tokens": answer.prompt_tokens,
+            "gen_ai.usage.output_tokens": answer.completion_tokens,
+            "gen_ai.response.finish_reasons": [answer.finish_reason]
+            if answer.finish_reason
+            else [],
+        }
+    )
