@@ -48,7 +48,7 @@ $(MODELS_VENV)/.installed: $(MODELS_REQUIREMENTS) $(MODELS_WEIGHTS) pyproject.to
 	touch $@
 
 .PHONY: install
-install: $(BIN)/.installed $(MODELS_VENV)/.installed build/gen/.stamp ## create both venvs, install everything, generate code
+install: $(BIN)/.installed $(MODELS_VENV)/.installed build/gen/.stamp redis ## create both venvs, install everything, generate code
 	$(BIN)/python -m services.triton.install build/triton
 
 build/gen/.stamp: $(BIN)/.installed $(wildcard protos/ragmesh/v1/*.proto protos/ragmesh/retrieval/v1/*.proto)
@@ -90,6 +90,12 @@ $(LOCUST_VENV)/.installed:
 .PHONY: browser
 browser: ## install Debian's chromium for the topology page test
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Debian's redis-server, the control plane's store the mesh starts on its own port (needs root
+# and apt). The package's own service, if its postinst starts one, is not the mesh's store.
+.PHONY: redis
+redis: ## install Debian's redis-server for the mesh's shared store
+	command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 .PHONY: test
 test: install browser ## run lint, types, unit and integration tests

@@ -11,6 +11,9 @@ time) over four paths, in interleaved rounds:
 - direct: client -> Triton's stream API, the request the gateway would send (lean client);
 - gateway: client -> gateway -> Triton (Generate, echo tier, skip_retrieval, no cache);
 - gateway-untraced: the same on a second gateway with telemetry off;
+- gateway-control-off: the same on a gateway with the control plane off (no admission,
+  routing policy or usage records); the demo tenant's calls on `gateway` are admitted
+  against two per-key rate limits and four budgets (six leased counters);
 - envoy: client -> Envoy -> gateway -> Triton (the same call through the edge).
 
 Prints, per rate and path, p50/p99, the added p50/p99 against direct, the CPU each process
@@ -30,6 +33,7 @@ import asyncio
 import dataclasses
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tritonclient.grpc as triton_sync
+import yaml
 from google.protobuf import json_format, text_format
+from ragmesh.v1 import admin_pb2 as apb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
@@ -47,6 +53,7 @@ from loadtest.litellm_side import VENV, LiteLLMSide, compare
 from loadtest.litellm_side import report as litellm_report
 from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, steady
 from loadtest.procfs import cpu_seconds, rss_mib
+from services.client.admin import AdminClient
 from services.config.gateway import TierConfig
 from services.config.mesh import MeshConfig
 from services.config.regions import first
@@ -59,11 +66,13 @@ MAX_TOKENS = 16
 TIMEOUT_S = 5.0  # an overloaded path shows as errors, not as requests queued for minutes
 GOOD_P99_ADDED_MS = 10.0
 UNTRACED = "gateway-untraced"  # telemetry.enabled false
-PATHS = ("direct", "gateway", UNTRACED, "envoy")
+CONTROL_OFF = "gateway-control-off"  # control.enabled false
+PATHS = ("direct", "gateway", UNTRACED, CONTROL_OFF, "envoy")
 CPU_SHOWN = {
     "direct": ("client", "triton"),
     "gateway": ("client", "gateway", "triton"),
     UNTRACED: ("client", UNTRACED, "triton"),
+    CONTROL_OFF: ("client", CONTROL_OFF, "triton"),
     "envoy": ("client", "envoy", "gateway", "triton"),
 }
 
@@ -131,6 +140,7 @@ class Figures:
     errors: dict[tuple[str, float], int] = field(default_factory=dict)
     sent: dict[tuple[str, float], int] = field(default_factory=dict)
     cpu_s: dict[tuple[str, float], dict[str, float]] = field(default_factory=dict)
+    lease_waits: float = 0.0  # requests on the governed gateway that waited on the store
 
     def add(self, path: str, rate: float, samples: list[Sample], cpu: dict[str, float]) -> None:
         key = (path, rate)
@@ -165,13 +175,45 @@ class Meter:
         return {n: v - before[n] for n, v in self.read().items()}
 
 
-def start_untraced_gateway(mesh: Mesh) -> str:
-    """A second gateway on the same Triton, with telemetry off: what telemetry costs."""
+def start_variant(mesh: Mesh, name: str) -> str:
+    """A second gateway on the same Triton: telemetry off (UNTRACED) or the control plane off
+    (CONTROL_OFF), what each costs."""
     region = mesh.regions[0].config
     gateway = dataclasses.replace(region.gateway, port=free_port(), metrics_port=0)
-    off = dataclasses.replace(region.telemetry, enabled=False)
-    mesh.start_gateway(UNTRACED, dataclasses.replace(region, gateway=gateway, telemetry=off))
+    if name == UNTRACED:
+        off = dataclasses.replace(region.telemetry, enabled=False)
+        variant = dataclasses.replace(region, gateway=gateway, telemetry=off)
+    else:
+        control = dataclasses.replace(region.control, enabled=False)
+        variant = dataclasses.replace(region, gateway=gateway, control=control)
+    mesh.start_gateway(name, variant)
     return f"127.0.0.1:{gateway.port}"
+
+
+def govern_demo(mesh: Mesh) -> None:
+    """Limits and budgets for the demo tenant, far above what the run spends: every request
+    is admitted against all six of them."""
+    client = AdminClient(mesh.edge_target, mesh.config.mesh.demo_admin_key, 10.0)
+    budgets = [
+        apb.Budget(metric=metric, window=window, hard=1e9, soft=5e8)
+        for metric, window in (("tokens", "day"), ("tokens", "month"), ("cost_usd", "day"))
+    ] + [apb.Budget(metric="requests", window="day", hard=1e9)]
+    tenant = apb.Tenant(
+        name="demo", requests_per_second=1_000_000, tokens_per_minute=10**9, budgets=budgets
+    )
+    client.update_tenant(tenant)
+    client.close()
+    time.sleep(mesh.config.control.registry_refresh_s * 3)  # every gateway has read it
+
+
+def lease_waits(mesh: Mesh) -> float:
+    """The gateway's ragmesh_control_lease_waits_total."""
+    port = mesh.regions[0].config.gateway.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("ragmesh_control_lease_waits_total "):
+                return float(line.split()[1])
+    return 0.0
 
 
 async def measure(
@@ -179,7 +221,9 @@ async def measure(
 ) -> tuple[Figures, dict[float, float]]:
     key = mesh.config.mesh.demo_key
     region = mesh.regions[0]
-    untraced = start_untraced_gateway(mesh)
+    untraced = start_variant(mesh, UNTRACED)
+    control_off = start_variant(mesh, CONTROL_OFF)
+    govern_demo(mesh)
     request = pb.GenerateRequest(
         query=QUESTION,
         tier="echo",
@@ -188,7 +232,7 @@ async def measure(
         bypass_cache=True,
     )
     gateway = f"gateway-{region.name}"
-    processes = {"gateway": gateway, UNTRACED: UNTRACED, "envoy": "envoy"}
+    processes = {"gateway": gateway, UNTRACED: UNTRACED, CONTROL_OFF: CONTROL_OFF, "envoy": "envoy"}
     processes["triton"] = f"triton-{region.name}"
     meter = Meter({label: mesh.processes[name].pid for label, name in processes.items()})
     figures, rss = Figures(), {}
@@ -196,6 +240,7 @@ async def measure(
         grpc.aio.insecure_channel(region.config.gateway.triton_target) as to_triton,
         grpc.aio.insecure_channel(region.gateway_target) as to_gateway,
         grpc.aio.insecure_channel(untraced) as to_untraced,
+        grpc.aio.insecure_channel(control_off) as to_control_off,
         grpc.aio.insecure_channel(mesh.edge_target) as to_edge,
     ):
 
@@ -207,10 +252,12 @@ async def measure(
             "direct": direct_send(to_triton),
             "gateway": generate(to_gateway),
             UNTRACED: generate(to_untraced),
+            CONTROL_OFF: generate(to_control_off),
             "envoy": generate(to_edge),
         }
         for path in PATHS:  # warm-up: connections, the model's first call
             await Load(sends[path], steady(50.0)).run(duration_s=1.0)
+        waits = lease_waits(mesh)
         for rate in rates:
             for _ in range(rounds):
                 for path in PATHS:
@@ -220,6 +267,7 @@ async def measure(
                     await asyncio.sleep(0.5)  # let the last round's stragglers clear
             rss[rate] = rss_mib(mesh.processes[gateway].pid)
             print(f"  {rate:g} req/s done", flush=True)
+    figures.lease_waits = lease_waits(mesh) - waits
     return figures, rss
 
 
@@ -279,12 +327,33 @@ def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dic
             f"highest rate with added p99 <= {GOOD_P99_ADDED_MS:g} ms and no errors, {path}: "
             f"{best.get(path, 0.0):g} req/s"
         )
+    governed = sum(
+        len(figures.samples.get((path, r), [])) for path in ("gateway", "envoy") for r in rates
+    )
+    for rate in rates:
+        on = figures.cpu_ms("gateway", rate)["gateway"]
+        off = figures.cpu_ms(CONTROL_OFF, rate)[CONTROL_OFF]
+        print(
+            f"control plane at {rate:g} req/s: gateway CPU {on:.3f} ms per request on, "
+            f"{off:.3f} ms off ({on - off:+.3f} ms)"
+        )
+    print(
+        f"requests that waited on the store (a lease take) on the governed gateway: "
+        f"{figures.lease_waits:g} of {governed} after warm-up"
+    )
     return best
 
 
 def echo_mesh(data_dir: Path) -> MeshConfig:
+    """One region with an `echo` tier, which the routing policy (isolated()'s copy) prices
+    and lets every tenant use."""
     base = isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1), data_dir)
     tiers = {**base.gateway.tiers, "echo": TierConfig(model="echo", context_tokens=8192)}
+    policy_file = Path(base.control.policy_file)
+    policy = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
+    policy["tiers"]["echo"] = {"input_per_1k": 0.0005, "output_per_1k": 0.0015}
+    policy["default"]["tiers"].append("echo")
+    policy_file.write_text(yaml.safe_dump(policy), encoding="utf-8")
     return dataclasses.replace(base, gateway=dataclasses.replace(base.gateway, tiers=tiers))
 
 

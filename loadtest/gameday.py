@@ -11,7 +11,9 @@ region, recovery, and a table of requests sent, failed, degraded and p50/p95/p99
 Scenarios: gateway-kill, retrieval-kill, triton-kill (SIGKILL to the default region's
 process, then a restart), retrieval-slow (Envoy's fault filter delays retrieval beyond the
 gateway's budget), ingest-kill (SIGKILL to the governance point's retrieval during an
-ingest; every acknowledged document must then be searchable in both regions).
+ingest; every acknowledged document must then be searchable in both regions), store-kill
+(SIGKILL to the control plane's Redis while the demo tenant's requests are admitted against
+its budgets: gateways go on under the offline rule, and the store learns what was spent).
 `make test` runs the short form (tests/integration/test_gameday.py).
 """
 
@@ -28,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from google.protobuf import empty_pb2
+from ragmesh.v1 import admin_pb2 as apb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
 from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Sample, grpc_generate, steady
+from services.client.admin import AdminClient
 from services.config.mesh import MeshConfig
 from services.config.regions import first
 from services.supervisor.launcher import ROOT, Mesh, isolated
@@ -68,6 +73,7 @@ class Outcome:
     returned_after_s: float | None = None  # gateway-kill: first answer from the default region
     acknowledged: list[pb.Document] = field(default_factory=list)  # ingest-kill
     missing: dict[str, int] = field(default_factory=dict)  # region -> acknowledged but absent
+    store_caught_up: bool | None = None  # store-kill: the store counts what was admitted
 
     def phase(self, name: str) -> list[Sample]:
         bounds = {
@@ -212,6 +218,46 @@ async def gateway_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
         f"traffic back in {day.default} {outcome.returned_after_s:.1f} s after its restart"
         if outcome.returned_after_s is not None
         else f"traffic did not return to {day.default} within 16 s"
+    )
+
+
+def _govern(mesh: Mesh) -> None:
+    """Budgets for the demo tenant, far above what a game day spends: every request is then
+    admitted against leased counters."""
+    client = AdminClient(mesh.edge_target, mesh.config.mesh.demo_admin_key, 10.0)
+    try:
+        budgets = [apb.Budget(metric="requests", window="day", hard=1e9)]
+        client.update_tenant(apb.Tenant(name="demo", budgets=budgets))
+    finally:
+        client.close()
+    time.sleep(mesh.config.control.registry_refresh_s * 3)  # every gateway has read it
+
+
+def _spent(mesh: Mesh) -> int:
+    """The demo tenant's requests today, as the store counts them."""
+    day = time.strftime("%Y%m%d", time.gmtime())
+    store = redis.Redis(port=mesh.config.control.redis_port, decode_responses=True)
+    try:
+        return int(store.hget(f"ragmesh:{{t:demo}}:requests:day:{day}", "spent") or 0)
+    finally:
+        store.close()
+
+
+async def store_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
+    await asyncio.to_thread(_govern, day.mesh)
+    governed_at = load.now()
+    await day.kill_and_restart("redis", outcome, load)
+    # Back, the store must catch up with what the gateways admitted while it was away.
+    answered = sum(s.at_s >= governed_at for s in load.answered)
+    deadline = time.monotonic() + 10.0
+    while (spent := await asyncio.to_thread(_spent, day.mesh)) < answered:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    outcome.store_caught_up = spent >= answered
+    outcome.notes.append(
+        f"store counts {spent} requests today, {answered} answered since the budget: "
+        + ("caught up" if outcome.store_caught_up else "NOT caught up")
     )
 
 
@@ -382,6 +428,7 @@ SCENARIOS: dict[str, Fault] = {
     "triton-kill": triton_kill,
     "retrieval-slow": retrieval_slow,
     "ingest-kill": ingest_kill,
+    "store-kill": store_kill,
 }
 
 

@@ -15,7 +15,7 @@ from ragmesh.v1 import gateway_pb2_grpc
 
 from services.config.mesh import MeshConfig
 from services.config.regions import first
-from services.gateway.auth import key_digest
+from services.control.registry import key_digest
 from services.supervisor.launcher import ROOT, Mesh, isolated
 
 OTHER_KEY = "rmk-test-other-tenant"

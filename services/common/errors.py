@@ -7,10 +7,11 @@ call's status back as one of these classes (`from_status`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 
@@ -41,6 +42,33 @@ class NotFound(RagmeshError):
     """NOT_FOUND: the named document or resource does not exist for this tenant."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class PermissionDenied(RagmeshError):
+    """PERMISSION_DENIED: the caller is known but may not do this (a tier its policy does not
+    allow, an admin call without the admin credential)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class QuotaExceeded(RagmeshError):
+    """RESOURCE_EXHAUSTED: a rate limit or budget refuses the request. Its status carries a
+    google.rpc.QuotaFailure (`subject`, `description`) and a google.rpc.RetryInfo; the call's
+    `retry-after` metadata (whole seconds, at least 1) becomes Envoy's HTTP header."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self, message: str, *, subject: str = "", description: str = "", retry_after_s: float = 1.0
+    ) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.description = description
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after(self) -> str:
+        return str(max(math.ceil(self.retry_after_s), 1))
 
 
 class FailedPrecondition(RagmeshError):
@@ -116,6 +144,17 @@ def rpc_status(error: RagmeshError) -> status_pb2.Status:
         )
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status.details.append(detail)
+    if isinstance(error, QuotaExceeded):
+        failure = error_details_pb2.QuotaFailure.Violation(
+            subject=error.subject, description=error.description
+        )
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        retry = error_details_pb2.RetryInfo(retry_delay=delay)
+        for message in (error_details_pb2.QuotaFailure(violations=[failure]), retry):
+            detail = any_pb2.Any()
+            detail.Pack(message)
+            status.details.append(detail)
     return status
 
 
@@ -126,11 +165,12 @@ def status_details(error: RagmeshError) -> bytes:
 
 async def abort(context: grpc.aio.ServicerContext, error: RagmeshError) -> None:
     """Ends the call with `error`'s status, message and details (raises AbortError)."""
-    await context.abort(
-        error.code,
-        error.message,
-        trailing_metadata=(("grpc-status-details-bin", status_details(error)),),
+    trailers: tuple[tuple[str, str | bytes], ...] = (
+        ("grpc-status-details-bin", status_details(error)),
     )
+    if isinstance(error, QuotaExceeded):
+        trailers += (("retry-after", error.retry_after),)
+    await context.abort(error.code, error.message, trailing_metadata=trailers)
 
 
 _BY_CODE: dict[grpc.StatusCode, type[RagmeshError]] = {
@@ -138,8 +178,10 @@ _BY_CODE: dict[grpc.StatusCode, type[RagmeshError]] = {
     for kind in (
         InvalidArgument,
         Unauthenticated,
+        PermissionDenied,
         NotFound,
         FailedPrecondition,
+        QuotaExceeded,
         Unavailable,
         DeadlineExceeded,
     )

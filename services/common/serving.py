@@ -140,16 +140,16 @@ class PlaneServer(Protocol):
     async def serve(self) -> None: ...
 
 
-def run_plane(plane: str, build: Callable[[Any, TelemetryConfig], PlaneServer]) -> None:
-    """A gRPC plane's entry point, `python -m services.<plane>`: its section of the mesh
-    config (`build(section, telemetry)` makes its server), its telemetry set up, served until
-    a signal, and queued spans exported on the way out."""
+def run_plane(plane: str, build: Callable[[MeshConfig], PlaneServer]) -> None:
+    """A gRPC plane's entry point, `python -m services.<plane>`: the mesh config (`build(mesh)`
+    makes the plane's server from its sections), its telemetry set up, served until a signal,
+    and queued spans exported on the way out."""
 
     async def serve(config_path: str) -> None:
         mesh = MeshConfig.load(config_path)
         config = getattr(mesh, plane)
         tracing = telemetry.setup(f"ragmesh-{plane}", config.region, mesh.telemetry)
-        server = build(config, mesh.telemetry)
+        server = build(mesh)
         LOGGER.info(
             "%s listening on %s:%d (region %s)", plane, config.host, server.port, config.region
         )

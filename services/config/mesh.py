@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config.console import ConsoleConfig, SloConfig
+from services.config.control import ControlConfig
 from services.config.gateway import GatewayConfig
 from services.config.loading import build, read_yaml, require
 from services.config.retrieval import RetrievalConfig
@@ -55,6 +56,8 @@ class MeshSettings:
     port_stride: int = 100
     data_dir: str = "data"
     demo_key: str = ""
+    # The admin credential `make up` prints; the gateways hold only its hash.
+    demo_admin_key: str = ""
 
     def __post_init__(self) -> None:
         require(bool(self.regions), "mesh.regions", "must name at least one region")
@@ -76,6 +79,7 @@ class MeshConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     slo: SloConfig = field(default_factory=SloConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> MeshConfig:
@@ -92,6 +96,7 @@ class MeshConfig:
             "telemetry": TelemetryConfig,
             "console": ConsoleConfig,
             "slo": SloConfig,
+            "control": ControlConfig,
         }
         unknown = sorted(set(data) - set(types))
         require(not unknown, "mesh config", f"unknown section(s) {', '.join(unknown)}")

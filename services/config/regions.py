@@ -48,6 +48,7 @@ def _in_folder(path: str, region: str) -> str:
 
 
 def _shifted(config: MeshConfig, name: str, shift: int) -> MeshConfig:
+    # `control` is left as it is: every region's gateways share the one store (redis_port).
     g, r, t, e = config.gateway, config.retrieval, config.triton, config.edge
     triton = dataclasses.replace(
         t,

@@ -48,7 +48,7 @@ from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.edge.body_schema import body_schema, lua_schema
 
-PUBLIC_SERVICES = ["ragmesh.v1.Gateway"]
+PUBLIC_SERVICES = ["ragmesh.v1.Gateway", "ragmesh.v1.Admin"]
 # The transcoder buffers a JSON request whole before sending it on as one gRPC message.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
@@ -82,6 +82,12 @@ WRITE_PATHS = ("/ragmesh.retrieval.v1.Retrieval/Upsert", "/ragmesh.retrieval.v1.
 PUBLIC_WRITE_PATHS = (
     "/ragmesh.v1.Gateway/IngestDocuments",
     "/ragmesh.v1.Gateway/DeleteDocument",
+    # Admin writes: a retry of a CreateKey that did land would make a second key.
+    "/ragmesh.v1.Admin/CreateTenant",
+    "/ragmesh.v1.Admin/UpdateTenant",
+    "/ragmesh.v1.Admin/CreateKey",
+    "/ragmesh.v1.Admin/RotateKey",
+    "/ragmesh.v1.Admin/RevokeKey",
 )
 
 # The Lua request guard; render prepends the generated schema to it.

@@ -6,4 +6,6 @@ from services.common import serving
 from services.gateway.server import build_server
 
 if __name__ == "__main__":
-    serving.run_plane("gateway", build_server)
+    serving.run_plane(
+        "gateway", lambda mesh: build_server(mesh.gateway, mesh.telemetry, mesh.control)
+    )

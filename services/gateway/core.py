@@ -10,6 +10,7 @@ dependency that is down degrades the answer (and says so) instead of failing it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
+from services.common import tokens
 from services.common.errors import (
     BreakerOpen,
     DeadlineExceeded,
@@ -29,10 +31,13 @@ from services.common.validation import check_range, check_string_map
 from services.config.gateway import GatewayConfig
 from services.contract.documents import Document
 from services.contract.prompt import Source
+from services.control.admission import Charge, Reservation
+from services.control.policy import Route
 from services.gateway import generation, metrics, observe
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
 from services.gateway.citations import citations
+from services.gateway.control import Control, Spent
 from services.gateway.retrieval_client import (
     Chunk,
     CorpusState,
@@ -53,6 +58,7 @@ from services.gateway.values import (
     GenerateParams,
     Status,
 )
+from services.triton.llm import Delta
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
@@ -66,6 +72,19 @@ class _Plan:
     version: str
     max_tokens: int
     cacheable: bool
+    chain: list[Tier]  # the tier, then those that answer when it is down
+    worst: Charge  # the most the request can spend: what admission reserves
+    route: Route | None
+
+
+@dataclass
+class _Progress:
+    """How far a generation got, to settle a stream that ends early."""
+
+    tier: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,10 +94,19 @@ class _Sources:
 
 
 class GatewayCore:
-    def __init__(self, config: GatewayConfig, retrieval: RetrievalClient, tiers: Tiers):
+    """`control` None: every request is admitted and nothing is recorded (unit tests)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        retrieval: RetrievalClient,
+        tiers: Tiers,
+        control: Control | None = None,
+    ):
         self.config = config
         self._retrieval = retrieval
         self._tiers = tiers
+        self._control = control
         self._retrieval_breaker = Breaker(
             f"retrieval {config.retrieval_target}", config.breaker_failures, config.breaker_open_s
         )
@@ -99,7 +127,17 @@ class GatewayCore:
     def _top_k(self, top_k: int) -> int:
         return check_range(top_k or self.config.default_top_k, 1, self.config.max_top_k, "top_k")
 
-    async def search(
+    async def search(self, call: Call, query: str, top_k: int, filters: dict[str, str]) -> Found:
+        """A plain search: one request against the key's limits, then retrieval."""
+        await self._admit_call(call)
+        return await self._search(call, query, top_k, filters)
+
+    async def _admit_call(self, call: Call) -> None:
+        """A request that spends no tokens: it counts against request limits alone."""
+        if self._control is not None:
+            await self._control.admit_call(call)
+
+    async def _search(
         self,
         call: Call,
         query: str,
@@ -144,7 +182,52 @@ class GatewayCore:
         answer without sources (or UNAVAILABLE where so configured); a tier down -> its
         fallback tier. Every degraded Answer says why.
         """
-        plan = self._plan(params)
+        plan = self._plan(call, params)
+        reservation = await self._admit(call, plan.worst)
+        progress = _Progress(plan.tier.name, plan.tier.config.model)
+        answer: Answer | None = None
+        outcome = "failed"
+        try:
+            async for event in self._generate(call, params, plan, stream, progress):
+                if isinstance(event, Answer):
+                    answer = event
+                    outcome = "ok"
+                yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"  # the client went away: it pays for what was generated
+            raise
+        finally:
+            if reservation is not None and self._control is not None:
+                spent = (
+                    Spent(
+                        answer.tier,
+                        answer.model,
+                        answer.prompt_tokens,
+                        answer.completion_tokens,
+                        answer.cache_status,
+                        outcome,
+                    )
+                    if answer is not None
+                    else Spent(
+                        progress.tier,
+                        progress.model,
+                        progress.input_tokens,
+                        progress.output_tokens,
+                        MISS,
+                        outcome,
+                    )
+                )
+                reason = plan.route.reason if plan.route else ""
+                self._control.settle(call, reservation, spent, reason)
+
+    async def _admit(self, call: Call, worst: Charge) -> Reservation | None:
+        if self._control is None:
+            return None
+        return await self._control.admit(call, worst)
+
+    async def _generate(
+        self, call: Call, params: GenerateParams, plan: _Plan, stream: bool, progress: _Progress
+    ) -> AsyncGenerator[str | Answer]:
         request_span = trace.get_current_span()
         arrived = time.monotonic()
         sources = (
@@ -159,7 +242,7 @@ class GatewayCore:
             yield cached
             return
         answer = None
-        async for event in self._from_model(call, params, plan, sources, stream, arrived):
+        async for event in self._from_model(call, params, plan, sources, stream, arrived, progress):
             if isinstance(event, Answer):
                 answer = event
             else:
@@ -171,9 +254,10 @@ class GatewayCore:
         observe.answered(sources.found, answer, None)
         yield answer
 
-    def _plan(self, params: GenerateParams) -> _Plan:
-        """Validates the request and decides its tier; refuses a question that cannot fit the
-        tier even without sources before any retrieval."""
+    def _plan(self, call: Call, params: GenerateParams) -> _Plan:
+        """Validates the request, decides its tier (the routing policy) and the most it can
+        spend; refuses a question that cannot fit the tier even without sources before any
+        retrieval."""
         max_tokens = check_range(
             params.max_tokens or self.config.default_max_tokens,
             1,
@@ -182,17 +266,46 @@ class GatewayCore:
         )
         if not 0.0 <= params.temperature <= 2.0:
             raise InvalidArgument("temperature: must be 0..2", field="temperature")
-        tier = self._tiers.get(params.tier)
+        route = None
+        if params.tier:
+            self._tiers.get(params.tier)  # a tier this gateway does not have: 400, not 403
+        if self._control is not None:
+            route = self._control.route(call.tenant, params.priority, params.tier, self.broken())
+            tier = self._tiers.get(route.tier)
+        else:
+            tier = self._tiers.get(params.tier)
         version = tier.version(params.model_version)
         self._check_query(params.query)
-        tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
+        # A pinned version asks for that model: no other tier stands in for it.
+        chain = [tier] if params.model_version else self._tiers.chain(tier)
+        worst = Charge()
+        for t in chain:
+            fitted = t.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
+            window = t.config.context_tokens
+            prompt = window - fitted.max_tokens  # sources may fill the window
+            if params.skip_retrieval:  # the question alone: an upper bound, not a count
+                prompt = min(tokens.bound(fitted.prompt) + t.config.template_tokens, prompt)
+            cost = (
+                self._control.cost_micro_usd(t.name, prompt, fitted.max_tokens)
+                if self._control
+                else 0
+            )
+            worst = Charge(
+                1, max(worst.tokens, prompt + fitted.max_tokens), max(worst.cost_micro_usd, cost)
+            )
         cacheable = params.temperature == 0.0 and not params.bypass_cache
-        return _Plan(tier, version, max_tokens, cacheable)
+        return _Plan(tier, version, max_tokens, cacheable, chain, worst, route)
+
+    def broken(self) -> dict[str, bool]:
+        """Per tier: whether every endpoint's breaker is open."""
+        return {
+            t.name: all(e.breaker.state == "open" for e in t.endpoints) for t in self._tiers.all()
+        }
 
     async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
         """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""
         try:
-            found = await self.search(
+            found = await self._search(
                 call, params.query, params.top_k, params.filters, degradable=True
             )
             return _Sources(found)
@@ -237,7 +350,9 @@ class GatewayCore:
         reason = f"{sources.degraded_reason}: answer from cache" if sources.degraded_reason else ""
         if reason:
             metrics.DEGRADED.labels("retrieval").inc()
-        return dataclasses.replace(cached, cache_status=HIT, degraded_reason=reason)
+        return dataclasses.replace(
+            cached, cache_status=HIT, degraded_reason=reason, cost_usd=0.0, routing=plan.route
+        )
 
     async def _from_model(
         self,
@@ -247,23 +362,30 @@ class GatewayCore:
         sources: _Sources,
         stream: bool,
         arrived: float,
+        progress: _Progress,
     ) -> AsyncGenerator[str | Answer]:
         """The model's text as it comes, then the Answer: citations of the sources its prompt
         held, usage, the tier and version that answered, and why it degraded."""
         chunks = sources.found.chunks
         prompt_sources = [Source(c.document_id, c.chunk_id, c.text) for c in chunks]
-        # A pinned version asks for that model: no other tier stands in for it.
-        chain = [plan.tier] if params.model_version else self._tiers.chain(plan.tier)
         parts: list[str] = []
         served, version, shown, last = plan.tier, plan.version, 0, None
         async for step in generation.generate(
-            call, chain, plan.version, params, prompt_sources, plan.max_tokens, stream
+            call, plan.chain, plan.version, params, prompt_sources, plan.max_tokens, stream
         ):
             served, shown, last = step.tier, step.fitted.sources, step.delta
+            progress.tier, progress.model = served.name, served.config.model
+            progress.input_tokens = max(last.prompt_tokens, 0) or progress.input_tokens
+            if last.completion_tokens >= 0:
+                progress.output_tokens = last.completion_tokens
+            elif step.delta.text:
+                progress.output_tokens += 1  # a model without counts: one delta, one token
             if step.delta.text:
                 if not parts:
                     ttft = time.monotonic() - arrived
                     metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(ttft)
+                    if self._control is not None:
+                        self._control.first_token(served.name, ttft)
                 parts.append(step.delta.text)
                 yield step.delta.text
         if last is not None:
@@ -284,7 +406,15 @@ class GatewayCore:
             cache_status=MISS if plan.cacheable else BYPASS,
             degraded_reason=_degraded(sources, fallback_from, served.name),
             fallback_from=fallback_from,
+            routing=plan.route,
+            cost_usd=self._cost(served.name, last),
         )
+
+    def _cost(self, tier: str, last: Delta | None) -> float:
+        if self._control is None or last is None:
+            return 0.0
+        prompt, completion = max(last.prompt_tokens, 0), max(last.completion_tokens, 0)
+        return self._control.policy.policy.price(tier).cost(prompt, completion)
 
     async def ingest(self, call: Call, documents: list[Document]) -> Written:
         limit = self.config.max_documents_per_request
@@ -298,9 +428,11 @@ class GatewayCore:
                     f"{name}: {size} bytes, over the limit of {self.config.max_document_bytes}",
                     field=name,
                 )
+        await self._admit_call(call)
         return await self._retrieval.upsert(call.tenant, documents, call.remaining())
 
     async def delete(self, call: Call, document_id: str) -> Deleted:
+        await self._admit_call(call)
         return await self._retrieval.delete(call.tenant, document_id, call.remaining())
 
     async def status(self, call: Call) -> Status:
@@ -326,6 +458,9 @@ class GatewayCore:
                         endpoint.breaker.state,
                     )
                 )
+        if self._control is not None:
+            healthy, detail = self._control.state()
+            models.append(Dependency("control store", self._control.store.url, healthy, detail))
         return Status(
             corpus_version=corpus.corpus_version,
             corpus_region=corpus.region,

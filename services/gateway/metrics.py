@@ -31,6 +31,21 @@ TIME_TO_FIRST_TOKEN = Histogram(
 TOKENS = Counter(
     "ragmesh_tokens_total", "Tokens by tier and direction (input, output)", ["tier", "direction"]
 )
+COST = Counter(
+    "ragmesh_cost_usd_total", "Cost in US dollars by tier (the policy's prices)", ["tier"]
+)
+# With control.tenant_metrics only: one series per tenant and tier.
+TENANT_TOKENS = Counter(
+    "ragmesh_tenant_tokens_total",
+    "Tokens (input and output) by tenant and tier",
+    ["tenant", "tier"],
+)
+TENANT_COST = Counter(
+    "ragmesh_tenant_cost_usd_total", "Cost in US dollars by tenant and tier", ["tenant", "tier"]
+)
+ADMISSIONS = Counter(
+    "ragmesh_admissions_total", "Admission decisions: admitted, refused", ["result"]
+)
 RETRIEVAL_TOP_SCORE = Histogram(
     "ragmesh_retrieval_top_score",
     "Cosine score of the best retrieved chunk per request",

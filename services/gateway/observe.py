@@ -9,16 +9,13 @@ from opentelemetry import trace
 from services.common import telemetry
 from services.gateway import metrics
 from services.gateway.retrieval_client import Found
-from services.gateway.values import HIT, Answer, Call, GenerateParams
+from services.gateway.values import Answer, Call, GenerateParams
 
 
 def answered(found: Found, answer: Answer, arrived: float | None) -> None:
     """Metrics of one answer; `arrived` for a cached one, whose text is out at once."""
     if arrived is not None:
         metrics.TIME_TO_FIRST_TOKEN.labels(answer.tier).observe(time.monotonic() - arrived)
-    if answer.cache_status != HIT:  # a cached answer costs no tokens
-        metrics.TOKENS.labels(answer.tier, "input").inc(answer.prompt_tokens)
-        metrics.TOKENS.labels(answer.tier, "output").inc(answer.completion_tokens)
     if found.chunks:
         metrics.RETRIEVAL_TOP_SCORE.observe(max(c.score for c in found.chunks))
 
@@ -34,13 +31,15 @@ def annotate(
     """The request's span gets what it was and how it went; hashes, never text."""
     if not span.is_recording():  # an unsampled trace: spare the hashing
         return
-    routing = "fallback" if answer.fallback_from else "requested" if params.tier else "default"
+    routing = answer.routing.reason if answer.routing else ""
     span.set_attributes(
         {
             "ragmesh.tenant": telemetry.digest(call.tenant),
             "ragmesh.region": region,
             "ragmesh.tier": answer.tier,
             "ragmesh.routing_reason": routing,
+            "ragmesh.fallback_from": answer.fallback_from,
+            "ragmesh.cost_usd": answer.cost_usd,
             "ragmesh.cache_status": answer.cache_status,
             "ragmesh.degraded": answer.degraded,
             "ragmesh.degraded_reason": answer.degraded_reason,

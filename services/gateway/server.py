@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
-from ragmesh.v1 import gateway_pb2, gateway_pb2_grpc
+from ragmesh.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 
 from services.common import metrics as common_metrics
 from services.common import serving
+from services.config.control import ControlConfig
 from services.config.gateway import GatewayConfig
 from services.config.telemetry import TelemetryConfig
-from services.gateway.auth import Authenticator
+from services.gateway.admin import AdminServicer
+from services.gateway.control import Control
 from services.gateway.core import GatewayCore
 from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.servicer import GatewayServicer
 from services.gateway.tiers import Tiers
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 @dataclass
@@ -28,17 +32,21 @@ class GatewayServer:
     health: health.aio.HealthServicer
     retrieval: RetrievalClient
     tiers: Tiers
+    control: Control
     servicer: GatewayServicer
     metrics_port: int
+    seed: dict[str, str]
 
     async def start(self) -> None:
         common_metrics.serve(self.metrics_port)
+        await self.control.start(self.seed)
         await self.server.start()
-        await serving.set_serving(self.health, [SERVICE_NAME], up=True)
+        await serving.set_serving(self.health, [SERVICE_NAME, ADMIN_SERVICE_NAME], up=True)
 
     async def close_clients(self) -> None:
         await self.retrieval.close()
         await self.tiers.close()
+        await self.control.close()
 
     async def stop(self, grace_s: float | None = None) -> None:
         await serving.stop_draining(self.server, grace_s, self.servicer.close_streams)
@@ -47,20 +55,29 @@ class GatewayServer:
     async def serve(self) -> None:
         await self.start()
         await serving.run_until_signal(
-            self.server, self.health, [SERVICE_NAME], drain=self.servicer.close_streams
+            self.server,
+            self.health,
+            [SERVICE_NAME, ADMIN_SERVICE_NAME],
+            drain=self.servicer.close_streams,
         )
         await self.close_clients()
 
 
-def build_server(config: GatewayConfig, tracing: TelemetryConfig) -> GatewayServer:
-    """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint."""
+def build_server(
+    config: GatewayConfig, tracing: TelemetryConfig, control_config: ControlConfig
+) -> GatewayServer:
+    """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint.
+    Raises services.control.policy.PolicyError when the policy file is broken."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
-    core = GatewayCore(config, retrieval, tiers)
+    control = Control(control_config, config.region, Path(control_config.policy_file))
+    core = GatewayCore(config, retrieval, tiers, control if control_config.enabled else None)
     server = serving.new_server("gateway", tracing)
-    servicer = GatewayServicer(core, Authenticator(config.api_keys))
+    servicer = GatewayServicer(core, control)
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
-    health_servicer = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(control, core), server)
+    names = [SERVICE_NAME, ADMIN_SERVICE_NAME]
+    health_servicer = serving.add_health_and_reflection(server, names)
     port = serving.bind(server, config.host, config.port)
     return GatewayServer(
         server=server,
@@ -68,6 +85,8 @@ def build_server(config: GatewayConfig, tracing: TelemetryConfig) -> GatewayServ
         health=health_servicer,
         retrieval=retrieval,
         tiers=tiers,
+        control=control,
         servicer=servicer,
         metrics_port=config.metrics_port if tracing.enabled else 0,
+        seed=dict(config.api_keys),
     )

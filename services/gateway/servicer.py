@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+from ragmesh.v1 import admin_pb2, gateway_pb2_grpc
 from ragmesh.v1 import gateway_pb2 as pb
-from ragmesh.v1 import gateway_pb2_grpc
 
-from services.common.errors import RagmeshError, Unavailable, rpc_status
+from services.common.errors import (
+    FailedPrecondition,
+    NotFound,
+    RagmeshError,
+    Unavailable,
+    rpc_status,
+)
 from services.contract.documents import Document
-from services.gateway.auth import Authenticator
+from services.gateway.control import Control
 from services.gateway.core import GatewayCore
 from services.gateway.values import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 
@@ -51,8 +58,15 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
             for c in answer.citations
         ],
         usage=pb.Usage(
-            prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            cost_usd=answer.cost_usd,
         ),
+        routing=pb.Routing(
+            tier=answer.routing.tier, reason=answer.routing.reason, detail=answer.routing.detail
+        )
+        if answer.routing
+        else None,
         model=answer.model,
         tier=answer.tier,
         region=region,
@@ -90,8 +104,12 @@ async def _until(events: AsyncGenerator[T], closing: asyncio.Event) -> AsyncIter
         await events.aclose()
 
 
-def _params(request: pb.GenerateRequest) -> GenerateParams:
+def _params(request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> GenerateParams:
+    priority = request.priority or next(
+        (str(v) for k, v in context.invocation_metadata() or () if k == "x-priority"), ""
+    )
     return GenerateParams(
+        priority=priority.strip(),
         query=request.query,
         top_k=request.top_k,
         max_tokens=request.max_tokens,
@@ -105,9 +123,9 @@ def _params(request: pb.GenerateRequest) -> GenerateParams:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, core: GatewayCore, auth: Authenticator) -> None:
+    def __init__(self, core: GatewayCore, control: Control) -> None:
         self._core = core
-        self._auth = auth
+        self._control = control
         self._closing = asyncio.Event()  # set at shutdown, once open streams had their grace
         self._open = 0  # streams open now
         self._idle = asyncio.Event()  # set while none is
@@ -116,13 +134,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _call(self, context: grpc.aio.ServicerContext, budget: float | None = None) -> Call:
         """The request's tenant and budget: the client's deadline, at most `budget` (the
         gateway's request_timeout_s unless given), less the closing margin."""
-        metadata = context.invocation_metadata() or ()
-        tenant = self._auth.tenant(metadata)
+        key = self._control.authenticate(context.invocation_metadata() or ())
         budget = self._core.config.request_timeout_s if budget is None else budget
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining - min(CLOSE_MARGIN_S, remaining / 10))
-        return Call.start(tenant, budget)
+        return Call.start(key.tenant, budget, key)
 
     async def close_streams(self, grace_s: float) -> None:
         """At shutdown: open streams may end on their own within `grace_s`, less the margin
@@ -138,7 +155,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> pb.GenerateResponse:
         call = self._call(context)
         # Closed here, not by the garbage collector on another turn of the loop.
-        answer = self._core.generate(call, _params(request), stream=False)
+        answer = self._core.generate(call, _params(request, context), stream=False)
         async with contextlib.aclosing(answer) as events:
             async for event in events:
                 if isinstance(event, Answer):
@@ -150,7 +167,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         call = self._call(context)
         streamed = False
-        events = _until(self._core.generate(call, _params(request)), self._closing)
+        events = _until(self._core.generate(call, _params(request, context)), self._closing)
         self._open += 1
         self._idle.clear()
         try:
@@ -236,3 +253,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 for d in status.dependencies
             ],
         )
+
+    async def GetUsage(
+        self, request: admin_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UsageResponse:
+        """The caller's own tenant's usage: `tenant` must be empty or the key's own."""
+        call = self._call(context)
+        if not self._control.config.enabled:
+            raise FailedPrecondition("the control plane is off: no usage is recorded")
+        if request.tenant and request.tenant != call.tenant:
+            raise NotFound(f"tenant: no tenant {request.tenant[:64]!r}", field="tenant")
+        return await usage_response(self._control, call.tenant, request)
+
+
+async def usage_response(
+    control: Control, tenant: str, request: admin_pb2.GetUsageRequest
+) -> admin_pb2.UsageResponse:
+    """A GetUsage answer for `tenant` (the admin API's and the public one's)."""
+    end = request.end_ms or int(time.time() * 1000)
+    start = request.start_ms or end - 30 * 86_400_000
+    rows = await control.usage.query(tenant, start, end, request.group_by or "day")
+    return admin_pb2.UsageResponse(
+        tenant=tenant,
+        rows=[
+            admin_pb2.UsageRow(
+                group=r.group,
+                requests=r.requests,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+                cost_usd=r.cost_usd,
+            )
+            for r in rows
+        ],
+    )

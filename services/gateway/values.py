@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from services.common import telemetry
 from services.common.errors import DeadlineExceeded
+from services.control.policy import Route
+from services.control.registry import ApiKey
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 
@@ -20,12 +22,14 @@ class Call:
     tenant: str
     deadline: float  # time.monotonic() by which the answer must be out
     trace_id: str
+    key: ApiKey | None = None  # None: a call admitted without the control plane (tests)
 
     @classmethod
-    def start(cls, tenant: str, budget_s: float) -> Call:
+    def start(cls, tenant: str, budget_s: float, key: ApiKey | None = None) -> Call:
         """In the request's span: its trace id names the request (a random one without)."""
         trace_id = telemetry.trace_id() or secrets.token_hex(16)
-        return cls(tenant=tenant, deadline=time.monotonic() + budget_s, trace_id=trace_id)
+        deadline = time.monotonic() + budget_s
+        return cls(tenant=tenant, deadline=deadline, trace_id=trace_id, key=key)
 
     def remaining(self) -> float:
         """Seconds left; raises DeadlineExceeded when none are."""
@@ -50,6 +54,7 @@ class GenerateParams:
     model_version: str = ""
     bypass_cache: bool = False
     skip_retrieval: bool = False
+    priority: str = ""  # critical, standard (""), batch: the routing policy's criticality
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class Answer:
     cache_status: str = BYPASS
     degraded_reason: str = ""  # empty: not degraded
     fallback_from: str = ""  # the tier asked for, when it was down and `tier` answered
+    routing: Route | None = None  # the policy's choice and why; None without a policy
+    cost_usd: float = 0.0  # priced by the policy; 0 for a cached answer
 
     @property
     def degraded(self) -> bool:

@@ -6,4 +6,4 @@ from services.common import serving
 from services.retrieval.server import build_server
 
 if __name__ == "__main__":
-    serving.run_plane("retrieval", build_server)
+    serving.run_plane("retrieval", lambda mesh: build_server(mesh.retrieval, mesh.telemetry))

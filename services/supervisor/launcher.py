@@ -1,4 +1,5 @@
-"""Starts the local mesh (Triton, retrieval, gateway per region; one Envoy) and stops it.
+"""Starts the local mesh (one Redis, the control plane's store; Triton, retrieval, gateway
+per region; one Envoy) and stops it.
 
 `make up` and the integration tests use the same launcher; tests give it free ports
 and a temporary data directory.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -54,7 +56,9 @@ def _bindable(port: int) -> bool:
 
 
 def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
-    """`config` on free ports (every region's) with its own data directory, for tests."""
+    """`config` on free ports (every region's) with its own data directory, its own store
+    (the mesh's redis-server, never a configured `control.redis_url`) and its own copy of
+    the routing policy, for tests."""
     regions = len(config.mesh.regions)
     while True:
         edge = dataclasses.replace(
@@ -72,6 +76,13 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
         )
         gateway = dataclasses.replace(config.gateway, port=free_port(), metrics_port=free_port())
         console = dataclasses.replace(config.console, port=free_port())
+        # A copy of the routing policy, which a test may edit (the gateways reload it).
+        policy = data_dir / "policy.yaml"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        policy.write_bytes(resolve(config.control.policy_file).read_bytes())
+        control = dataclasses.replace(
+            config.control, redis_url="", redis_port=free_port(), policy_file=str(policy)
+        )
         stride = random.randrange(1000, 5000)
         shifted = [
             p + i * stride
@@ -98,6 +109,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
         retrieval=retrieval,
         gateway=gateway,
         console=console,
+        control=control,
     )
 
 
@@ -120,7 +132,20 @@ def _grpc_serving(target: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-PLANES = ("triton", "retrieval", "gateway", "envoy", "console")
+def _redis_pong(port: int) -> bool:
+    """PING answered: the store has loaded its AOF and serves (while loading it answers
+    -LOADING)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+PLANES = ("redis", "triton", "retrieval", "gateway", "envoy", "console")
+# Planes with one process for every region together, named by the plane alone.
+_SHARED = ("redis", "envoy", "console")
 
 
 def _triton_tracing(region: Region) -> list[str]:
@@ -150,9 +175,11 @@ class _Spec:
 class Mesh:
     """The running mesh, every region of it; a context manager that always stops it all.
 
-    Processes are named `<plane>-<region>` (`gateway-local`); Envoy and the console by
-    their plane alone.
-    `planes` picks a prefix of the start order, e.g. ("triton",) for inference benchmarks.
+    Processes are named `<plane>-<region>` (`gateway-local`); the store (`redis`), Envoy
+    and the console by their plane alone: one each, shared by every region.
+    `planes` picks the planes to start, in the order given: ("triton",) for inference
+    benchmarks (no store), ("redis",) for the store alone. "redis" starts nothing when
+    `control.redis_url` names a store of its own, or the control plane is off.
     """
 
     def __init__(
@@ -201,7 +228,10 @@ class Mesh:
                 milvus_uri=str(resolve(c.retrieval.milvus_uri)),
                 corpus_log=str(resolve(c.retrieval.corpus_log)),
             )
-            config = dataclasses.replace(c, retrieval=retrieval)
+            control = dataclasses.replace(
+                c.control, policy_file=str(resolve(c.control.policy_file))
+            )
+            config = dataclasses.replace(c, retrieval=retrieval, control=control)
             path = self.run_dir / region.name / "mesh.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -272,6 +302,37 @@ class Mesh:
         argv = [str(ROOT / ".venv-phoenix" / "bin" / "phoenix"), "serve"]
         return _Spec(argv, env, lambda: _http_ok(f"http://127.0.0.1:{t.viewer_port}/"))
 
+    def _redis(self) -> _Spec:
+        """The control plane's store: one redis-server for every region, on loopback only.
+        Acknowledged writes go to the append-only file (fsync'd every second), which is how
+        it comes back after a kill; no RDB snapshots."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: `make redis` installs Debian's")
+        port = self.config.control.redis_port
+        data = self.data_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ]
+        return _Spec(argv, None, lambda: _redis_pong(port))
+
     def _envoy(self) -> _Spec:
         envoy = Path(sys.executable).parent / "envoy"
         argv = [
@@ -291,6 +352,11 @@ class Mesh:
         url = f"http://127.0.0.1:{self.config.console.port}/topology/view.json"
         return _Spec(argv, None, lambda: _http_ok(url))
 
+    def _shared(self, plane: str) -> _Spec:
+        if plane == "redis":
+            return self._redis()
+        return self._envoy() if plane == "envoy" else self._console()
+
     def _spec(self, plane: str, region: Region) -> _Spec:
         c = region.config
         if plane == "triton":
@@ -304,8 +370,11 @@ class Mesh:
             if self.trace_viewer:
                 self._start("phoenix", self._phoenix())
             for plane in self.planes:
-                if plane in ("envoy", "console"):
-                    self._start(plane, self._envoy() if plane == "envoy" else self._console())
+                control = self.config.control
+                if plane == "redis" and (control.redis_url or not control.enabled):
+                    continue  # a store of its own, or none needed: the mesh starts none
+                if plane in _SHARED:
+                    self._start(plane, self._shared(plane))
                     continue
                 for region in self.regions:
                     self._start(f"{plane}-{region.name}", self._spec(plane, region))

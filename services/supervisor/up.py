@@ -48,6 +48,11 @@ def _viewer_line(mesh: Mesh) -> str:
     return f"\n  traces (Arize Phoenix)   {mesh.config.telemetry.otlp_endpoint}"
 
 
+def _admin_line(mesh: Mesh) -> str:
+    key = mesh.config.mesh.demo_admin_key
+    return f"\n  admin key (x-admin-key)  {key}" if key else ""
+
+
 def banner(mesh: Mesh, seconds: float) -> str:
     c = mesh.config
     key = c.mesh.demo_key
@@ -59,8 +64,9 @@ ragmesh is up in {seconds:.0f}s (regions {names}). Ctrl-C stops everything.
   topology (live)          {mesh.http_url}/topology
   Envoy admin              {mesh.admin_url}
 {_region_lines(mesh)}
+  store (Redis)            {mesh.config.control.store_url_shown()}
   logs                     {mesh.run_dir / "logs"}{_viewer_line(mesh)}
-  demo API key             {key}
+  demo API key             {key}{_admin_line(mesh)}
 
 Try:
   curl -s -H 'x-api-key: {key}' -d '{{"query": "How do I parse a JSON string?"}}' \\

@@ -59,3 +59,9 @@ def test_kill_9_during_an_ingest_loses_no_acknowledged_document(day):
     assert len(outcome.acknowledged) == SHORT.documents
     assert outcome.missing == {r.name: 0 for r in day.mesh.regions}
     assert outcome.failed == 0
+
+
+def test_killing_the_store_fails_no_request_and_loses_no_count(day):
+    outcome = _play(day, "store-kill")
+    assert outcome.failed == 0
+    assert outcome.store_caught_up

@@ -14,30 +14,33 @@ from services.common.errors import (
     status_details,
 )
 from services.common.validation import check_document_id
-from services.gateway.auth import Authenticator, key_digest
+from services.gateway.control import credential
 
 
-def test_tenant_from_either_header():
-    auth = Authenticator({"acme": key_digest("k1")})
-    assert auth.tenant([("x-api-key", "k1")]) == "acme"
-    assert auth.tenant([("authorization", "Bearer k1")]) == "acme"
-    assert auth.tenant([("authorization", b"bearer k1")]) == "acme"
+def test_key_from_either_header():
+    assert credential([("x-api-key", "k1")], "x-api-key") == "k1"
+    assert credential([("authorization", "Bearer k1")], "x-api-key") == "k1"
+    assert credential([("authorization", b"bearer k1")], "x-api-key") == "k1"
+    # The admin credential has one header, and a tenant key never stands in for it.
+    assert credential([("x-admin-key", "a1"), ("x-api-key", "k1")], "x-admin-key") == "a1"
+    with pytest.raises(Unauthenticated):
+        credential([("authorization", "Bearer a1")], "x-admin-key")
 
 
 @pytest.mark.parametrize(
     "metadata",
     [
         [],
-        [("x-api-key", "nope")],
+        [("x-api-key", "")],
         [("authorization", "Basic k1")],
         # Two keys, even both known: which one counts would be the headers' order.
         [("x-api-key", "k1"), ("x-api-key", "k2")],
         [("x-api-key", "k1"), ("authorization", "Bearer k1")],
     ],
 )
-def test_missing_or_unknown_key_is_unauthenticated(metadata):
+def test_missing_or_ambiguous_key_is_unauthenticated(metadata):
     with pytest.raises(Unauthenticated):
-        Authenticator({"acme": key_digest("k1"), "other": key_digest("k2")}).tenant(metadata)
+        credential(metadata, "x-api-key")
 
 
 def test_http_table_is_the_grpc_gateway_mapping():

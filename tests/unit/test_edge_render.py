@@ -22,6 +22,7 @@ from services.config.telemetry import TelemetryConfig
 from services.edge.body_schema import _lua_pattern, body_schema
 from services.edge.render import (
     PUBLIC_SERVICES,
+    PUBLIC_WRITE_PATHS,
     REQUEST_GUARD_LUA,
     RETRY_ON,
     _duration,
@@ -176,10 +177,13 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
 def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfig) -> None:
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
-    _, ingest, delete, route = vhost["routes"]  # the console's route first (its own test)
-    # Writes: the gateway's write budget; tried again only where they never reached it.
-    for writing, method in ((ingest, "IngestDocuments"), (delete, "DeleteDocument")):
-        assert writing["match"] == {"path": f"/ragmesh.v1.Gateway/{method}"}
+    _, *writes, route = vhost["routes"]  # the console's route first (its own test)
+    # Writes: the gateway's write budget; tried again only where they never reached it (a
+    # second try of a write that landed would make a second key, say).
+    assert [w["match"] for w in writes] == [{"path": path} for path in PUBLIC_WRITE_PATHS]
+    assert "/ragmesh.v1.Gateway/IngestDocuments" in PUBLIC_WRITE_PATHS
+    assert "/ragmesh.v1.Admin/CreateKey" in PUBLIC_WRITE_PATHS
+    for writing in writes:
         assert writing["route"]["max_stream_duration"] == {
             "grpc_timeout_header_max": _duration(config.gateway.write_timeout_s)
         }
@@ -320,7 +324,7 @@ def test_fault_filter_is_inert_until_its_runtime_keys_are_set(config: MeshConfig
         assert fault["delay_duration_runtime"] == f"chaos.{region}.retrieval.delay_ms"
 
 
-def test_public_listener_transcodes_the_gateway_only(config: MeshConfig) -> None:
+def test_public_listener_transcodes_the_public_services(config: MeshConfig) -> None:
     manager = _manager(_listener(render(config), "public"))
     names = [f["name"] for f in manager["http_filters"]]
     assert names[-1] == "envoy.filters.http.router"
@@ -331,7 +335,8 @@ def test_public_listener_transcodes_the_gateway_only(config: MeshConfig) -> None
     )
     assert _filter(manager, "envoy.filters.http.buffer")["max_request_bytes"] == 8 * 1024 * 1024
     transcoder = _filter(manager, "envoy.filters.http.grpc_json_transcoder")
-    assert transcoder["services"] == ["ragmesh.v1.Gateway"]
+    # The tenants' API and the admin API; never an internal one (Retrieval).
+    assert transcoder["services"] == PUBLIC_SERVICES == ["ragmesh.v1.Gateway", "ragmesh.v1.Admin"]
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["print_options"]["stream_newline_delimited"] is True
     assert transcoder["print_options"]["preserve_proto_field_names"] is True
@@ -369,7 +374,7 @@ def test_access_logs_carry_no_keys_or_bodies(config: MeshConfig) -> None:
         fields = log["typed_config"]["log_format"]["json_format"]
         text = json.dumps(fields).upper()
         assert "%GRPC_STATUS%" in text and "%RESPONSE_CODE%" in text
-        for secret in ("X-API-KEY", "AUTHORIZATION", "BODY", "%DYNAMIC_METADATA"):
+        for secret in ("X-API-KEY", "X-ADMIN-KEY", "AUTHORIZATION", "BODY", "%DYNAMIC_METADATA"):
             assert secret not in text
 
 
@@ -449,24 +454,58 @@ def test_envoy_validates_the_rendered_config(
 # The unknown-field check: a Lua filter before the transcoder, its schema generated from the
 # descriptor set's google.api.http rules.
 
-BODY_ROUTES = ["/v1/documents", "/v1/generate", "/v1/generate:stream", "/v1/search"]
+# The exact body paths: the Gateway's, then the Admin's.
+BODY_ROUTES = [
+    "/v1/documents",
+    "/v1/generate",
+    "/v1/generate:stream",
+    "/v1/search",
+    "/v1/admin/tenants",
+]
+# The Admin's templated body paths, in the proto's order.
+BODY_PATTERNS = [
+    ("PUT", r"^%/v1%/admin%/tenants%/[^/]+$", "message:ragmesh.v1.Tenant"),
+    ("POST", r"^%/v1%/admin%/tenants%/[^/]+%/keys$", "message:ragmesh.v1.CreateKeyRequest"),
+    (
+        "POST",
+        r"^%/v1%/admin%/tenants%/[^/]+%/keys%/[^/]+%:rotate$",
+        "message:ragmesh.v1.RotateKeyRequest",
+    ),
+    (
+        "POST",
+        r"^%/v1%/admin%/tenants%/[^/]+%/keys%/[^/]+%:revoke$",
+        "message:ragmesh.v1.RevokeKeyRequest",
+    ),
+    (
+        "POST",
+        r"^%/v1%/admin%/tenants%/[^/]+%/route%:explain$",
+        "message:ragmesh.v1.ExplainRouteRequest",
+    ),
+]
 
 
 def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
     schema = body_schema(descriptor_set, PUBLIC_SERVICES)
-    assert sorted(schema.routes) == ["POST"]  # DELETE /v1/documents/{id}, GET /v1/status: no body
-    assert sorted(schema.routes["POST"]) == BODY_ROUTES
-    assert schema.patterns == []
+    # No body: DELETE /v1/documents/{id}, GET /v1/status, /v1/usage, /v1/admin/tenants,
+    # /v1/admin/tenants/{name}, .../keys, .../usage. PUT /v1/admin/tenants/{name} is templated.
+    assert sorted(schema.routes) == ["POST"]
+    assert sorted(schema.routes["POST"]) == sorted(BODY_ROUTES)
+    assert schema.patterns == BODY_PATTERNS
     assert schema.routes["POST"]["/v1/generate"] == "message:ragmesh.v1.GenerateRequest"
     assert schema.routes["POST"]["/v1/generate:stream"] == "message:ragmesh.v1.GenerateRequest"
     assert schema.routes["POST"]["/v1/search"] == "message:ragmesh.v1.SearchRequest"
+    assert schema.routes["POST"]["/v1/admin/tenants"] == "message:ragmesh.v1.Tenant"
 
 
 def test_every_public_method_takes_one_message(descriptor_set: Path) -> None:
     schema = body_schema(descriptor_set, PUBLIC_SERVICES)
-    methods = ["DeleteDocument", "Generate", "GenerateStream", "GetStatus"]
-    methods += ["IngestDocuments", "Search"]
-    assert sorted(schema.single_message) == [f"/ragmesh.v1.Gateway/{m}" for m in methods]
+    gateway = ["DeleteDocument", "Generate", "GenerateStream", "GetStatus", "GetUsage"]
+    gateway += ["IngestDocuments", "Search"]
+    admin = ["CreateKey", "CreateTenant", "ExplainRoute", "GetTenant", "GetUsage", "ListKeys"]
+    admin += ["ListTenants", "RevokeKey", "RotateKey", "UpdateTenant"]
+    assert sorted(schema.single_message) == [f"/ragmesh.v1.Admin/{m}" for m in admin] + [
+        f"/ragmesh.v1.Gateway/{m}" for m in gateway
+    ]
 
 
 def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> None:
@@ -486,6 +525,7 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
         "bypassCache": "scalar",
         "skip_retrieval": "scalar",
         "skipRetrieval": "scalar",
+        "priority": "scalar",
     }
 
 
@@ -504,6 +544,35 @@ def test_schema_of_documents_descends_into_document(descriptor_set: Path) -> Non
     # Only messages a body can hold; map entries are no messages of their own.
     assert not any(name.endswith("Entry") for name in schema.messages)
     assert "ragmesh.v1.GenerateResponse" not in schema.messages
+
+
+def test_schema_of_admin_bodies_descends_into_budget(descriptor_set: Path) -> None:
+    messages = body_schema(descriptor_set, PUBLIC_SERVICES).messages
+    assert messages["ragmesh.v1.Tenant"] == {
+        "name": "scalar",
+        "requests_per_second": "scalar",
+        "requestsPerSecond": "scalar",
+        "tokens_per_minute": "scalar",
+        "tokensPerMinute": "scalar",
+        "budgets": "message:ragmesh.v1.Budget",
+        "created_ms": "scalar",
+        "createdMs": "scalar",
+    }
+    assert messages["ragmesh.v1.Budget"] == {
+        "metric": "scalar",
+        "window": "scalar",
+        "hard": "scalar",
+        "soft": "scalar",
+    }
+    assert messages["ragmesh.v1.CreateKeyRequest"] == {
+        "tenant": "scalar",
+        "labels": "map",
+        "expires_ms": "scalar",
+        "expiresMs": "scalar",
+    }
+    # Bodiless requests (GET) and responses are no body's messages.
+    for name in ("GetTenantRequest", "ListKeysRequest", "GetUsageRequest", "CreatedKey"):
+        assert f"ragmesh.v1.{name}" not in messages
 
 
 def _toy_descriptor_set(path: Path) -> Path:
@@ -567,7 +636,7 @@ def test_lua_patterns_of_path_templates() -> None:
     assert _lua_pattern("/v1/{path=files/**}") == r"^%/v1%/files%/.*$"
 
 
-def test_lua_filter_embeds_the_generated_schema(config: MeshConfig) -> None:
+def test_lua_filter_embeds_the_generated_schema(config: MeshConfig, descriptor_set: Path) -> None:
     manager = _manager(_listener(render(config), "public"))
     source = _filter(manager, "envoy.filters.http.lua")["default_source_code"]["inline_string"]
     assert source.startswith("-- Generated by services.edge.render")
@@ -575,7 +644,13 @@ def test_lua_filter_embeds_the_generated_schema(config: MeshConfig) -> None:
         assert f'["{path}"] = "message:ragmesh.v1.' in source
     assert '["ragmesh.v1.Document"] = {' in source
     assert '["metadata"] = "map",' in source
-    assert 'local SINGLE_MESSAGE = {\n  ["/ragmesh.v1.Gateway/DeleteDocument"] = true,' in source
+    for method, pattern, kind in BODY_PATTERNS:
+        assert f'  {{"{method}", "{pattern}", "{kind}"}},\n' in source
+    single = sorted(body_schema(descriptor_set, PUBLIC_SERVICES).single_message)
+    assert '  ["/ragmesh.v1.Admin/CreateKey"] = true,\n' in source
+    assert '  ["/ragmesh.v1.Gateway/DeleteDocument"] = true,\n' in source
+    lines = "".join(f'  ["{path}"] = true,\n' for path in single)
+    assert f"local SINGLE_MESSAGE = {{\n{lines}}}\n" in source
     assert source.endswith(REQUEST_GUARD_LUA.read_text(encoding="utf-8"))
     assert "function envoy_on_request(request_handle)" in source
 

@@ -15,6 +15,7 @@ FLOORS = {
     "common": 1,  # errors, gRPC plumbing, telemetry, metrics, validation, tokens
     "triton": 2,  # the Triton client: generation, embeddings, model control
     "client": 2,  # the gateway's client library, documents, the sample corpus
+    "control": 2,  # tenants, keys, leases, usage, the routing policy
     "gateway": 3,  # the planes
     "retrieval": 3,
     "console": 3,
