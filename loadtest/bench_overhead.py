@@ -11,9 +11,11 @@ time) over four paths, in interleaved rounds:
 - direct: client -> Triton's stream API, the request the gateway would send (lean client);
 - gateway: client -> gateway -> Triton (Generate, echo tier, skip_retrieval, no cache);
 - gateway-untraced: the same on a second gateway with telemetry off;
-- gateway-control-off: the same on a gateway with the control plane off (no admission,
-  routing policy or usage records); the demo tenant's calls on `gateway` are admitted
-  against two per-key rate limits and four budgets (six leased counters);
+- gateway-control-on, gateway-control-off: the same on two more gateways, alike but for the
+  control plane: on (the demo tenant's calls admitted against two per-key rate limits and
+  four budgets, six leased counters, routed by the policy, recorded) and off (none of it).
+  Neither is behind Envoy, so neither answers its health checks: what they differ by is
+  the control plane alone;
 - envoy: client -> Envoy -> gateway -> Triton (the same call through the edge).
 
 Prints, per rate and path, p50/p99, the added p50/p99 against direct, the CPU each process
@@ -66,12 +68,14 @@ MAX_TOKENS = 16
 TIMEOUT_S = 5.0  # an overloaded path shows as errors, not as requests queued for minutes
 GOOD_P99_ADDED_MS = 10.0
 UNTRACED = "gateway-untraced"  # telemetry.enabled false
+CONTROL_ON = "gateway-control-on"
 CONTROL_OFF = "gateway-control-off"  # control.enabled false
-PATHS = ("direct", "gateway", UNTRACED, CONTROL_OFF, "envoy")
+PATHS = ("direct", "gateway", UNTRACED, CONTROL_ON, CONTROL_OFF, "envoy")
 CPU_SHOWN = {
     "direct": ("client", "triton"),
     "gateway": ("client", "gateway", "triton"),
     UNTRACED: ("client", UNTRACED, "triton"),
+    CONTROL_ON: ("client", CONTROL_ON, "triton"),
     CONTROL_OFF: ("client", CONTROL_OFF, "triton"),
     "envoy": ("client", "envoy", "gateway", "triton"),
 }
@@ -175,19 +179,21 @@ class Meter:
         return {n: v - before[n] for n, v in self.read().items()}
 
 
-def start_variant(mesh: Mesh, name: str) -> str:
-    """A second gateway on the same Triton: telemetry off (UNTRACED) or the control plane off
-    (CONTROL_OFF), what each costs."""
+def start_variant(mesh: Mesh, name: str) -> tuple[str, int]:
+    """A second gateway on the same Triton: telemetry off (UNTRACED), or the control plane on
+    or off (CONTROL_ON, CONTROL_OFF, both with a metrics port), what each costs. Returns its
+    target and metrics port (0: none)."""
     region = mesh.regions[0].config
-    gateway = dataclasses.replace(region.gateway, port=free_port(), metrics_port=0)
+    metrics = free_port() if name in (CONTROL_ON, CONTROL_OFF) else 0
+    gateway = dataclasses.replace(region.gateway, port=free_port(), metrics_port=metrics)
     if name == UNTRACED:
         off = dataclasses.replace(region.telemetry, enabled=False)
         variant = dataclasses.replace(region, gateway=gateway, telemetry=off)
     else:
-        control = dataclasses.replace(region.control, enabled=False)
+        control = dataclasses.replace(region.control, enabled=name == CONTROL_ON)
         variant = dataclasses.replace(region, gateway=gateway, control=control)
     mesh.start_gateway(name, variant)
-    return f"127.0.0.1:{gateway.port}"
+    return f"127.0.0.1:{gateway.port}", metrics
 
 
 def govern_demo(mesh: Mesh) -> None:
@@ -206,10 +212,10 @@ def govern_demo(mesh: Mesh) -> None:
     time.sleep(mesh.config.control.registry_refresh_s * 3)  # every gateway has read it
 
 
-def lease_waits(mesh: Mesh) -> float:
-    """The gateway's ragmesh_control_lease_waits_total."""
-    port = mesh.regions[0].config.gateway.metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def lease_waits(metrics_port: int) -> float:
+    """A gateway's ragmesh_control_lease_waits_total."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
         for line in response.read().decode().splitlines():
             if line.startswith("ragmesh_control_lease_waits_total "):
                 return float(line.split()[1])
@@ -221,8 +227,9 @@ async def measure(
 ) -> tuple[Figures, dict[float, float]]:
     key = mesh.config.mesh.demo_key
     region = mesh.regions[0]
-    untraced = start_variant(mesh, UNTRACED)
-    control_off = start_variant(mesh, CONTROL_OFF)
+    untraced, _ = start_variant(mesh, UNTRACED)
+    control_on, control_metrics = start_variant(mesh, CONTROL_ON)
+    control_off, _ = start_variant(mesh, CONTROL_OFF)
     govern_demo(mesh)
     request = pb.GenerateRequest(
         query=QUESTION,
@@ -232,7 +239,13 @@ async def measure(
         bypass_cache=True,
     )
     gateway = f"gateway-{region.name}"
-    processes = {"gateway": gateway, UNTRACED: UNTRACED, CONTROL_OFF: CONTROL_OFF, "envoy": "envoy"}
+    processes = {
+        "gateway": gateway,
+        UNTRACED: UNTRACED,
+        CONTROL_ON: CONTROL_ON,
+        CONTROL_OFF: CONTROL_OFF,
+        "envoy": "envoy",
+    }
     processes["triton"] = f"triton-{region.name}"
     meter = Meter({label: mesh.processes[name].pid for label, name in processes.items()})
     figures, rss = Figures(), {}
@@ -240,6 +253,7 @@ async def measure(
         grpc.aio.insecure_channel(region.config.gateway.triton_target) as to_triton,
         grpc.aio.insecure_channel(region.gateway_target) as to_gateway,
         grpc.aio.insecure_channel(untraced) as to_untraced,
+        grpc.aio.insecure_channel(control_on) as to_control_on,
         grpc.aio.insecure_channel(control_off) as to_control_off,
         grpc.aio.insecure_channel(mesh.edge_target) as to_edge,
     ):
@@ -252,12 +266,13 @@ async def measure(
             "direct": direct_send(to_triton),
             "gateway": generate(to_gateway),
             UNTRACED: generate(to_untraced),
+            CONTROL_ON: generate(to_control_on),
             CONTROL_OFF: generate(to_control_off),
             "envoy": generate(to_edge),
         }
         for path in PATHS:  # warm-up: connections, the model's first call
             await Load(sends[path], steady(50.0)).run(duration_s=1.0)
-        waits = lease_waits(mesh)
+        waits = lease_waits(control_metrics)
         for rate in rates:
             for _ in range(rounds):
                 for path in PATHS:
@@ -267,7 +282,7 @@ async def measure(
                     await asyncio.sleep(0.5)  # let the last round's stragglers clear
             rss[rate] = rss_mib(mesh.processes[gateway].pid)
             print(f"  {rate:g} req/s done", flush=True)
-    figures.lease_waits = lease_waits(mesh) - waits
+    figures.lease_waits = lease_waits(control_metrics) - waits
     return figures, rss
 
 
@@ -327,18 +342,16 @@ def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dic
             f"highest rate with added p99 <= {GOOD_P99_ADDED_MS:g} ms and no errors, {path}: "
             f"{best.get(path, 0.0):g} req/s"
         )
-    governed = sum(
-        len(figures.samples.get((path, r), [])) for path in ("gateway", "envoy") for r in rates
-    )
+    governed = sum(len(figures.samples.get((CONTROL_ON, r), [])) for r in rates)
     for rate in rates:
-        on = figures.cpu_ms("gateway", rate)["gateway"]
+        on = figures.cpu_ms(CONTROL_ON, rate)[CONTROL_ON]
         off = figures.cpu_ms(CONTROL_OFF, rate)[CONTROL_OFF]
         print(
             f"control plane at {rate:g} req/s: gateway CPU {on:.3f} ms per request on, "
             f"{off:.3f} ms off ({on - off:+.3f} ms)"
         )
     print(
-        f"requests that waited on the store (a lease take) on the governed gateway: "
+        f"requests that waited on the store (a lease take), control plane on: "
         f"{figures.lease_waits:g} of {governed} after warm-up"
     )
     return best

@@ -12,8 +12,8 @@ never does. Allowance left in a lease goes back when the lease expires (`lease_t
 
 Store unreachable: `offline: allow` admits from what the lease holds plus `offline_fraction`
 of each cap per window; `refuse` answers UNAVAILABLE once the lease is spent. The overshoot
-bound (docs/control-plane.md): per counter and window, at most G * (L + F) over the cap, for
-G gateways, lease size L and offline allowance F.
+bound (docs/control-plane.md): per counter and window, at most G * (max(L, R) + F) over the
+cap, for G gateways, lease size L, the largest single reservation R and offline allowance F.
 
 Windows are fixed, by the gateway's UTC clock: second, minute, day, month (as Envoy's
 ratelimit service counts: github.com/envoyproxy/ratelimit, per unit).
@@ -115,8 +115,8 @@ def counters(key: ApiKey, tenant: Tenant, now: float) -> list[Counter]:
                 f"tenant:{tenant.name}",
                 f"{budget.metric} per {budget.window}",
                 budget.metric,
-                int(budget.hard * scale) if budget.hard else -1,
-                int(budget.soft * scale),
+                round(budget.hard * scale) if budget.hard else -1,
+                round(budget.soft * scale),
                 end,
                 length,
             )
@@ -140,7 +140,7 @@ class _Lease:
     dry_at: float = 0.0  # time.monotonic() of that take
     offline: bool = False  # the last take failed: the store is unreachable
     offline_granted: bool = False
-    demand: int = 0  # what waiting requests need
+    need: int = 0  # the largest amount a waiting request needs
     taking: asyncio.Task[None] | None = None
     used: bool = False  # a request reserved from it
 
@@ -160,6 +160,8 @@ class Admission:
         self.config = config
         self.gateway_id = gateway_id or secrets.token_hex(8)
         self._leases: dict[str, _Lease] = {}
+        self._soft: dict[str, list[_Lease]] = {}  # by tenant: leases of budgets with a soft cap
+        self._released = False  # shutting down: takes give allowance back
         self._second = 0
         self._counted: dict[tuple[str, int], tuple[Tenant, list[Counter]]] = {}
         self.waits = 0  # requests that waited for a take (a metric, and the bench's figure)
@@ -189,7 +191,18 @@ class Admission:
                 else 0
             )
             lease = self._leases[counter.store_key] = _Lease(counter, size)
+            if counter.soft:
+                tenant = counter.subject.removeprefix("tenant:")
+                self._soft.setdefault(tenant, []).append(lease)
         return lease
+
+    def _drop(self, store_key: str) -> None:
+        lease = self._leases.pop(store_key)
+        if lease.counter.soft:
+            tenant = lease.counter.subject.removeprefix("tenant:")
+            self._soft[tenant].remove(lease)
+            if not self._soft[tenant]:
+                del self._soft[tenant]
 
     async def admit(self, key: ApiKey, tenant: Tenant, worst: Charge) -> Reservation:
         """Reserves `worst` against every cap of `key` and `tenant`, or raises
@@ -219,11 +232,8 @@ class Admission:
             if not lease.offline:  # a store known to be down is not waited on
                 self.waits += 1
                 metrics.LEASE_WAITS.inc()
-                lease.demand += amount
-                try:
-                    await self._take(lease)
-                finally:
-                    lease.demand -= amount
+                lease.need = max(lease.need, amount)
+                await self._take(lease)
             if lease.offline:
                 self._offline(lease)
             if lease.allowance >= amount:
@@ -277,14 +287,16 @@ class Admission:
             lease.reserved -= reserved
             lease.pending += spent
             if lease.counter.cap >= 0:
-                lease.allowance += reserved - spent
+                # What the worst case did not need goes back to the lease, up to its size:
+                # the rest returns to the cap with the next take (so a lease never holds more
+                # than max(size, one request), the overshoot bound's L).
+                returned = lease.allowance + reserved - spent
+                lease.allowance = min(returned, max(lease.size, lease.allowance))
 
     def over_soft_cap(self, tenant: Tenant) -> bool:
         """Whether a budget of `tenant` is past its soft cap (as of the last take)."""
-        for lease in self._leases.values():
-            c = lease.counter
-            used = lease.spent_seen + lease.pending + lease.reserved
-            if c.soft and c.subject == f"tenant:{tenant.name}" and used >= c.soft:
+        for lease in self._soft.get(tenant.name, ()):
+            if lease.spent_seen + lease.pending + lease.reserved >= lease.counter.soft:
                 return True
         return False
 
@@ -296,21 +308,28 @@ class Admission:
 
     async def _take_now(self, lease: _Lease) -> None:
         c = lease.counter
-        want = 0
-        if c.cap >= 0:
-            want = max(lease.size + lease.demand - lease.allowance, 0)
+        if lease.expires < time.monotonic():
+            lease.allowance = 0  # void here, and so in the store, which expires it later
+        # A lease never holds more than its size or the one request that needs more: what a
+        # gateway cut off from the store may have spent unreported (docs/control-plane.md).
+        most = max(lease.size, lease.need)
+        want = max(most - lease.allowance, 0) if c.cap >= 0 and not self._released else 0
+        lease.need = 0
         spent = lease.pending
+        reported = 0 if self._released else max(lease.allowance, 0)
         started = time.monotonic()
         window_left = max(c.window_end - time.time(), 0.0)
         try:
             taken = await self.store.take(
                 c.store_key,
                 self.gateway_id,
-                c.cap,
-                want,
-                spent,
-                int(self.config.lease_ttl_s * 1000),
-                int(window_left + 2 * self.config.lease_ttl_s + 60),
+                cap=c.cap,
+                want=want,
+                spent=spent,
+                reserved=lease.reserved,
+                allowance=reported,
+                lease_ttl_ms=int(self.config.lease_ttl_s * 1000),
+                counter_ttl_s=int(window_left + 2 * self.config.lease_ttl_s + 60),
             )
         except Unavailable:
             lease.offline = True
@@ -326,11 +345,25 @@ class Admission:
             LOGGER.warning("%s: %s past its soft cap of %d", c.subject, c.description, c.soft)
         lease.offline = False
         lease.pending -= spent
-        lease.allowance += taken.granted
+        # Settlements while the take was out may have grown the allowance: what the lease
+        # keeps stays within max(size, one request) (or what it reported).
+        lease.allowance = min(lease.allowance + taken.granted, max(most, reported))
+        if self._released:
+            lease.allowance = 0
         lease.spent_seen = taken.spent
         lease.dry = taken.granted < want
         lease.dry_at = time.monotonic()
         lease.expires = started + self.config.lease_ttl_s
+
+    async def release(self) -> None:
+        """At shutdown: reports what every lease spent and gives its allowance back to the
+        caps (its reservations in flight stay counted). Raises nothing; a store that does
+        not answer keeps the leases until they expire."""
+        self._released = True
+        for lease in list(self._leases.values()):
+            if lease.taking is not None and not lease.taking.done():
+                await asyncio.shield(lease.taking)
+            await self._take_now(lease)
 
     async def run(self) -> None:
         """Until cancelled: reports spending, tops leases up before they run dry, renews them
@@ -349,7 +382,7 @@ class Admission:
                 continue
             ended = c.window_end <= now
             if ended and not lease.reserved and not lease.pending:
-                del self._leases[store_key]
+                self._drop(store_key)
                 continue
             # Spending is reported with the takes that are due anyway: a lease running low,
             # one to renew, a past window's last report; `held` counts it meanwhile.

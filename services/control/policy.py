@@ -131,6 +131,11 @@ class Policy:
         found = self._tiers.get(tier)
         return found.price if found else Price(0.0, 0.0)
 
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """Every tier the policy declares."""
+        return tuple(self._tiers)
+
     def allowed(self, tenant: str) -> tuple[str, ...]:
         """The tiers `tenant` may use, in the policy's order."""
         return self._plan(tenant).tiers

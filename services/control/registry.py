@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
@@ -26,7 +27,8 @@ from services.control.store import KEYS, TENANTS, Store
 LOGGER = logging.getLogger(__name__)
 METRICS = ("requests", "tokens", "cost_usd")
 WINDOWS = ("day", "month")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MAX_CAP = 1e12  # any budget or limit above this is a mistake, not a plan
 
 
 def key_digest(key: str) -> str:
@@ -53,8 +55,11 @@ class Budget:
             raise InvalidArgument(f"{name}.metric: must be one of {', '.join(METRICS)}", field=name)
         if self.window not in WINDOWS:
             raise InvalidArgument(f"{name}.window: must be one of {', '.join(WINDOWS)}", field=name)
-        if self.hard < 0 or self.soft < 0 or (self.hard and self.soft > self.hard):
-            raise InvalidArgument(f"{name}: need 0 <= soft <= hard (0: none)", field=name)
+        for value in (self.hard, self.soft):
+            if not (math.isfinite(value) and 0 <= value <= MAX_CAP):
+                raise InvalidArgument(f"{name}: caps must be 0..{MAX_CAP:g} (0: none)", field=name)
+        if self.hard and self.soft > self.hard:
+            raise InvalidArgument(f"{name}: need soft <= hard", field=name)
         return self
 
 
@@ -76,8 +81,11 @@ class Tenant:
 
     def check(self) -> Tenant:
         check_name(self.name, "tenant")
-        if self.requests_per_second < 0 or self.tokens_per_minute < 0:
-            raise InvalidArgument("limits: must be >= 0 (0: no limit)", field="limits")
+        for limit in (self.requests_per_second, self.tokens_per_minute):
+            if not 0 <= limit <= MAX_CAP:
+                raise InvalidArgument(
+                    f"limits: must be 0..{MAX_CAP:g} (0: no limit)", field="limits"
+                )
         seen = set()
         for i, budget in enumerate(self.budgets):
             budget.check(f"budgets[{i}]")
@@ -112,7 +120,7 @@ class ApiKey:
 
 
 def check_name(name: str, what: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"{what}: must be 1-64 of a-z, 0-9, _ and -, starting with a letter or digit",
             field=what,

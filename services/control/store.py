@@ -6,7 +6,8 @@ Keys (`{...}` is a Redis Cluster hash tag: one tenant's or key's data in one slo
   ragmesh:registry:version        INT   bumped by every registry change
   ragmesh:tenants                 HASH  tenant name -> Tenant JSON
   ragmesh:keys                    HASH  key id -> ApiKey JSON
-  ragmesh:{<scope>}:<counter>     HASH  `spent`, and per gateway `held:<id>`, `exp:<id>` (ms)
+  ragmesh:{<scope>}:<counter>     HASH  `spent`, and per gateway `held:<id>` (allowance),
+                                        `owed:<id>` (reserved), `exp:<id>` (ms)
   ragmesh:{t:<tenant>}:usage      STREAM one entry per request, its id the time in ms
 """
 
@@ -26,44 +27,44 @@ VERSION = "ragmesh:registry:version"
 TENANTS = "ragmesh:tenants"
 KEYS = "ragmesh:keys"
 
-# take(counter): report `spent` of this gateway's lease, drop other gateways' expired leases
-# (their unspent allowance returns), grant up to `want` of what the cap leaves, and extend
-# this gateway's lease. A cap of -1 means none (a budget with only a soft cap).
-# ARGV: gateway id, cap, want, spent, lease ttl ms, counter ttl s.
-# Returns {granted, spent by all, held by all gateways after the grant}.
+# take(counter): report what this gateway spent, holds unreserved (`allowance`) and has
+# reserved for requests in flight (`reserved`); return other gateways' expired allowance to
+# the cap (their reservations stay theirs, counted, until they report what those became; a
+# gateway that never comes back strands them until the window ends); grant up to `want` of
+# what the cap leaves; extend this gateway's lease. A cap of -1 means none (a budget with
+# only a soft cap).
+# ARGV: gateway id, cap, want, spent, reserved, allowance, lease ttl ms, counter ttl s.
+# Returns {granted, spent by all, held and reserved by all gateways after the grant}.
 _TAKE = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local gw, cap, want, spent_delta = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local gw, cap, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local reserved, allowance = tonumber(ARGV[5]), tonumber(ARGV[6])
 local fields = redis.call('HGETALL', KEYS[1])
-local spent, held, own = 0, 0, 0
 local values = {}
 for i = 1, #fields, 2 do values[fields[i]] = fields[i + 1] end
-spent = tonumber(values['spent'] or '0') + spent_delta
+local spent = tonumber(values['spent'] or '0') + tonumber(ARGV[4])
+local others = 0
 for name, value in pairs(values) do
-  if string.sub(name, 1, 5) == 'held:' then
+  if string.sub(name, 1, 5) == 'held:' and string.sub(name, 6) ~= gw then
     local id = string.sub(name, 6)
-    if id == gw then
-      own = tonumber(value)
-    elseif tonumber(values['exp:' .. id] or '0') < now_ms then
-      redis.call('HDEL', KEYS[1], name, 'exp:' .. id)
-    else
-      held = held + tonumber(value)
+    local owed = tonumber(values['owed:' .. id] or '0')
+    if tonumber(value) > 0 and tonumber(values['exp:' .. id] or '0') < now_ms then
+      redis.call('HSET', KEYS[1], name, 0)
+      value = '0'
     end
+    others = others + tonumber(value) + owed
   end
 end
-own = math.max(own - spent_delta, 0)
-local granted = 0
-if cap < 0 then
-  granted = want
-else
-  granted = math.max(math.min(want, cap - spent - held - own), 0)
+local own = allowance + reserved
+local granted = want
+if cap >= 0 then
+  granted = math.max(math.min(want, cap - spent - others - own), 0)
 end
-own = own + granted
-redis.call('HSET', KEYS[1], 'spent', spent, 'held:' .. gw, own,
-  'exp:' .. gw, now_ms + tonumber(ARGV[5]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
-return {granted, spent, held + own}
+redis.call('HSET', KEYS[1], 'spent', spent, 'held:' .. gw, allowance + granted,
+  'owed:' .. gw, reserved, 'exp:' .. gw, now_ms + tonumber(ARGV[7]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+return {granted, spent, others + own + granted}
 """
 
 
@@ -73,7 +74,7 @@ class Taken:
 
     granted: int
     spent: int  # reported spent by every gateway
-    held: int  # allowance out in leases, this gateway's included
+    held: int  # allowance and reservations out in leases, this gateway's included
 
 
 class Store:
@@ -103,13 +104,26 @@ class Store:
         self,
         counter: str,
         gateway: str,
+        *,
         cap: int,
         want: int,
         spent: int,
+        reserved: int,
+        allowance: int,
         lease_ttl_ms: int,
         counter_ttl_s: int,
     ) -> Taken:
-        args: list[str | int] = [gateway, cap, want, spent, lease_ttl_ms, counter_ttl_s]
+        """One lease take on `counter` (the _TAKE script above)."""
+        args: list[str | int] = [
+            gateway,
+            cap,
+            want,
+            spent,
+            reserved,
+            allowance,
+            lease_ttl_ms,
+            counter_ttl_s,
+        ]
         granted, total, held = await self._run(self._take(keys=[counter], args=args))
         return Taken(int(granted), int(total), int(held))
 

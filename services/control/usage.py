@@ -84,8 +84,7 @@ class UsageLog:
     async def flush(self) -> int:
         """Writes what is queued, one stream entry per tenant (its records as one JSON array);
         returns how many records. Raises Unavailable (then they stay queued)."""
-        batch, self._buffer, count = self._buffer, defaultdict(list), self._buffered
-        self._buffered = 0
+        batch, self._buffer = self._buffer, defaultdict(list)
         if not batch:
             return 0
         entries = [
@@ -94,10 +93,11 @@ class UsageLog:
         try:
             await self.store.append_usage(entries)
         except Unavailable:
-            for tenant, records in batch.items():
+            for tenant, records in batch.items():  # back in front, still counted
                 self._buffer[tenant][:0] = records
-            self._buffered += count
             raise
+        count = sum(len(records) for records in batch.values())
+        self._buffered -= count  # counted until written: the bound holds during a flush
         return count
 
     async def run(self, every_s: float) -> None:

@@ -129,9 +129,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._admin(context)
         tenant = check_name(request.tenant, "tenant")
         await self._registry.get_tenant(tenant)
-        broken = self._core.broken()
+        broken = self._core.broken
         route = self._control.route(tenant, request.priority, request.tier, broken)
-        health = self._control.health(broken, broken)
+        health = self._control.health(self._core.tier_names(), broken)
         policy = self._control.policy
         return pb.ExplainRouteResponse(
             tier=route.tier,

@@ -12,9 +12,10 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.common.errors import (
     FailedPrecondition,
@@ -91,6 +92,8 @@ class Control:
         self.usage = UsageLog(self.store)
         self.policy = PolicyFile(policy_file)
         self._latency: dict[str, _Latency] = {}
+        self._routed: dict[tuple[str, str], Any] = {}  # ROUTING's children, by tier and reason
+        self._spent: dict[str, tuple[Any, Any, Any]] = {}  # TOKENS' and COST's, by tier
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, seed: Mapping[str, str], wait_s: float = 10.0) -> None:
@@ -124,8 +127,8 @@ class Control:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.config.enabled:
+            await self.admission.release()  # report what was spent, give allowance back
             with contextlib.suppress(Unavailable):
-                await self.admission.tick()  # report what was spent
                 await self.usage.flush()
         await self.store.close()
 
@@ -150,29 +153,39 @@ class Control:
         if not expected or not hmac.compare_digest(digest, expected):
             raise PermissionDenied("not the admin credential")
 
-    def route(self, tenant: str, priority: str, tier: str, breaker_open: dict[str, bool]) -> Route:
-        """The routing policy's tier for a request of `tenant` now, and why."""
-        health = self.health(breaker_open, breaker_open)
-        over = self.over_soft_cap(tenant)
-        return self.policy.policy.route(
-            tenant, priority, tier, lambda name: health.get(name, TierHealth(None, False)), over
+    def route(
+        self, tenant: str, priority: str, tier: str, breaker_open: Callable[[str], bool]
+    ) -> Route:
+        """The routing policy's tier for a request of `tenant` now, and why; each tier's
+        health is read only if a rule asks for it."""
+        now = time.monotonic()
+        route = self.policy.policy.route(
+            tenant,
+            priority,
+            tier,
+            lambda name: TierHealth(self._p95(name, now), breaker_open(name)),
+            self.over_soft_cap(tenant),
         )
+        routed = self._routed.get((route.tier, route.reason))
+        if routed is None:
+            routed = metrics.ROUTING.labels(route.tier, route.reason)
+            self._routed[(route.tier, route.reason)] = routed
+        routed.inc()
+        return route
+
+    def _p95(self, tier: str, now: float) -> float | None:
+        latency = self._latency.get(tier)
+        return latency.value(now) if latency else None
 
     def over_soft_cap(self, tenant: str) -> bool:
         return self.admission.over_soft_cap(self.registry.tenant(tenant))
 
     def health(
-        self, tiers: Iterable[str], breaker_open: Mapping[str, bool]
+        self, tiers: Iterable[str], breaker_open: Callable[[str], bool]
     ) -> dict[str, TierHealth]:
         """What the latency guardrail sees of each tier now."""
         now = time.monotonic()
-        found = {}
-        for name in tiers:
-            latency = self._latency.get(name)
-            found[name] = TierHealth(
-                latency.value(now) if latency else None, breaker_open.get(name, False)
-            )
-        return found
+        return {name: TierHealth(self._p95(name, now), breaker_open(name)) for name in tiers}
 
     def first_token(self, tier: str, seconds: float) -> None:
         latency = self._latency.setdefault(tier, _Latency())
@@ -211,9 +224,16 @@ class Control:
         self.admission.settle(reservation, Charge(1, tokens, math.ceil(cost * MICRO)))
         tenant = call.tenant if self.config.tenant_metrics else ""
         if spent.cache_status != HIT:
-            metrics.TOKENS.labels(spent.tier, "input").inc(spent.input_tokens)
-            metrics.TOKENS.labels(spent.tier, "output").inc(spent.output_tokens)
-            metrics.COST.labels(spent.tier).inc(cost)
+            counted = self._spent.get(spent.tier)
+            if counted is None:
+                counted = self._spent[spent.tier] = (
+                    metrics.TOKENS.labels(spent.tier, "input"),
+                    metrics.TOKENS.labels(spent.tier, "output"),
+                    metrics.COST.labels(spent.tier),
+                )
+            counted[0].inc(spent.input_tokens)
+            counted[1].inc(spent.output_tokens)
+            counted[2].inc(cost)
             if tenant:
                 metrics.TENANT_TOKENS.labels(tenant, spent.tier).inc(tokens)
                 metrics.TENANT_COST.labels(tenant, spent.tier).inc(cost)

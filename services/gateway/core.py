@@ -270,37 +270,47 @@ class GatewayCore:
         if params.tier:
             self._tiers.get(params.tier)  # a tier this gateway does not have: 400, not 403
         if self._control is not None:
-            route = self._control.route(call.tenant, params.priority, params.tier, self.broken())
+            route = self._control.route(call.tenant, params.priority, params.tier, self.broken)
             tier = self._tiers.get(route.tier)
         else:
             tier = self._tiers.get(params.tier)
         version = tier.version(params.model_version)
         self._check_query(params.query)
+        fitted = tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
         # A pinned version asks for that model: no other tier stands in for it.
         chain = [tier] if params.model_version else self._tiers.chain(tier)
-        worst = Charge()
-        for t in chain:
-            fitted = t.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
-            window = t.config.context_tokens
-            prompt = window - fitted.max_tokens  # sources may fill the window
-            if params.skip_retrieval:  # the question alone: an upper bound, not a count
-                prompt = min(tokens.bound(fitted.prompt) + t.config.template_tokens, prompt)
-            cost = (
-                self._control.cost_micro_usd(t.name, prompt, fitted.max_tokens)
-                if self._control
-                else 0
-            )
-            worst = Charge(
-                1, max(worst.tokens, prompt + fitted.max_tokens), max(worst.cost_micro_usd, cost)
-            )
         cacheable = params.temperature == 0.0 and not params.bypass_cache
+        worst = self._worst(chain, max_tokens, tokens.bound(fitted.prompt), params)
         return _Plan(tier, version, max_tokens, cacheable, chain, worst, route)
 
-    def broken(self) -> dict[str, bool]:
-        """Per tier: whether every endpoint's breaker is open."""
-        return {
-            t.name: all(e.breaker.state == "open" for e in t.endpoints) for t in self._tiers.all()
-        }
+    def _worst(
+        self, chain: list[Tier], max_tokens: int, question: int, params: GenerateParams
+    ) -> Charge:
+        """The most a request can spend on any tier of `chain`: the tier's window when it
+        retrieves (sources may fill it), else its question (`question`: the plain prompt's
+        bound) and template, plus the answer tokens."""
+        tokens_, cost = 0, 0
+        for t in chain:
+            window = t.config.context_tokens
+            answer = min(max_tokens, window - 1)
+            prompt = window - answer
+            if params.skip_retrieval:
+                prompt = min(question + t.config.template_tokens, prompt)
+            tokens_ = max(tokens_, prompt + answer)
+            if self._control is not None:
+                cost = max(cost, self._control.cost_micro_usd(t.name, prompt, answer))
+        return Charge(1, tokens_, cost)
+
+    def broken(self, tier: str) -> bool:
+        """Whether every endpoint of `tier` has its breaker open (False: no such tier)."""
+        try:
+            endpoints = self._tiers.get(tier).endpoints
+        except InvalidArgument:
+            return False
+        return all(e.breaker.state == "open" for e in endpoints)
+
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self._tiers.all()]
 
     async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
         """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""

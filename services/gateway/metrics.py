@@ -43,6 +43,12 @@ TENANT_TOKENS = Counter(
 TENANT_COST = Counter(
     "ragmesh_tenant_cost_usd_total", "Cost in US dollars by tenant and tier", ["tenant", "tier"]
 )
+ROUTING = Counter(
+    "ragmesh_routing_decisions_total",
+    "The routing policy's choices: tier and reason (requested, criticality, latency_guardrail, "
+    "breaker_open, soft_cap)",
+    ["tier", "reason"],
+)
 ADMISSIONS = Counter(
     "ragmesh_admissions_total", "Admission decisions: admitted, refused", ["result"]
 )

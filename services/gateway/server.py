@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.servicer import GatewayServicer
 from services.gateway.tiers import Tiers
 
+LOGGER = logging.getLogger(__name__)
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
@@ -71,6 +73,11 @@ def build_server(
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
     control = Control(control_config, config.region, Path(control_config.policy_file))
+    missing = sorted(set(control.policy.policy.tiers) - set(config.tiers))
+    if control_config.enabled and missing:  # it would route there: a 400 per request
+        LOGGER.warning(
+            "the routing policy names tiers this gateway does not declare: %s", ", ".join(missing)
+        )
     core = GatewayCore(config, retrieval, tiers, control if control_config.enabled else None)
     server = serving.new_server("gateway", tracing)
     servicer = GatewayServicer(core, control)

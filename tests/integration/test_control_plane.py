@@ -210,16 +210,41 @@ def test_a_token_budget_binds_on_the_request_that_would_cross_it(mesh):
     _until_usable([mesh.edge_target], key)
     stub = _gateway(mesh.edge_target)
     with ThreadPoolExecutor(20) as pool:
-        outcomes = list(pool.map(lambda _: _outcome(stub, key, skip_retrieval=True), range(40)))
+        outcomes = list(pool.map(lambda _: _outcome(stub, key, skip_retrieval=True), range(100)))
     refused = [o for o in outcomes if o is not None]
-    assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
     rows = _usage(mesh, name)
     spent = sum(r.input_tokens + r.output_tokens for r in rows)
     assert 0 < spent <= cap
-    assert sum(r.requests for r in rows) == 40 - len(refused)  # a search records none
+    assert sum(r.requests for r in rows) == 100 - len(refused)  # a search records none
+    # A hundred answers cost more than the cap (each is tens of tokens): some were refused.
+    assert spent / sum(r.requests for r in rows) * 100 > cap
+    assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
     # One that could spend more than the whole cap is refused outright.
     error = _outcome(stub, key, query="Sources?", max_tokens=2000)
     assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_cancelled_stream_pays_for_what_was_generated(mesh):
+    name, key, _ = _tenant(mesh)
+    _until_usable([mesh.edge_target], key)
+    stub = _gateway(mesh.edge_target)
+    request = pb.GenerateRequest(
+        query="Write a long story about a lighthouse keeper.",
+        max_tokens=200,
+        skip_retrieval=True,
+        tier="standard",
+    )
+    events = stub.GenerateStream(request, metadata=(("x-api-key", key),), timeout=120)
+    tokens = 0
+    for event in events:
+        tokens += event.HasField("token")
+        if tokens == 3:
+            events.cancel()
+            break
+    rows = _usage(mesh, name)
+    assert [r.requests for r in rows] == [1]
+    assert 3 <= rows[0].output_tokens < 200  # what was generated, not max_tokens
+    assert rows[0].input_tokens > 0
 
 
 def test_a_per_key_rate_limit_refuses_what_is_over_it(mesh):
@@ -356,7 +381,7 @@ def test_one_key_in_two_regions_never_exceeds_its_cap_even_with_the_store_killed
     finally:
         regions.restart("redis")
     admitted = codes.count(grpc.StatusCode.OK) + 2
-    lease = max(1, -(-cap * control.lease_fraction // 1))
+    lease = max(1, -(-cap * control.lease_fraction // 1))  # R is 1: one request
     offline = int(cap * control.offline_fraction)
     bound = cap + len(targets) * (lease + offline)  # docs/control-plane.md
     assert 42 < admitted <= bound, (admitted, bound)  # the offline rule admitted, within bound

@@ -7,7 +7,8 @@ import argparse
 import pytest
 from ragmesh.v1 import admin_pb2
 
-from services.cli.__main__ import parse_budget, parse_duration, parser
+from services.cli.__main__ import parser
+from services.cli.admin import parse_budget, parse_duration
 
 
 @pytest.mark.parametrize(
