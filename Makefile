@@ -119,6 +119,10 @@ loadtest: install ## open-loop load on a mesh of its own, then the SLO gate; SCE
 bench-overhead: install $(LITELLM_VENV)/.installed ## added latency of Envoy + gateway vs Triton direct at 100..2000 req/s; LiteLLM beside it
 	$(BIN)/python -m loadtest.bench_overhead
 
+.PHONY: bench-control
+bench-control: install ## the control plane's CPU per request in process, on vs off, against a real Redis
+	$(BIN)/python -m loadtest.bench_control
+
 .PHONY: soak
 soak: install ## the gateway's RSS over 10 minutes of load through Envoy (after the overhead rates)
 	$(BIN)/python -m loadtest.bench_overhead --rates 300 --rounds 1 --soak 600 --litellm-rates ''
