@@ -18,7 +18,8 @@ from contextlib import closing
 from ragmesh.v1 import admin_pb2
 
 from services.cli import common
-from services.client.admin import AdminClient, own_usage
+from services.client.admin import AdminClient
+from services.client.gateway import Client
 from services.config.mesh import MeshConfig
 from services.control.registry import METRICS, WINDOWS
 
@@ -219,7 +220,8 @@ def cmd_usage(args: argparse.Namespace) -> None:
     if args.mine:
         config = MeshConfig.load(args.config)
         target, key = common.target(args, config), common.api_key(args, config)
-        reply = own_usage(target, key, request, timeout_s=args.timeout)
+        with closing(Client(target, key, timeout_s=args.timeout)) as client:
+            reply = client.usage(request)
     else:
         with closing(_admin(args)) as admin:
             reply = admin.usage(request)

@@ -1,11 +1,10 @@
-"""A thin client of the admin API (ragmesh.v1.Admin), through Envoy by default, and the
-public GetUsage of a tenant's own key."""
+"""A thin client of the admin API (ragmesh.v1.Admin), through Envoy by default."""
 
 from __future__ import annotations
 
 import grpc
 from ragmesh.v1 import admin_pb2 as pb
-from ragmesh.v1 import admin_pb2_grpc, gateway_pb2_grpc
+from ragmesh.v1 import admin_pb2_grpc
 
 from services.common.serving import CHANNEL_OPTIONS
 
@@ -57,13 +56,3 @@ class AdminClient:
 
     def close(self) -> None:
         self._channel.close()
-
-
-def own_usage(
-    target: str, api_key: str, request: pb.GetUsageRequest, timeout_s: float = 60.0
-) -> pb.UsageResponse:
-    """The usage of the tenant that `api_key` belongs to (Gateway.GetUsage; `tenant` ignored)."""
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        return gateway_pb2_grpc.GatewayStub(channel).GetUsage(
-            request, timeout=timeout_s, metadata=(("x-api-key", api_key),)
-        )

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import grpc
 from google.protobuf import empty_pb2
+from ragmesh.v1 import admin_pb2, gateway_pb2_grpc
 from ragmesh.v1 import gateway_pb2 as pb
-from ragmesh.v1 import gateway_pb2_grpc
 from tqdm import tqdm
 
 from services.common.serving import CHANNEL_OPTIONS
@@ -54,6 +54,10 @@ class Client:
                 version = reply.corpus_version
                 bar.update(len(batch))
         return done, chunks, version
+
+    def usage(self, request: admin_pb2.GetUsageRequest) -> admin_pb2.UsageResponse:
+        """The usage of the key's own tenant (`request.tenant` empty or its own)."""
+        return self._stub.GetUsage(request, timeout=self._timeout, metadata=self._metadata)
 
     def close(self) -> None:
         self._channel.close()

@@ -71,6 +71,12 @@ class QuotaExceeded(RagmeshError):
         return str(max(math.ceil(self.retry_after_s), 1))
 
 
+class AlreadyExists(RagmeshError):
+    """ALREADY_EXISTS: the resource the request would create exists (a tenant's name)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(RagmeshError):
     """FAILED_PRECONDITION: the server cannot take this request in its role or state."""
 
@@ -180,6 +186,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RagmeshError]] = {
         Unauthenticated,
         PermissionDenied,
         NotFound,
+        AlreadyExists,
         FailedPrecondition,
         QuotaExceeded,
         Unavailable,

@@ -140,6 +140,8 @@ class _Lease:
     dry_at: float = 0.0  # time.monotonic() of that take
     offline: bool = False  # the last take failed: the store is unreachable
     offline_granted: bool = False
+    offline_left: int = 0  # what the offline rule still allows this window
+    offline_at: float = 0.0  # time.monotonic() of the last failed take
     need: int = 0  # the largest amount a waiting request needs
     taking: asyncio.Task[None] | None = None
     used: bool = False  # a request reserved from it
@@ -185,24 +187,34 @@ class Admission:
     def _lease(self, counter: Counter) -> _Lease:
         lease = self._leases.get(counter.store_key)
         if lease is None:
-            size = (
-                max(1, math.ceil(counter.cap * self.config.lease_fraction))
-                if counter.cap > 0
-                else 0
-            )
-            lease = self._leases[counter.store_key] = _Lease(counter, size)
+            lease = self._leases[counter.store_key] = _Lease(counter, self._size(counter))
             if counter.soft:
                 tenant = counter.subject.removeprefix("tenant:")
                 self._soft.setdefault(tenant, []).append(lease)
+        elif lease.counter != counter:  # the tenant's caps changed: they apply at once
+            if counter.soft and not lease.counter.soft:
+                self._soft.setdefault(counter.subject.removeprefix("tenant:"), []).append(lease)
+            elif lease.counter.soft and not counter.soft:
+                self._unsoft(lease)
+            lease.counter, lease.size, lease.dry = counter, self._size(counter), False
         return lease
+
+    def _size(self, counter: Counter) -> int:
+        """A lease's size: lease_fraction of the cap, at least one unit (0: no cap)."""
+        if counter.cap <= 0:
+            return 0
+        return max(1, math.ceil(counter.cap * self.config.lease_fraction))
 
     def _drop(self, store_key: str) -> None:
         lease = self._leases.pop(store_key)
         if lease.counter.soft:
-            tenant = lease.counter.subject.removeprefix("tenant:")
-            self._soft[tenant].remove(lease)
-            if not self._soft[tenant]:
-                del self._soft[tenant]
+            self._unsoft(lease)
+
+    def _unsoft(self, lease: _Lease) -> None:
+        tenant = lease.counter.subject.removeprefix("tenant:")
+        self._soft[tenant].remove(lease)
+        if not self._soft[tenant]:
+            del self._soft[tenant]
 
     async def admit(self, key: ApiKey, tenant: Tenant, worst: Charge) -> Reservation:
         """Reserves `worst` against every cap of `key` and `tenant`, or raises
@@ -216,18 +228,21 @@ class Admission:
                 if lease.counter.cap >= 0 and amount > 0:
                     if lease.expires < now:
                         lease.allowance = 0  # a lease not renewed in time is void
-                    if lease.allowance < amount:
+                    if lease.allowance + lease.offline_left < amount:
                         lacking = (lease, amount)
                         break
             if lacking is None:
                 for lease, amount in needs:
-                    lease.allowance -= amount if lease.counter.cap >= 0 else 0
+                    if lease.counter.cap >= 0:
+                        lease.allowance -= amount
+                        if lease.allowance < 0:  # the rest from the offline allowance
+                            lease.offline_left += lease.allowance
+                            lease.allowance = 0
                     lease.reserved += amount
                     lease.used = True
                 return Reservation(worst, [lease for lease, _ in needs])
             lease, amount = lacking
-            recently_dry = lease.dry and now - lease.dry_at < self.config.lease_ttl_s / 3
-            if amount > lease.counter.cap or (recently_dry and not lease.offline):
+            if self._exhausted(lease, amount):
                 self._refuse(lease, amount)
             if not lease.offline:  # a store known to be down is not waited on
                 self.waits += 1
@@ -236,18 +251,25 @@ class Admission:
                 await self._take(lease)
             if lease.offline:
                 self._offline(lease)
-            if lease.allowance >= amount:
+            if lease.allowance + lease.offline_left >= amount:
                 continue
-            if lease.dry:
+            if lease.dry or lease.offline:
                 self._refuse(lease, amount)
+
+    @staticmethod
+    def _exhausted(lease: _Lease, amount: int) -> bool:
+        """Whether `amount` cannot fit the cap this window whatever comes back: more than the
+        cap, or more than what is not spent already (spending never comes back)."""
+        spent = lease.spent_seen + lease.pending
+        return amount > lease.counter.cap or spent + amount > lease.counter.cap
 
     def _refuse(self, lease: _Lease, amount: int) -> None:
         c = lease.counter
         # Spent to the cap: the window's end. Else allowance in other gateways' leases may
         # come back: at the latest when they expire.
         window_left = c.window_end - time.time()
-        spent = lease.spent_seen + lease.pending + lease.reserved
-        retry_s = window_left if spent >= c.cap else min(window_left, self.config.lease_ttl_s)
+        exhausted = self._exhausted(lease, amount) and not lease.offline
+        retry_s = window_left if exhausted else min(window_left, self.config.lease_ttl_s)
         retry_s = max(retry_s, 0.001)
         if lease.offline and self.config.offline == "refuse":
             raise Unavailable("control store unreachable and this gateway's lease is spent")
@@ -264,15 +286,11 @@ class Admission:
         )
 
     def _offline(self, lease: _Lease) -> None:
-        """The store is unreachable: the offline rule's allowance, once per window."""
+        """The store is unreachable: the offline rule's allowance, F = ⌈cap x
+        offline_fraction⌉, once per window, kept until the window ends."""
         if self.config.offline == "allow" and not lease.offline_granted:
             lease.offline_granted = True
-            lease.allowance += int(lease.counter.cap * self.config.offline_fraction)
-            # Usable for one lease's time; the background renewal reports it once it can.
-            lease.expires = time.monotonic() + self.config.lease_ttl_s
-            LOGGER.warning("control store unreachable: %s admits offline", lease.counter.subject)
-        if self.config.offline == "refuse" or lease.allowance <= 0:
-            lease.dry = True
+            lease.offline_left = math.ceil(lease.counter.cap * self.config.offline_fraction)
 
     def settle(self, reservation: Reservation, actual: Charge) -> None:
         """Replaces the reservation with `actual` usage (local; reported in the background)."""
@@ -332,7 +350,7 @@ class Admission:
                 counter_ttl_s=int(window_left + 2 * self.config.lease_ttl_s + 60),
             )
         except Unavailable:
-            lease.offline = True
+            lease.offline, lease.offline_at = True, time.monotonic()
             metrics.STORE_TAKES.labels("failed").inc()
             metrics.STORE_UP.set(0)
             return
@@ -388,7 +406,12 @@ class Admission:
             # one to renew, a past window's last report; `held` counts it meanwhile.
             low = c.cap >= 0 and not ended and not lease.dry and lease.allowance * 2 < lease.size
             stale = lease.expires - mono < self.config.lease_ttl_s - renew_at
-            if low or (ended and lease.pending) or (stale and (lease.used or lease.pending)):
+            due = low or (ended and lease.pending) or (stale and (lease.used or lease.pending))
+            if lease.offline:  # the store away: try again once a second, to report and renew
+                due = mono - lease.offline_at >= 1.0
+            if due:
+                if stale:
+                    lease.used = False  # renewed again only if a request uses it meanwhile
                 await self._take(lease)
             if lease.used and not ended and c.window_end - now < min(0.3 * c.window_s, 1.0):
                 self._prefetch(c)

@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from services.common.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from services.common.validation import check_string_map
 from services.control.store import KEYS, TENANTS, Store
 
@@ -80,7 +87,7 @@ class Tenant:
         return cls(**{**record, "budgets": budgets})
 
     def check(self) -> Tenant:
-        check_name(self.name, "tenant")
+        check_name(self.name, "name")
         for limit in (self.requests_per_second, self.tokens_per_minute):
             if not 0 <= limit <= MAX_CAP:
                 raise InvalidArgument(
@@ -184,11 +191,17 @@ class Registry:
 
     async def run(self) -> None:
         """Refreshes every refresh_s until cancelled; an unreachable store keeps the copy."""
+        failing = False
         while True:
             try:
                 await self.refresh()
+                if failing:
+                    LOGGER.warning("key registry read again")
+                failing = False
             except Unavailable as exc:
-                LOGGER.warning("key registry not refreshed: %s", exc.message)
+                if not failing:  # once per outage, not every refresh
+                    LOGGER.warning("key registry not refreshed, the copy serves: %s", exc.message)
+                failing = True
             await asyncio.sleep(self.refresh_s)
 
     # -- writes (the admin API) -------------------------------------------------------------
@@ -209,9 +222,9 @@ class Registry:
         tenant.check()
         old = await self.store.record(TENANTS, tenant.name)
         if new and old is not None:
-            raise InvalidArgument(f"tenant: {tenant.name!r} exists", field="tenant")
+            raise AlreadyExists(f"name: tenant {tenant.name!r} exists", field="name")
         if not new and old is None:
-            raise NotFound(f"tenant: no tenant {tenant.name!r}", field="tenant")
+            raise NotFound(f"name: no tenant {tenant.name!r}", field="name")
         created = now_ms() if old is None else int(old.get("created_ms", 0))
         tenant = replace(tenant, created_ms=created)
         await self.store.put(TENANTS, tenant.name, asdict(tenant), new=False)
@@ -276,6 +289,9 @@ class Registry:
         """A new key with the old one's labels and expiry; the old one is revoked after
         `grace_ms` (0: now)."""
         old = await self.key(tenant, key_id)
+        refusal = old.refusal(now_ms())
+        if refusal:  # a dead key has no users to keep: make a new one
+            raise FailedPrecondition(f"key_id: a {refusal} cannot be rotated", field="key_id")
         key, record = await self.create_key(tenant, old.labels, old.expires_ms)
         await self.revoke(tenant, key_id, now_ms() + grace_ms)
         return key, record

@@ -14,6 +14,7 @@ Keys (`{...}` is a Redis Cluster hash tag: one tenant's or key's data in one slo
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from redis.exceptions import RedisError
 from services.common.errors import Unavailable
 
 VERSION = "ragmesh:registry:version"
+# Usage records older than this are trimmed from their stream as new ones are written.
+USAGE_RETENTION_MS = 400 * 86_400_000
 TENANTS = "ragmesh:tenants"
 KEYS = "ragmesh:keys"
 
@@ -153,10 +156,12 @@ class Store:
         return bool(written) or not new
 
     async def append_usage(self, entries: list[tuple[str, dict[str, str]]]) -> None:
-        """XADD each (stream, fields), in one round trip."""
+        """XADD each (stream, fields), in one round trip, trimming entries older than
+        USAGE_RETENTION_MS (approximately: whole stream nodes)."""
+        oldest = f"{int(time.time() * 1000) - USAGE_RETENTION_MS}-0"
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream, fields in entries:
-                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                pipe.xadd(stream, fields, minid=oldest, approximate=True)  # type: ignore[arg-type]
             await self._run(pipe.execute())
 
     async def usage(self, stream: str, start_ms: int, end_ms: int) -> list[dict[str, str]]:

@@ -101,12 +101,16 @@ class UsageLog:
         return count
 
     async def run(self, every_s: float) -> None:
+        failing = False
         while True:
             await asyncio.sleep(every_s)
             try:
                 await self.flush()
+                failing = False
             except Unavailable as exc:
-                LOGGER.warning("usage records kept for later: %s", exc.message)
+                if not failing:  # once per outage
+                    LOGGER.warning("usage records kept for later: %s", exc.message)
+                failing = True
 
     async def query(self, tenant: str, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:
         """`tenant`'s usage from `start_ms` to `end_ms` (epoch ms, inclusive), grouped by

@@ -106,6 +106,26 @@ def _lua_pattern(template: str) -> str | None:
     return "^" + "".join(parts) + "$"
 
 
+# A body message without the fields its path binds: "<message> without <fields>".
+PATH_BOUND = " without "
+
+
+def _path_fields(template: str) -> set[str]:
+    """The top-level request fields a path template binds: {tenant} and {a.b=*} bind
+    `tenant` and `a`."""
+    return {name.split(".")[0] for name in re.findall(r"\{([^}=]+)", template)}
+
+
+def _names(message: Any, fields: set[str]) -> set[str]:
+    """`fields`' JSON keys in `message`: proto names and json_names."""
+    return {
+        key
+        for f in message.field
+        if f.name in fields
+        for key in (f.name, f.json_name or _lower_camel(f.name))
+    }
+
+
 def _body_kind(rule: Any, request: str, types: dict[str, Any]) -> str | None:
     """The kind of a rule's JSON body, or None where it takes none (or one with no keys)."""
     if not rule.body:
@@ -121,6 +141,9 @@ def body_schema(descriptor_set: Path, services: list[str]) -> BodySchema:
     """The schema of every JSON body `services`' google.api.http rules take.
 
     Rules without a body (``DELETE /v1/documents/{id}``, ``GET /v1/status``) are left out.
+    A ``body: "*"`` rule whose path binds fields (``/v1/admin/tenants/{tenant}/keys``) gets
+    the request message less those fields: the path names the tenant, and a body that names
+    one too is refused (the transcoder would let the body's win).
     """
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
     types = _message_types(files)
@@ -149,6 +172,14 @@ def body_schema(descriptor_set: Path, services: list[str]) -> BodySchema:
                         continue
                     nested = kind.partition(":")[2]
                     _collect(nested, types, schema.messages)
+                    bound = _path_fields(template) if rule.body == "*" else set()
+                    if bound:  # the path sets these: a body that names them too is refused
+                        kind = f"message:{nested}{PATH_BOUND}{','.join(sorted(bound))}"
+                        schema.messages[kind.partition(":")[2]] = {
+                            key: value
+                            for key, value in schema.messages[nested].items()
+                            if key not in _names(types[nested], bound)
+                        }
                     pattern = _lua_pattern(template)
                     if pattern is None:
                         schema.routes.setdefault(http_method, {})[template] = kind

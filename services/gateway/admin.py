@@ -3,11 +3,13 @@ the holder of the admin credential. Protobuf in, registry call, protobuf out."""
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 from ragmesh.v1 import admin_pb2 as pb
 from ragmesh.v1 import admin_pb2_grpc
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.control.registry import ApiKey, Budget, Tenant, check_name
 from services.gateway.control import Control
 from services.gateway.core import GatewayCore
@@ -57,17 +59,26 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def _admin(self, context: grpc.aio.ServicerContext) -> None:
         self._control.check_admin(context.invocation_metadata() or ())
 
+    async def _written(self) -> None:
+        """This gateway reads the change at once; the others within a registry refresh."""
+        with contextlib.suppress(Unavailable):
+            await self._registry.refresh()
+
     async def CreateTenant(
         self, request: pb.Tenant, context: grpc.aio.ServicerContext
     ) -> pb.Tenant:
         self._admin(context)
-        return _tenant(await self._registry.put_tenant(_from_pb(request), new=True))
+        tenant = await self._registry.put_tenant(_from_pb(request), new=True)
+        await self._written()
+        return _tenant(tenant)
 
     async def UpdateTenant(
         self, request: pb.Tenant, context: grpc.aio.ServicerContext
     ) -> pb.Tenant:
         self._admin(context)
-        return _tenant(await self._registry.put_tenant(_from_pb(request), new=False))
+        tenant = await self._registry.put_tenant(_from_pb(request), new=False)
+        await self._written()
+        return _tenant(tenant)
 
     async def GetTenant(
         self, request: pb.GetTenantRequest, context: grpc.aio.ServicerContext
@@ -88,6 +99,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         key, record = await self._registry.create_key(
             check_name(request.tenant, "tenant"), dict(request.labels), request.expires_ms
         )
+        await self._written()
         return pb.CreatedKey(key=key, record=_key(record))
 
     async def ListKeys(
@@ -106,6 +118,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         key, record = await self._registry.rotate(
             check_name(request.tenant, "tenant"), request.key_id, request.grace_s * 1000
         )
+        await self._written()
         return pb.CreatedKey(key=key, record=_key(record))
 
     async def RevokeKey(
@@ -113,6 +126,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> pb.ApiKey:
         self._admin(context)
         record = await self._registry.revoke(check_name(request.tenant, "tenant"), request.key_id)
+        await self._written()
         return _key(record)
 
     async def GetUsage(

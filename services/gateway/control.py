@@ -220,7 +220,7 @@ class Control:
             cost = self.policy.policy.price(spent.tier).cost(
                 spent.input_tokens, spent.output_tokens
             )
-        tokens = spent.input_tokens + spent.output_tokens
+        tokens = 0 if spent.cache_status == HIT else spent.input_tokens + spent.output_tokens
         self.admission.settle(reservation, Charge(1, tokens, math.ceil(cost * MICRO)))
         tenant = call.tenant if self.config.tenant_metrics else ""
         if spent.cache_status != HIT:

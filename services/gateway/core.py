@@ -194,7 +194,8 @@ class GatewayCore:
                     outcome = "ok"
                 yield event
         except (GeneratorExit, asyncio.CancelledError):
-            outcome = "cancelled"  # the client went away: it pays for what was generated
+            if answer is None:  # the client went away: it pays for what was generated
+                outcome = "cancelled"
             raise
         finally:
             if reservation is not None and self._control is not None:
@@ -271,6 +272,11 @@ class GatewayCore:
             self._tiers.get(params.tier)  # a tier this gateway does not have: 400, not 403
         if self._control is not None:
             route = self._control.route(call.tenant, params.priority, params.tier, self.broken)
+            if not self._tiers.has(route.tier):  # the policy's, not the client's mistake
+                raise Unavailable(
+                    f"the routing policy chose tier {route.tier!r}, which this gateway does "
+                    f"not serve: ask another region"
+                )
             tier = self._tiers.get(route.tier)
         else:
             tier = self._tiers.get(params.tier)
@@ -302,12 +308,11 @@ class GatewayCore:
         return Charge(1, tokens_, cost)
 
     def broken(self, tier: str) -> bool:
-        """Whether every endpoint of `tier` has its breaker open (False: no such tier)."""
-        try:
-            endpoints = self._tiers.get(tier).endpoints
-        except InvalidArgument:
-            return False
-        return all(e.breaker.state == "open" for e in endpoints)
+        """Whether `tier` cannot answer here: every endpoint's breaker open, or a tier this
+        gateway does not serve (so the policy moves non-critical traffic past it)."""
+        if not self._tiers.has(tier):
+            return True
+        return all(e.breaker.state == "open" for e in self._tiers.get(tier).endpoints)
 
     def tier_names(self) -> list[str]:
         return [t.name for t in self._tiers.all()]

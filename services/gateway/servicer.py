@@ -263,6 +263,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise FailedPrecondition("the control plane is off: no usage is recorded")
         if request.tenant and request.tenant != call.tenant:
             raise NotFound(f"tenant: no tenant {request.tenant[:64]!r}", field="tenant")
+        await self._control.admit_call(call)  # a read of the shared store: a request too
         return await usage_response(self._control, call.tenant, request)
 
 

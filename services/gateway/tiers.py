@@ -135,6 +135,9 @@ class Tiers:
             )
         return tier
 
+    def has(self, name: str) -> bool:
+        return name in self._tiers
+
     def chain(self, tier: Tier) -> list[Tier]:
         """`tier`, then the tiers that answer when it is down, in order."""
         chain = [tier]

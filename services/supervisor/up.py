@@ -83,8 +83,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _dead(mesh: Mesh) -> list[str]:
+    """The processes that exited, but the store: gateways go on under the offline rule
+    while it is away (docs/control-plane.md), and it is started again here."""
+    dead = [p.name for p in mesh.processes.values() if not p.alive()]
+    if "redis" in dead:
+        LOGGER.error("redis exited; gateways follow control.offline; starting it again")
+        mesh.restart("redis")
+        dead.remove("redis")
+    return dead
+
+
 def run(config: MeshConfig, *, sample: bool = True, traces: bool = False) -> None:
-    """Runs until Ctrl-C, SIGTERM or the death of any process; then stops them all."""
+    """Runs until Ctrl-C, SIGTERM or the death of any process but the store (started
+    again); then stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
@@ -94,7 +106,7 @@ def run(config: MeshConfig, *, sample: bool = True, traces: bool = False) -> Non
             if sample:
                 seed(mesh)
             print(banner(mesh, time.monotonic() - started), flush=True)
-            while not (dead := [p.name for p in mesh.processes.values() if not p.alive()]):
+            while not (dead := _dead(mesh)):
                 time.sleep(1.0)
             LOGGER.error("%s exited; stopping the mesh (see its log)", ", ".join(dead))
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ under concurrency and across two regions, the store killed under load, routing b
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import threading
 import time
@@ -382,7 +383,7 @@ def test_one_key_in_two_regions_never_exceeds_its_cap_even_with_the_store_killed
         regions.restart("redis")
     admitted = codes.count(grpc.StatusCode.OK) + 2
     lease = max(1, -(-cap * control.lease_fraction // 1))  # R is 1: one request
-    offline = int(cap * control.offline_fraction)
+    offline = math.ceil(cap * control.offline_fraction)
     bound = cap + len(targets) * (lease + offline)  # docs/control-plane.md
     assert 42 < admitted <= bound, (admitted, bound)  # the offline rule admitted, within bound
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
@@ -392,4 +393,103 @@ def test_one_key_in_two_regions_never_exceeds_its_cap_even_with_the_store_killed
     deadline = time.monotonic() + 10
     while int(store.hget(counter, "spent") or 0) != admitted:
         assert time.monotonic() < deadline, (store.hgetall(counter), admitted)
+        time.sleep(0.2)
+
+
+# -- found by review: each a test ------------------------------------------------------------
+
+
+def test_a_changed_budget_applies_at_once(mesh):
+    name, key, _ = _tenant(mesh, budgets=[{"metric": "requests", "window": "day", "hard": 2}])
+    _until_usable([mesh.edge_target], key)  # one of two
+    stub = _gateway(mesh.edge_target)
+    assert _search(stub, key) == grpc.StatusCode.OK
+    assert _search(stub, key) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    admin, md = _admin(mesh)
+    budget = apb.Budget(metric="requests", window="day", hard=1000)
+    admin.UpdateTenant(apb.Tenant(name=name, budgets=[budget]), metadata=md, timeout=10)
+    assert _search(stub, key) == grpc.StatusCode.OK  # the gateway that wrote it: at once
+
+
+def test_a_body_cannot_name_another_tenant_than_the_path(mesh):
+    a, _, _ = _tenant(mesh)
+    b, _, key_b = _tenant(mesh)
+    admin_key = {"x-admin-key": mesh.config.mesh.demo_admin_key}
+    for path, body, field in (
+        (f"/v1/admin/tenants/{a}/keys", {"tenant": b}, "tenant"),
+        (f"/v1/admin/tenants/{a}/keys/{key_b}:revoke", {"tenant": b}, "tenant"),
+        (f"/v1/admin/tenants/{a}", {"name": b, "requests_per_second": 7}, "name"),
+    ):
+        method = "PUT" if path.endswith(a) else "POST"
+        status, _, reply = _http(mesh, method, path, admin_key, body)
+        assert status == 400, (path, reply)
+        assert field in reply["message"], reply
+    stub, md = _admin(mesh)
+    keys = stub.ListKeys(apb.ListKeysRequest(tenant=b), metadata=md, timeout=10).keys
+    assert [k.revoked_ms for k in keys] == [0]  # nothing changed
+    assert stub.GetTenant(apb.GetTenantRequest(name=b), metadata=md).requests_per_second == 0
+
+
+def test_a_cached_answer_spends_no_tokens_and_a_unary_answer_is_recorded_ok(mesh):
+    budget = {"metric": "tokens", "window": "day", "hard": 100000}
+    name, key, _ = _tenant(mesh, budgets=[budget])
+    _until_usable([mesh.edge_target], key)
+    stub = _gateway(mesh.edge_target)
+    question = {"query": "What is cached?", "bypass_cache": False}
+    assert _ask(stub, key, **question).cache_status == pb.CACHE_STATUS_MISS
+    assert _ask(stub, key, **question).cache_status == pb.CACHE_STATUS_HIT
+    rows = _usage(mesh, name)
+    assert sum(r.requests for r in rows) == 2
+    store = redis.Redis(port=mesh.config.control.redis_port, decode_responses=True)
+    day = time.strftime("%Y%m%d", time.gmtime())
+    counter = f"ragmesh:{{t:{name}}}:tokens:day:{day}"
+    entries = store.xrange(f"ragmesh:{{t:{name}}}:usage")
+    records = [r for _, fields in entries for r in json.loads(fields["r"])]
+    assert [r[11] for r in records] == ["ok", "ok"]  # UsageRecord.outcome
+    miss = next(r for r in records if r[7] == "miss")
+    time.sleep(mesh.config.control.lease_ttl_s / 3 + 1)  # a renewal reports what was spent
+    assert int(store.hget(counter, "spent") or 0) == miss[4] + miss[5]  # the miss alone
+
+
+def test_admin_mistakes_get_their_own_statuses(mesh):
+    name, _, key_id = _tenant(mesh)
+    stub, md = _admin(mesh)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateTenant(apb.Tenant(name=name), metadata=md, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    stub.RevokeKey(apb.RevokeKeyRequest(tenant=name, key_id=key_id), metadata=md, timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RotateKey(apb.RotateKeyRequest(tenant=name, key_id=key_id), metadata=md, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "revoked" in caught.value.details()
+
+
+def test_a_policy_tier_this_gateway_does_not_serve_is_a_server_error(mesh, demo_key):
+    path = Path(mesh.config.control.policy_file)
+    good = path.read_text(encoding="utf-8")
+    admin, md = _admin(mesh)
+    premium = "tiers:\n  premium:\n    input_per_1k: 0.01\n    output_per_1k: 0.03\n"
+    broken = (
+        good.replace("tiers:\n", premium, 1)
+        .replace("critical: standard", "critical: premium")
+        .replace("tiers: [standard, economy]", "tiers: [premium, standard, economy]")
+    )
+    explain = apb.ExplainRouteRequest(tenant="demo", priority="critical")
+    try:
+        path.write_text(broken, encoding="utf-8")
+        deadline = time.monotonic() + 5
+        while admin.ExplainRoute(explain, metadata=md, timeout=10).tier != "premium":
+            assert time.monotonic() < deadline, "the policy was never reloaded"
+            time.sleep(0.2)
+        stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(mesh.regions[0].gateway_target))
+        request = pb.GenerateRequest(query="x", priority="critical", max_tokens=4)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Generate(request, metadata=(("x-api-key", demo_key),), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # another region may serve it
+        assert "premium" in caught.value.details()
+    finally:
+        path.write_text(good, encoding="utf-8")
+    deadline = time.monotonic() + 5
+    while admin.ExplainRoute(explain, metadata=md, timeout=10).tier != "standard":
+        assert time.monotonic() < deadline, "the good policy was never read back"
         time.sleep(0.2)

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from services.config.mesh import MeshConfig
+from services.supervisor import up
 from services.supervisor.launcher import ROOT, Mesh, isolated
 
 pytestmark = pytest.mark.integration
@@ -65,3 +66,13 @@ def test_acknowledged_write_survives_a_kill(store: Mesh):
     with closing(_client(store)) as client:
         assert client.get("tenant:demo:quota") == b"42"
         assert client.get("tenant:demo:used") == b"1"
+
+
+def test_make_up_starts_the_store_again_instead_of_stopping(store: Mesh):
+    """`make up` stops the mesh when a process dies, but not for the store: gateways go on
+    under the offline rule, and the supervisor starts it again."""
+    store.kill("redis")
+    assert up._dead(store) == []
+    assert store.processes["redis"].alive()
+    with closing(redis.Redis(port=store.config.control.redis_port, socket_timeout=2)) as client:
+        assert client.ping()

@@ -463,25 +463,43 @@ BODY_ROUTES = [
     "/v1/admin/tenants",
 ]
 # The Admin's templated body paths, in the proto's order.
+# A templated route's body is its request less the fields its path binds: a body that names
+# the tenant (or key) the path names is refused, not let win over the path.
 BODY_PATTERNS = [
-    ("PUT", r"^%/v1%/admin%/tenants%/[^/]+$", "message:ragmesh.v1.Tenant"),
-    ("POST", r"^%/v1%/admin%/tenants%/[^/]+%/keys$", "message:ragmesh.v1.CreateKeyRequest"),
+    ("PUT", r"^%/v1%/admin%/tenants%/[^/]+$", "message:ragmesh.v1.Tenant without name"),
+    (
+        "POST",
+        r"^%/v1%/admin%/tenants%/[^/]+%/keys$",
+        "message:ragmesh.v1.CreateKeyRequest without tenant",
+    ),
     (
         "POST",
         r"^%/v1%/admin%/tenants%/[^/]+%/keys%/[^/]+%:rotate$",
-        "message:ragmesh.v1.RotateKeyRequest",
+        "message:ragmesh.v1.RotateKeyRequest without key_id,tenant",
     ),
     (
         "POST",
         r"^%/v1%/admin%/tenants%/[^/]+%/keys%/[^/]+%:revoke$",
-        "message:ragmesh.v1.RevokeKeyRequest",
+        "message:ragmesh.v1.RevokeKeyRequest without key_id,tenant",
     ),
     (
         "POST",
         r"^%/v1%/admin%/tenants%/[^/]+%/route%:explain$",
-        "message:ragmesh.v1.ExplainRouteRequest",
+        "message:ragmesh.v1.ExplainRouteRequest without tenant",
     ),
 ]
+
+
+def test_a_templated_body_leaves_out_the_fields_its_path_binds(descriptor_set: Path) -> None:
+    schema = body_schema(descriptor_set, PUBLIC_SERVICES)
+    keys = schema.messages["ragmesh.v1.CreateKeyRequest without tenant"]
+    assert sorted(keys) == ["expiresMs", "expires_ms", "labels"]
+    rotate = schema.messages["ragmesh.v1.RotateKeyRequest without key_id,tenant"]
+    assert sorted(rotate) == ["graceS", "grace_s"]
+    assert "name" not in schema.messages["ragmesh.v1.Tenant without name"]
+    assert "budgets" in schema.messages["ragmesh.v1.Tenant without name"]
+    # The whole messages stay, for the untemplated routes (POST /v1/admin/tenants).
+    assert "name" in schema.messages["ragmesh.v1.Tenant"]
 
 
 def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
@@ -616,7 +634,10 @@ def _toy_descriptor_set(path: Path) -> Path:
 def test_schema_follows_templates_body_fields_and_maps(tmp_path: Path) -> None:
     schema = body_schema(_toy_descriptor_set(tmp_path / "toy.pb"), ["toy.Toy"])
     assert schema.routes == {"PATCH": {"/v1/item": "message:toy.Item"}}
-    assert schema.patterns == [("PUT", r"^%/v1%/items%/[^/]+%:put$", "message:toy.PutRequest")]
+    assert schema.patterns == [
+        ("PUT", r"^%/v1%/items%/[^/]+%:put$", "message:toy.PutRequest without name")
+    ]
+    assert "name" not in schema.messages["toy.PutRequest without name"]
     assert schema.messages["toy.PutRequest"] == {
         "name": "scalar",
         "item": "message:toy.Item",
