@@ -21,7 +21,7 @@ from services.cli import common
 from services.client.admin import AdminClient
 from services.client.gateway import Client
 from services.config.mesh import MeshConfig
-from services.control.registry import METRICS, WINDOWS
+from services.control.registry import MAX_CAP, METRICS, WINDOWS
 
 BUDGET_FORM = "METRIC/WINDOW=HARD[:SOFT], e.g. tokens/day=100000:80000 or requests/day=:1000"
 DURATION_FORM = "a DURATION like 90s, 30m, 12h or 30d"
@@ -68,9 +68,9 @@ def parse_duration(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_CAP:
         raise argparse.ArgumentTypeError(
-            f"expected a whole number >= 0 (0: no limit); got {text!r}"
+            f"expected a whole number 0..{MAX_CAP:g} (0: no limit); got {text[:32]!r}"
         )
     return int(text)
 

@@ -144,7 +144,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         tenant = check_name(request.tenant, "tenant")
         await self._registry.get_tenant(tenant)
         broken = self._core.broken
-        route = self._control.route(tenant, request.priority, request.tier, broken)
+        route = self._control.route(tenant, request.priority, request.tier, broken, counted=False)
         health = self._control.health(self._core.tier_names(), broken)
         policy = self._control.policy
         return pb.ExplainRouteResponse(

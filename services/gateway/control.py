@@ -154,10 +154,17 @@ class Control:
             raise PermissionDenied("not the admin credential")
 
     def route(
-        self, tenant: str, priority: str, tier: str, breaker_open: Callable[[str], bool]
+        self,
+        tenant: str,
+        priority: str,
+        tier: str,
+        breaker_open: Callable[[str], bool],
+        *,
+        counted: bool = True,
     ) -> Route:
         """The routing policy's tier for a request of `tenant` now, and why; each tier's
-        health is read only if a rule asks for it."""
+        health is read only if a rule asks for it. `counted`: in the routing metric (an
+        explanation is not)."""
         now = time.monotonic()
         route = self.policy.policy.route(
             tenant,
@@ -167,6 +174,8 @@ class Control:
             self.over_soft_cap(tenant),
         )
         routed = self._routed.get((route.tier, route.reason))
+        if not counted:
+            return route
         if routed is None:
             routed = metrics.ROUTING.labels(route.tier, route.reason)
             self._routed[(route.tier, route.reason)] = routed

@@ -72,6 +72,9 @@ def test_bad_duration(text: str) -> None:
         (["tenants", "create", "t", "--budget", "tokens/week=1"], "--budget", "METRIC/WINDOW="),
         (["tenants", "update", "t", "--budget", "x"], "--budget", "HARD[:SOFT]"),
         (["tenants", "create", "t", "--rps", "-1"], "--rps", "whole number"),
+        # Past int64 the server could not take it: an argparse error, not a traceback.
+        (["tenants", "create", "t", "--tpm", "99999999999999999999"], "--tpm", "0..1e+12"),
+        (["tenants", "create", "t", "--rps", "٣"], "--rps", "whole number"),  # Arabic 3
         (["keys", "create", "t", "--expires-in", "3w"], "--expires-in", "DURATION like"),
         (["keys", "create", "t", "--label", "novalue"], "--label", "KEY=VALUE"),
         (["keys", "rotate", "t", "k", "--grace", "1y"], "--grace", "DURATION like"),
