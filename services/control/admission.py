@@ -196,6 +196,8 @@ class Admission:
                 self._soft.setdefault(counter.subject.removeprefix("tenant:"), []).append(lease)
             elif lease.counter.soft and not counter.soft:
                 self._unsoft(lease)
+            if counter.cap != lease.counter.cap:  # taken under the old cap: ask under the new
+                lease.allowance = 0
             lease.counter, lease.size, lease.dry = counter, self._size(counter), False
         return lease
 
@@ -220,6 +222,8 @@ class Admission:
         """Reserves `worst` against every cap of `key` and `tenant`, or raises
         QuotaExceeded (naming the cap and when to retry) or, with `offline: refuse` and the
         store unreachable, Unavailable. Nothing is held after a refusal."""
+        if self._released:
+            raise Unavailable("the gateway is shutting down: ask again")
         needs = [(self._lease(c), worst.of(c.metric)) for c in self._counters(key, tenant)]
         while True:
             now = time.monotonic()
@@ -228,7 +232,7 @@ class Admission:
                 if lease.counter.cap >= 0 and amount > 0:
                     if lease.expires < now:
                         lease.allowance = 0  # a lease not renewed in time is void
-                    if lease.allowance + lease.offline_left < amount:
+                    if lease.allowance + self._offline_left(lease) < amount:
                         lacking = (lease, amount)
                         break
             if lacking is None:
@@ -251,10 +255,15 @@ class Admission:
                 await self._take(lease)
             if lease.offline:
                 self._offline(lease)
-            if lease.allowance + lease.offline_left >= amount:
+            if lease.allowance + self._offline_left(lease) >= amount:
                 continue
             if lease.dry or lease.offline:
                 self._refuse(lease, amount)
+
+    @staticmethod
+    def _offline_left(lease: _Lease) -> int:
+        """The offline allowance: only while the store is away."""
+        return lease.offline_left if lease.offline else 0
 
     @staticmethod
     def _exhausted(lease: _Lease, amount: int) -> bool:
@@ -356,6 +365,7 @@ class Admission:
             return
         metrics.STORE_TAKES.labels("ok").inc()
         metrics.STORE_UP.set(1)
+        lease.offline_left = 0  # the store is back: its leases again, not the offline rule
         soft = c.soft and lease.spent_seen < c.soft <= taken.spent
         if soft:
             metric, window = c.description.split(" per ")

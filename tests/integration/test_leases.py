@@ -167,15 +167,22 @@ async def test_allowance_stranded_in_a_silent_gateways_lease_returns_when_it_exp
     assert 0 < refusal.retry_after_s <= ttl
 
     await asyncio.sleep(ttl + 0.2)  # A's lease expired in the store
+    waits = b.waits
     more, refusal = await _admit_until_refused(b, key, tenant, one, one, cap)
     assert more == cap - admitted  # all of A's lease came back to B
     assert isinstance(refusal, QuotaExceeded)
     assert refusal.retry_after_s > ttl  # spent to the cap: the day's end
+    # One take for A's 5; B then sees 5 reported + its 5 pending + 1 > cap: refused without
+    # asking the store (spending never comes back), so its last 5 are still unreported.
+    assert b.waits == waits + 1
     fields = _hash(store_mesh, counter)
     # B's take zeroed A's allowance and kept the rest of A's entry as it was: nothing was
     # in flight at A (owed 0), and A's expiry is not B's to move.
     assert (fields["held:gw-a"], fields["owed:gw-a"], fields["exp:gw-a"]) == ("0", "0", a_expires)
-    assert int(fields["spent"]) == cap  # B's takes reported all B admitted
+    assert (fields["spent"], fields["held:gw-b"]) == ("5", "5")  # B's last 5: held, pending
+    await b.tick()  # B's lease is low (0 of 5): its take reports the 5 and gets nothing
+    fields = _hash(store_mesh, counter)
+    assert (fields["spent"], fields["held:gw-b"]) == (str(cap), "0")  # all B admitted
     # A's one request had settled before its lease expired (pending, not in flight): the
     # store had it only inside held:gw-a, which went back to the cap whole, so B got it
     # again. It counts when A reports it: the documented overshoot, at most what A held.
@@ -214,12 +221,15 @@ async def test_reservations_in_flight_when_a_lease_expires_stay_counted_as_the_g
     # 1 owed - 3 to spare), then 3 (dry): 10 - 1 - 1 - 5.
     assert admitted == cap - 1 - 1 == 8
     assert isinstance(refusal, QuotaExceeded)
-    # B sees 9 used (6 reported, 3 its own pending); the 10th is A's owed, which may come
-    # back when A reports: a retry within a lease's time, not the day's end.
+    # B sees 9 used and 1 more could fit (A's owed may come back): no "recently dry"
+    # shortcut, so the refusal came after a third take, which reported B's last 3.
+    assert b.waits == 3
+    # The 10th is A's owed, which may come back when A reports: a retry within a lease's
+    # time, not the day's end.
     assert 0 < refusal.retry_after_s <= ttl
     fields = _hash(store_mesh, counter)
     assert (fields["held:gw-a"], fields["owed:gw-a"], fields["exp:gw-a"]) == ("0", "1", a_expires)
-    assert (fields["spent"], fields["held:gw-b"], fields["owed:gw-b"]) == ("6", "3", "0")
+    assert (fields["spent"], fields["held:gw-b"], fields["owed:gw-b"]) == ("9", "0", "0")
     # Admitted: A 3, B 8. The one over the cap is A's pending request, within the bound
     # cap + G * (max(L, R) + F) = 10 + 2 * (5 + 0) (no gateway was offline: no F).
     assert 3 + admitted == cap + 1
@@ -230,12 +240,42 @@ async def test_reservations_in_flight_when_a_lease_expires_stay_counted_as_the_g
     a.settle(in_flight, Charge())
     await a.tick()
     fields = _hash(store_mesh, counter)
-    assert (fields["spent"], fields["held:gw-a"], fields["owed:gw-a"]) == ("7", "0", "0")
+    # Spent in truth: A 2 (one of its 3 spent nothing), B 8 (all reported by its refusal's
+    # take). The store has exactly that.
+    assert (fields["spent"], fields["held:gw-a"], fields["owed:gw-a"]) == ("10", "0", "0")
     await asyncio.sleep(ttl / 3 + 0.05)
-    await b.tick()  # B's renewal reports its 3
+    await b.tick()  # B's renewal: nothing more to report
     fields = _hash(store_mesh, counter)
-    # Spent in truth: A 2 (one of its 3 spent nothing), B 8. The store has exactly that.
     assert (fields["spent"], fields["held:gw-b"], fields["owed:gw-b"]) == ("10", "0", "0")
+
+
+async def test_release_reports_spending_and_gives_the_allowance_back_at_once(
+    store_mesh: Mesh, stores: Callable[[], Store]
+):
+    cap = 10
+    key, tenant = _tenant(Budget("requests", "day", hard=cap))
+    config = _config(lease_fraction=0.5)  # L = 5; lease_ttl_s 10: no expiry in this test
+    a = Admission(stores(), config, gateway_id="gw-a")
+    b = Admission(stores(), config, gateway_id="gw-b")
+    counter = _counter_key(key, tenant)
+    one = Charge(requests=1)
+    for _ in range(2):
+        a.settle(await a.admit(key, tenant, one), one)
+    in_flight = await a.admit(key, tenant, one)
+    fields = _hash(store_mesh, counter)
+    assert (fields["spent"], fields["held:gw-a"], fields["owed:gw-a"]) == ("0", "5", "0")
+    await a.release()  # shutdown: 2 spent reported, 1 in flight stays owed, 2 given back
+    fields = _hash(store_mesh, counter)
+    assert (fields["spent"], fields["held:gw-a"], fields["owed:gw-a"]) == ("2", "0", "1")
+    # B gets what A gave back at once, not when A's lease would have expired: all but A's
+    # 2 spent and 1 owed (a take of 5, then one of 2); a third take gets nothing.
+    admitted, refusal = await _admit_until_refused(b, key, tenant, one, one, cap)
+    assert (admitted, b.waits) == (cap - 2 - 1, 3)
+    assert isinstance(refusal, QuotaExceeded)
+    assert refusal.retry_after_s == config.lease_ttl_s  # A's 1 owed may come back
+    fields = _hash(store_mesh, counter)
+    assert (fields["spent"], fields["held:gw-a"], fields["owed:gw-a"]) == ("9", "0", "1")
+    assert not in_flight.settled
 
 
 async def _burst_then_silence(a: Admission, b: Admission, key: ApiKey, tenant: Tenant) -> int:
@@ -329,11 +369,15 @@ async def test_the_overshoot_bound_holds_when_reservations_settle_below_their_wo
     assert (fields["spent"], fields["held:gw-a"], fields["owed:gw-a"]) == ("15", "5", "0")
     await asyncio.sleep(ttl + 0.2)  # A's lease expires
     # B's take returns A's held 5 to the cap (A spent them: the store cannot know): B gets
-    # them, then its next take reports them and gets nothing.
+    # them; then it sees 15 reported + its 5 pending + 5 > cap: refused without a take.
     admitted_by_b, refusal = await _admit_until_refused(b, key, tenant, worst, worst, cap)
     assert admitted_by_b == 1
+    assert b.waits == 1
     assert isinstance(refusal, QuotaExceeded)
-    assert refusal.retry_after_s > ttl  # spent to the cap as the store sees it
+    assert refusal.retry_after_s > ttl  # spent to the cap as B sees it: the day's end
+    fields = _hash(store_mesh, counter)
+    assert (fields["spent"], fields["held:gw-a"], fields["held:gw-b"]) == ("15", "0", "5")
+    await b.tick()  # B's lease is low: its take reports the 5 and gets nothing
     fields = _hash(store_mesh, counter)
     assert (fields["spent"], fields["held:gw-a"], fields["held:gw-b"]) == ("20", "0", "0")
     # Admitted 20 by A and 5 by B: one gateway's worst, max(L, R), over the cap.
@@ -392,8 +436,12 @@ async def test_the_overshoot_bound_holds_when_requests_settle_while_takes_are_in
         admitted_by_c, refusal = await _admit_until_refused(c, key, tenant, two, two, cap)
         assert isinstance(refusal, QuotaExceeded)
         assert admitted_by_c == 10
-        for gateway in (a, b):
-            await gateway.tick()  # back: each reports its 2
+        # Ten takes, each reporting the one before; C then sees 18 + its 2 pending + 2 > cap:
+        # refused without a take, its last 2 unreported until its tick.
+        assert c.waits == 10
+        assert _hash(store_mesh, counter)["spent"] == "18"
+        for gateway in (a, b, c):
+            await gateway.tick()  # A and B back: each reports its 2; C's low lease its 2
         spent = int(_hash(store_mesh, counter)["spent"])
         # Admitted: A 2, B 2, C 20 = 24: over the cap by max(L, R) per silent gateway, and
         # within cap + 3 * (max(2, 2) + 0) = 26.
@@ -427,13 +475,61 @@ async def test_settle_returns_the_unspent_reservation_to_the_lease(
     assert admission.waits == waits
     with pytest.raises(QuotaExceeded) as caught:
         await admission.admit(key, tenant, Charge(tokens=1))
-    assert caught.value.retry_after_s > admission.config.lease_ttl_s  # spent: the day's end
+    # 30 spent and 70 reserved: the reservations may settle below their worst case, so the
+    # refusal asked the store (one take) and says retry within a lease's time.
+    assert admission.waits == waits + 1
+    assert caught.value.retry_after_s == admission.config.lease_ttl_s
     admission.settle(second, Charge(tokens=40))
-    admission.settle(third, Charge(tokens=25))
+    admission.settle(third, Charge(tokens=25))  # 5 of its worst case back: admitted below
     assert (await admission.admit(key, tenant, Charge(tokens=5))).charge.tokens == 5
+    waits = admission.waits
     with pytest.raises(QuotaExceeded) as caught:  # larger than the cap: refused at once
         await admission.admit(key, tenant, Charge(tokens=cap + 1))
     assert f"needs {cap + 1} of a cap of {cap}" in caught.value.message
+    assert admission.waits == waits  # no take: it can never fit
+    assert caught.value.retry_after_s > admission.config.lease_ttl_s  # the day's end
+
+
+async def test_a_raised_cap_applies_to_the_next_admit_in_the_same_window(
+    store_mesh: Mesh, stores: Callable[[], Store]
+):
+    key, tenant = _tenant(Budget("requests", "day", hard=5))
+    ttl = ControlConfig().lease_ttl_s
+    admission = Admission(stores(), _config(lease_fraction=1.0), gateway_id="gw")  # L = cap
+    counter = _counter_key(key, tenant)
+    one = Charge(requests=1)
+    admitted, refusal = await _admit_until_refused(admission, key, tenant, one, one, 10)
+    assert (admitted, admission.waits) == (5, 1)
+    assert isinstance(refusal, QuotaExceeded)
+    assert refusal.retry_after_s > ttl  # 5 of 5 spent: the day's end
+    raised = Tenant(tenant.name, budgets=(Budget("requests", "day", hard=8),))
+    # The next admit sees the new cap at once: it takes (reporting the 5, asking for a lease
+    # of 8) and gets the 3 the new cap leaves; the 4th is refused without a take.
+    more, refusal = await _admit_until_refused(admission, key, raised, one, one, 10)
+    assert (more, admission.waits) == (3, 2)
+    assert isinstance(refusal, QuotaExceeded)
+    assert "needs 1 of a cap of 8" in refusal.message
+    assert refusal.retry_after_s > ttl
+    fields = _hash(store_mesh, counter)
+    assert (fields["spent"], fields["held:gw"], fields["owed:gw"]) == ("5", "3", "0")
+
+
+async def test_a_lowered_cap_applies_to_the_next_admit_in_the_same_window(
+    store_mesh: Mesh, stores: Callable[[], Store]
+):
+    key, tenant = _tenant(Budget("requests", "day", hard=100))
+    admission = Admission(stores(), _config(lease_fraction=0.1), gateway_id="gw")  # L = 10
+    one = Charge(requests=1)
+    for _ in range(5):
+        admission.settle(await admission.admit(key, tenant, one), one)
+    if admission.waits != 1:  # pytest.fail: a setup gone otherwise is no expected failure
+        pytest.fail(f"the lease took {admission.waits} takes for 5 requests")
+    lowered = Tenant(tenant.name, budgets=(Budget("requests", "day", hard=5),))
+    # 5 spent of a new cap of 5: the next request can never fit this window.
+    admitted, refusal = await _admit_until_refused(admission, key, lowered, one, one, 10)
+    assert admitted == 0  # today: 5, the lease's old allowance, 10 against a cap of 5
+    assert isinstance(refusal, QuotaExceeded)
+    assert refusal.retry_after_s > admission.config.lease_ttl_s
 
 
 # -- 4. the store unreachable --------------------------------------------------------------
@@ -462,8 +558,10 @@ async def test_offline_allow_admits_the_lease_plus_the_offline_allowance_then_ca
     assert isinstance(refusal, QuotaExceeded)
     assert refusal.subject == f"tenant:{tenant.name}"
     assert "offline allowance is spent (control store unreachable)" in refusal.message
-    # Back: the next renewal (a third of lease_ttl_s on) reports what was spent offline.
-    await asyncio.sleep(max(offline_at + ttl / 3 + 0.05 - time.monotonic(), 0))
+    assert refusal.retry_after_s == ttl  # not known spent: retry within a lease's time
+    # Back: the tick retries an offline lease once a second after its failed take, and
+    # that take reports what was spent offline.
+    await asyncio.sleep(max(offline_at + 1.05 - time.monotonic(), 0))
     await admission.tick()
     assert admission.online
     fields = _hash(store_mesh, counter)
@@ -484,13 +582,17 @@ async def test_offline_spending_within_the_allowance_is_reported_when_the_store_
     try:
         for _ in range(9 + 3):  # the lease's 9 left, and 3 of the offline allowance
             admission.settle(await admission.admit(key, tenant, one), one)
+        offline_at = time.monotonic()  # the failed take came before this
     finally:
         store_mesh.restart("redis")
-    await admission.tick()  # the lease is low (2 of 10): its take reports
+    # An offline lease is retried by the tick once a second after its failed take.
+    await asyncio.sleep(max(offline_at + 1.05 - time.monotonic(), 0))
+    await admission.tick()
     assert admission.online
     fields = _hash(store_mesh, _counter_key(key, tenant))
-    # The 2 offline allowance left is reported as held, and topped up to the lease's 10.
-    assert (fields["spent"], fields["held:gw"]) == ("13", "10")
+    # The 13 spent are reported. The 2 of F left are no allowance the store granted (so not
+    # reported as held): the take asks for a whole lease, 10.
+    assert (fields["spent"], fields["held:gw"], fields["owed:gw"]) == ("13", "10", "0")
 
 
 async def test_offline_refuse_is_unavailable_once_the_lease_is_spent(
@@ -535,14 +637,20 @@ async def test_a_soft_cap_never_refuses_and_turns_over_soft_cap_on(
     assert b.over_soft_cap(tenant)
     assert not a.over_soft_cap(tenant)  # A last saw 3
     assert not a.over_soft_cap(Tenant("another"))
+    a_expires = _hash(store_mesh, _counter_key(key, tenant))["exp:gw-a"]
     await asyncio.sleep(ttl / 3 + 0.05)
-    await a.tick()  # its renewal reads 6
+    await a.tick()  # no request used A's lease since its last renewal: not renewed
+    assert _hash(store_mesh, _counter_key(key, tenant))["exp:gw-a"] == a_expires
+    assert not a.over_soft_cap(tenant)  # A still last saw 3
+    a.settle(await a.admit(key, tenant, one), one)
+    assert not a.over_soft_cap(tenant)  # 4 of 5 seen here
+    await a.tick()  # used since: its renewal reports 1 and reads 7
     assert a.over_soft_cap(tenant)
     for _ in range(50):  # past the soft cap: still admitted
         a.settle(await a.admit(key, tenant, one), one)
     await asyncio.sleep(ttl / 3 + 0.05)
     await a.tick()
-    assert int(_hash(store_mesh, _counter_key(key, tenant))["spent"]) == 56
+    assert int(_hash(store_mesh, _counter_key(key, tenant))["spent"]) == 6 + 1 + 50
 
 
 async def test_one_gateway_passes_its_soft_cap_locally(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import cast
 import pytest
 from redis.crc import key_slot
 
-from services.common.errors import InvalidArgument, Unauthenticated, Unavailable
+from services.common.errors import InvalidArgument, QuotaExceeded, Unauthenticated, Unavailable
 from services.config.control import ControlConfig
 from services.control import usage
 from services.control.admission import MICRO, Admission, Charge, Counter, _windows, counters
@@ -324,6 +325,166 @@ async def test_a_settle_while_a_take_is_in_flight_does_not_grow_the_lease_past_i
     assert admission.waits == waits + 1
 
 
+class _OutageStore(_TakeStore):
+    """_TakeStore whose takes fail while `down` (counted in `failed`), whose `spent` is the
+    running total reported, and which grants at most `grant` when set (0: the cap reached)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.failed = 0
+        self.grant: int | None = None
+        self.spent = 0
+
+    async def take(self, counter: str, gateway: str, **report: int) -> Taken:
+        if self.down:
+            self.failed += 1
+            raise Unavailable("control store unreachable: ConnectionError")
+        taken = await super().take(counter, gateway, **report)
+        self.spent += report["spent"]
+        granted = taken.granted if self.grant is None else min(taken.granted, self.grant)
+        return Taken(granted, self.spent, taken.held - taken.granted + granted)
+
+
+async def _admitted_until_refused(
+    admission: Admission, tenant: Tenant, tokens: int
+) -> tuple[int, Exception]:
+    """Admits and settles requests of `tokens` until one is refused: (admitted, refusal)."""
+    charge = Charge(tokens=tokens)
+    for admitted in range(1000):
+        try:
+            reservation = await admission.admit(KEY, tenant, charge)
+        except (QuotaExceeded, Unavailable) as exc:
+            return admitted, exc
+        admission.settle(reservation, charge)
+    raise AssertionError("1000 admitted, none refused")
+
+
+@pytest.mark.parametrize(
+    ("cap", "fraction", "allowance"),
+    [
+        (10, 0.01, 1),  # 0.1 of a unit: at least one
+        (10, 0.05, 1),
+        (7, 0.3, 3),  # 2.1: rounded up, not down
+        (100, 0.05, 5),
+        (100, 0.0, 0),  # no offline allowance at all
+    ],
+)
+async def test_the_offline_allowance_is_the_cap_times_offline_fraction_rounded_up(
+    cap: int, fraction: float, allowance: int
+):
+    store = _OutageStore()
+    config = ControlConfig(lease_fraction=0.01, offline_fraction=fraction, offline="allow")
+    admission = Admission(cast(Store, store), config, "gw")
+    tenant = _budget_tenant(cap)  # lease size 1
+    admission.settle(await admission.admit(KEY, tenant, Charge(tokens=1)), Charge(tokens=1))
+    store.down = True
+    admitted, refusal = await _admitted_until_refused(admission, tenant, 1)
+    assert admitted == allowance
+    assert isinstance(refusal, QuotaExceeded)
+    assert "offline allowance is spent (control store unreachable)" in refusal.message
+    assert refusal.retry_after_s == config.lease_ttl_s  # not known spent: a lease's time
+    assert not admission.online
+    assert store.failed == 1  # one failed take; admit does not ask a store known down
+
+
+async def test_the_offline_allowance_lasts_the_window_and_comes_once_per_window():
+    store = _OutageStore()
+    ttl = 0.3
+    config = ControlConfig(
+        lease_fraction=0.1, offline_fraction=0.05, offline="allow", lease_ttl_s=ttl
+    )
+    admission = Admission(cast(Store, store), config, "gw")
+    tenant = _budget_tenant(100)  # lease size 10, offline allowance F 5
+    ten = Charge(tokens=10)
+    admission.settle(await admission.admit(KEY, tenant, ten), ten)  # the lease, spent
+    store.down = True
+    failed_at = time.monotonic()
+    admission.settle(await admission.admit(KEY, tenant, Charge(tokens=2)), Charge(tokens=2))
+    assert (store.failed, admission.online) == (1, False)
+    await asyncio.sleep(ttl + 0.05)
+    # F is kept past lease_ttl_s (until the window ends): 3 of it are left.
+    admitted, refusal = await _admitted_until_refused(admission, tenant, 1)
+    assert admitted == 3
+    assert isinstance(refusal, QuotaExceeded)
+    store.down = False
+    await admission.tick()  # under a second since the failed take: not retried yet
+    assert (len(store.calls), admission.online) == (1, False)
+    await asyncio.sleep(max(failed_at + 1.05 - time.monotonic(), 0))
+    await admission.tick()  # a second on: the take reports the 15 spent, asks for a lease
+    assert admission.online
+    assert store.calls[1:] == [{"want": 10, "spent": 15, "reserved": 0, "allowance": 0}]
+    admission.settle(await admission.admit(KEY, tenant, Charge(tokens=1)), Charge(tokens=1))
+    # A second outage in the same window: the lease's 9, and no new F (the first used all).
+    store.down = True
+    admitted, refusal = await _admitted_until_refused(admission, tenant, 1)
+    assert admitted == 9
+    assert isinstance(refusal, QuotaExceeded)
+    assert "offline allowance is spent" in refusal.message
+    assert store.failed == 2
+
+
+async def test_offline_allowance_left_is_not_spent_while_the_store_answers():
+    store = _OutageStore()
+    config = ControlConfig(lease_fraction=0.1, offline_fraction=0.05, offline="allow")
+    admission = Admission(cast(Store, store), config, "gw")
+    tenant = _budget_tenant(100)  # lease size 10, F 5
+    ten, one = Charge(tokens=10), Charge(tokens=1)
+    admission.settle(await admission.admit(KEY, tenant, ten), ten)
+    store.down = True
+    failed_at = time.monotonic()
+    admission.settle(await admission.admit(KEY, tenant, one), one)  # 1 of F: 4 left
+    store.down, store.grant = False, 0  # back, and other gateways spent the cap meanwhile
+    await asyncio.sleep(max(failed_at + 1.05 - time.monotonic(), 0))
+    await admission.tick()
+    if not admission.online or len(store.calls) != 2:
+        pytest.fail(f"the store is not back: {store.calls}")  # setup: no expected failure
+    calls = len(store.calls)
+    # The store answers: "a cap holds exactly" (docs/control-plane.md). The request asks
+    # it, and is refused. Today it is admitted from F's 4 left, without a take.
+    admitted, refusal = await _admitted_until_refused(admission, tenant, 1)
+    assert (admitted, len(store.calls)) == (0, calls + 1)
+    assert isinstance(refusal, QuotaExceeded)
+
+
+async def test_a_soft_cap_added_or_removed_mid_window_applies_on_the_next_admit():
+    store = _TakeStore()
+    admission = Admission(cast(Store, store), ControlConfig(lease_fraction=0.1), "gw")
+    tenant = _budget_tenant(50)
+    three = Charge(tokens=3)
+    admission.settle(await admission.admit(KEY, tenant, three), three)
+    assert not admission.over_soft_cap(tenant)  # no soft cap
+    soft = Tenant("acme", budgets=(Budget("tokens", "day", hard=50, soft=3),))
+    admission.settle(await admission.admit(KEY, soft, Charge(tokens=1)), Charge(tokens=0))
+    assert admission.over_soft_cap(soft)  # 3 spent of a soft cap of 3, now counted
+    admission.settle(await admission.admit(KEY, tenant, Charge(tokens=1)), Charge(tokens=0))
+    assert not admission.over_soft_cap(soft)  # the soft cap removed again
+    assert len(store.calls) == 1  # one lease, kept across the changes
+
+
+async def test_release_reports_spending_and_reserved_and_asks_for_nothing():
+    store = _TakeStore()
+    admission = Admission(cast(Store, store), ControlConfig(lease_fraction=0.1), "gw")
+    tenant = _budget_tenant(50)  # lease size 5
+    admission.settle(await admission.admit(KEY, tenant, Charge(tokens=2)), Charge(tokens=2))
+    in_flight = await admission.admit(KEY, tenant, Charge(tokens=1))
+    await admission.release()
+    # The 2 unreserved are given back (allowance 0), the 2 spent reported, the 1 in flight
+    # stays reserved.
+    assert store.calls[1:] == [{"want": 0, "spent": 2, "reserved": 1, "allowance": 0}]
+    assert not in_flight.settled
+
+
+async def test_an_admit_after_release_ends():
+    store = _TakeStore()
+    admission = Admission(cast(Store, store), ControlConfig(lease_fraction=0.1), "gw")
+    tenant = _budget_tenant(50)
+    admission.settle(await admission.admit(KEY, tenant, Charge(tokens=5)), Charge(tokens=5))
+    await admission.release()
+    with contextlib.suppress(QuotaExceeded, Unavailable):  # refused is fine; hanging is not
+        await asyncio.wait_for(admission.admit(KEY, tenant, Charge(tokens=1)), 0.2)
+
+
 # -- tenant and budget checks --------------------------------------------------------------
 
 
@@ -445,9 +606,9 @@ def test_limits_up_to_max_cap_pass():
 def test_bad_tenant_names_are_refused(name: str):
     with pytest.raises(InvalidArgument) as caught:
         Tenant(name).check()
-    assert caught.value.field == "tenant"
+    assert caught.value.field == "name"  # the Tenant message's field
     assert caught.value.message == (
-        "tenant: must be 1-64 of a-z, 0-9, _ and -, starting with a letter or digit"
+        "name: must be 1-64 of a-z, 0-9, _ and -, starting with a letter or digit"
     )
 
 
