@@ -143,9 +143,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._admin(context)
         tenant = check_name(request.tenant, "tenant")
         await self._registry.get_tenant(tenant)
-        broken = self._core.broken
+        broken = self._core.planner.broken
         route = self._control.route(tenant, request.priority, request.tier, broken, counted=False)
-        health = self._control.health(self._core.tier_names(), broken)
+        health = self._control.health(self._core.planner.tier_names(), broken)
         policy = self._control.policy
         return pb.ExplainRouteResponse(
             tier=route.tier,

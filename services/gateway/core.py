@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from services.common import tokens
 from services.common.errors import (
     BreakerOpen,
     DeadlineExceeded,
@@ -27,17 +26,17 @@ from services.common.errors import (
     RagmeshError,
     Unavailable,
 )
-from services.common.validation import check_range, check_string_map
+from services.common.validation import check_string_map
 from services.config.gateway import GatewayConfig
 from services.contract.documents import Document
 from services.contract.prompt import Source
 from services.control.admission import Charge, Reservation
-from services.control.policy import Route
 from services.gateway import generation, metrics, observe
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
 from services.gateway.citations import citations
 from services.gateway.control import Control, Spent
+from services.gateway.plan import Plan, Planner
 from services.gateway.retrieval_client import (
     Chunk,
     CorpusState,
@@ -46,7 +45,7 @@ from services.gateway.retrieval_client import (
     RetrievalClient,
     Written,
 )
-from services.gateway.tiers import Tier, Tiers
+from services.gateway.tiers import Tiers
 from services.gateway.values import (
     BYPASS,
     HIT,
@@ -62,19 +61,6 @@ from services.triton.llm import Delta
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What a generation will ask, decided before any call."""
-
-    tier: Tier
-    version: str
-    max_tokens: int
-    cacheable: bool
-    chain: list[Tier]  # the tier, then those that answer when it is down
-    worst: Charge  # the most the request can spend: what admission reserves
-    route: Route | None
 
 
 @dataclass
@@ -107,25 +93,13 @@ class GatewayCore:
         self._retrieval = retrieval
         self._tiers = tiers
         self._control = control
+        self.planner = self._planner = Planner(config, tiers, control)
         self._retrieval_breaker = Breaker(
             f"retrieval {config.retrieval_target}", config.breaker_failures, config.breaker_open_s
         )
         self._cache: AnswerCache[Answer] = AnswerCache(
             config.answer_cache_entries, config.answer_cache_ttl_s
         )
-
-    def _check_query(self, query: str) -> str:
-        if not query.strip():
-            raise InvalidArgument("query: must not be empty", field="query")
-        if len(query) > self.config.max_query_chars:
-            raise InvalidArgument(
-                f"query: {len(query)} characters, over the limit of {self.config.max_query_chars}",
-                field="query",
-            )
-        return query
-
-    def _top_k(self, top_k: int) -> int:
-        return check_range(top_k or self.config.default_top_k, 1, self.config.max_top_k, "top_k")
 
     async def search(self, call: Call, query: str, top_k: int, filters: dict[str, str]) -> Found:
         """A plain search: one request against the key's limits, then retrieval."""
@@ -151,7 +125,7 @@ class GatewayCore:
         A plain search may take the request's whole deadline; a `degradable` one (a
         generation's sources, which it can answer without) at most retrieval_timeout_s.
         """
-        query, top_k = self._check_query(query), self._top_k(top_k)
+        query, top_k = self._planner.check_query(query), self._planner.top_k(top_k)
         filters = check_string_map(filters, "filters")
         with self._retrieval_breaker.attempt() as attempt:
             remaining = call.remaining()
@@ -182,7 +156,7 @@ class GatewayCore:
         answer without sources (or UNAVAILABLE where so configured); a tier down -> its
         fallback tier. Every degraded Answer says why.
         """
-        plan = self._plan(call, params)
+        plan = self._planner.plan(call, params)
         reservation = await self._admit(call, plan.worst)
         progress = _Progress(plan.tier.name, plan.tier.config.model)
         answer: Answer | None = None
@@ -227,7 +201,7 @@ class GatewayCore:
         return await self._control.admit(call, worst)
 
     async def _generate(
-        self, call: Call, params: GenerateParams, plan: _Plan, stream: bool, progress: _Progress
+        self, call: Call, params: GenerateParams, plan: Plan, stream: bool, progress: _Progress
     ) -> AsyncGenerator[str | Answer]:
         request_span = trace.get_current_span()
         arrived = time.monotonic()
@@ -254,68 +228,6 @@ class GatewayCore:
         observe.annotate(request_span, call, params, sources.found, answer, self.config.region)
         observe.answered(sources.found, answer, None)
         yield answer
-
-    def _plan(self, call: Call, params: GenerateParams) -> _Plan:
-        """Validates the request, decides its tier (the routing policy) and the most it can
-        spend; refuses a question that cannot fit the tier even without sources before any
-        retrieval."""
-        max_tokens = check_range(
-            params.max_tokens or self.config.default_max_tokens,
-            1,
-            self.config.max_max_tokens,
-            "max_tokens",
-        )
-        if not 0.0 <= params.temperature <= 2.0:
-            raise InvalidArgument("temperature: must be 0..2", field="temperature")
-        route = None
-        if params.tier:
-            self._tiers.get(params.tier)  # a tier this gateway does not have: 400, not 403
-        if self._control is not None:
-            route = self._control.route(call.tenant, params.priority, params.tier, self.broken)
-            if not self._tiers.has(route.tier):  # the policy's, not the client's mistake
-                raise Unavailable(
-                    f"the routing policy chose tier {route.tier!r}, which this gateway does "
-                    f"not serve: ask another region"
-                )
-            tier = self._tiers.get(route.tier)
-        else:
-            tier = self._tiers.get(params.tier)
-        version = tier.version(params.model_version)
-        self._check_query(params.query)
-        fitted = tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
-        # A pinned version asks for that model: no other tier stands in for it.
-        chain = [tier] if params.model_version else self._tiers.chain(tier)
-        cacheable = params.temperature == 0.0 and not params.bypass_cache
-        worst = self._worst(chain, max_tokens, tokens.bound(fitted.prompt), params)
-        return _Plan(tier, version, max_tokens, cacheable, chain, worst, route)
-
-    def _worst(
-        self, chain: list[Tier], max_tokens: int, question: int, params: GenerateParams
-    ) -> Charge:
-        """The most a request can spend on any tier of `chain`: the tier's window when it
-        retrieves (sources may fill it), else its question (`question`: the plain prompt's
-        bound) and template, plus the answer tokens."""
-        tokens_, cost = 0, 0
-        for t in chain:
-            window = t.config.context_tokens
-            answer = min(max_tokens, window - 1)
-            prompt = window - answer
-            if params.skip_retrieval:
-                prompt = min(question + t.config.template_tokens, prompt)
-            tokens_ = max(tokens_, prompt + answer)
-            if self._control is not None:
-                cost = max(cost, self._control.cost_micro_usd(t.name, prompt, answer))
-        return Charge(1, tokens_, cost)
-
-    def broken(self, tier: str) -> bool:
-        """Whether `tier` cannot answer here: every endpoint's breaker open, or a tier this
-        gateway does not serve (so the policy moves non-critical traffic past it)."""
-        if not self._tiers.has(tier):
-            return True
-        return all(e.breaker.state == "open" for e in self._tiers.get(tier).endpoints)
-
-    def tier_names(self) -> list[str]:
-        return [t.name for t in self._tiers.all()]
 
     async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
         """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""
@@ -350,12 +262,12 @@ class GatewayCore:
             tier,
             params.model_version,
             params.query,
-            self._top_k(params.top_k),
+            self._planner.top_k(params.top_k),
             params.max_tokens,
             filters,
         )
 
-    def _cached(self, key: tuple[object, ...], plan: _Plan, sources: _Sources) -> Answer | None:
+    def _cached(self, key: tuple[object, ...], plan: Plan, sources: _Sources) -> Answer | None:
         """A fresh cached answer to the same request on the same corpus version, if any."""
         version = sources.found.corpus_version
         cached = self._cache.get(key) if plan.cacheable and version else None
@@ -373,7 +285,7 @@ class GatewayCore:
         self,
         call: Call,
         params: GenerateParams,
-        plan: _Plan,
+        plan: Plan,
         sources: _Sources,
         stream: bool,
         arrived: float,
