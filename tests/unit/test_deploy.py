@@ -11,6 +11,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import services.common.metrics
+import services.control.metrics
 import services.gateway.metrics  # noqa: F401  (registers the gateway's metrics)
 from services.common.errors import CALLER_CODES
 from services.config.mesh import MeshConfig
@@ -51,6 +52,8 @@ def test_rules_and_dashboard_name_only_exported_metrics_and_recorded_rules() -> 
     assert used, "no ragmesh metric referenced"
     assert used <= known, sorted(used - known)
     assert {"ragmesh_request_duration_seconds_bucket", "ragmesh_breaker_state"} <= used
+    # The control plane's: admissions, routing, cost, the store.
+    assert {"ragmesh_admissions_total", "ragmesh_control_store_up"} <= used
 
 
 def test_every_alert_burns_on_two_windows_and_says_which_layer() -> None:
