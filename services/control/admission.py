@@ -10,8 +10,9 @@ counter. A counter this gateway has not used in the current window, or a lease a
 emptied, waits for one take (coalesced for all requests that need it); steady traffic
 never does. Allowance left in a lease goes back when the lease expires (`lease_ttl_s`).
 
-Store unreachable: `offline: allow` admits from what the lease holds plus `offline_fraction`
-of each cap per window; `refuse` answers UNAVAILABLE once the lease is spent. The overshoot
+Store unreachable: `offline: allow` admits from what the lease holds plus, while the store
+is away, F = ceil(cap x offline_fraction) once per window; `refuse` answers UNAVAILABLE once
+the lease is spent. The overshoot
 bound (docs/control-plane.md): per counter and window, at most G * (max(L, R) + F) over the
 cap, for G gateways, lease size L, the largest single reservation R and offline allowance F.
 
@@ -33,11 +34,14 @@ from services.common.errors import QuotaExceeded, Unavailable
 from services.config.control import ControlConfig
 from services.control import metrics
 from services.control.registry import ApiKey, Tenant
-from services.control.store import Store
+from services.control.store import Store, Taken
 
 LOGGER = logging.getLogger(__name__)
 MICRO = 1_000_000  # costs are counted in millionths of a US dollar
 _TICK_S = 0.05
+# A lease the cap left short is asked again at most this often: refusals under a spent cap
+# cost the shared store at most this many takes a second per lease and gateway.
+RETAKE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,8 @@ class Admission:
                     lease.used = True
                 return Reservation(worst, [lease for lease, _ in needs])
             lease, amount = lacking
-            if self._exhausted(lease, amount):
+            just_dry = lease.dry and now - lease.dry_at < RETAKE_S and not lease.offline
+            if self._exhausted(lease, amount) or just_dry:
                 self._refuse(lease, amount)
             if not lease.offline:  # a store known to be down is not waited on
                 self.waits += 1
@@ -255,6 +260,8 @@ class Admission:
                 await self._take(lease)
             if lease.offline:
                 self._offline(lease)
+            if self._released:
+                raise Unavailable("the gateway is shutting down: ask again")
             if lease.allowance + self._offline_left(lease) >= amount:
                 continue
             if lease.dry or lease.offline:
@@ -373,6 +380,8 @@ class Admission:
             LOGGER.warning("%s: %s past its soft cap of %d", c.subject, c.description, c.soft)
         lease.offline = False
         lease.pending -= spent
+        if lease.counter.cap != c.cap:  # the cap changed meanwhile: what it granted is void
+            taken = Taken(0, taken.spent, taken.held)
         # Settlements while the take was out may have grown the allowance: what the lease
         # keeps stays within max(size, one request) (or what it reported).
         lease.allowance = min(lease.allowance + taken.granted, max(most, reported))
@@ -392,6 +401,8 @@ class Admission:
             if lease.taking is not None and not lease.taking.done():
                 await asyncio.shield(lease.taking)
             await self._take_now(lease)
+            if lease.offline:  # the store away: the rest would each wait out the timeout
+                return
 
     async def run(self) -> None:
         """Until cancelled: reports spending, tops leases up before they run dry, renews them

@@ -202,6 +202,9 @@ class Registry:
                 if not failing:  # once per outage, not every refresh
                     LOGGER.warning("key registry not refreshed, the copy serves: %s", exc.message)
                 failing = True
+            except (TypeError, ValueError, KeyError) as exc:  # a record this version cannot read
+                LOGGER.error("key registry not refreshed, the copy serves: bad record: %r", exc)
+                failing = True
             await asyncio.sleep(self.refresh_s)
 
     # -- writes (the admin API) -------------------------------------------------------------
@@ -217,8 +220,8 @@ class Registry:
             await self.store.put(KEYS, record.id, asdict(record), new=True)
 
     async def put_tenant(self, tenant: Tenant, *, new: bool) -> Tenant:
-        """Creates (`new`; AlreadyExists-like InvalidArgument if it exists) or replaces a
-        tenant's limits and budgets (NotFound if it does not exist)."""
+        """Creates (`new`; AlreadyExists if it exists) or replaces a tenant's limits and
+        budgets (NotFound if it does not exist)."""
         tenant.check()
         old = await self.store.record(TENANTS, tenant.name)
         if new and old is not None:

@@ -83,12 +83,16 @@ class Spent:
 
 
 class Control:
-    def __init__(self, config: ControlConfig, region: str, policy_file: Path) -> None:
+    def __init__(
+        self, config: ControlConfig, region: str, policy_file: Path, gateway_id: str = ""
+    ) -> None:
         self.config = config
         self.region = region
         self.store = Store(config.store_url(), config.store_timeout_s, config.store_url_shown())
         self.registry = Registry(self.store, config.registry_refresh_s)
-        self.admission = Admission(self.store, config)
+        # One id per gateway address: a gateway that restarts reports as itself, so what
+        # its leases held and reserved before the crash is settled, not stranded.
+        self.admission = Admission(self.store, config, gateway_id)
         self.usage = UsageLog(self.store)
         self.policy = PolicyFile(policy_file)
         self._latency: dict[str, _Latency] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def build_server(
     Raises services.control.policy.PolicyError when the policy file is broken."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
-    control = Control(control_config, config.region, Path(control_config.policy_file))
+    gateway_id = f"{socket.gethostname()}:{config.port}" if config.port else ""
+    control = Control(control_config, config.region, Path(control_config.policy_file), gateway_id)
     missing = sorted(set(control.policy.policy.tiers) - set(config.tiers))
     if control_config.enabled and missing:  # it would route there: a 400 per request
         LOGGER.warning(

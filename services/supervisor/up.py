@@ -89,7 +89,11 @@ def _dead(mesh: Mesh) -> list[str]:
     dead = [p.name for p in mesh.processes.values() if not p.alive()]
     if "redis" in dead:
         LOGGER.error("redis exited; gateways follow control.offline; starting it again")
-        mesh.restart("redis")
+        try:
+            mesh.restart("redis")
+        except (OSError, RuntimeError, TimeoutError) as exc:  # it cannot come back
+            LOGGER.error("redis did not start again: %s", exc)
+            return dead
         dead.remove("redis")
     return dead
 

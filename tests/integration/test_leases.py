@@ -15,6 +15,7 @@ from contextlib import closing
 import pytest
 import redis
 
+import services.control.admission as admission_module
 from services.common.errors import InvalidArgument, QuotaExceeded, Unavailable
 from services.config.control import ControlConfig
 from services.config.mesh import MeshConfig
@@ -194,8 +195,10 @@ async def test_allowance_stranded_in_a_silent_gateways_lease_returns_when_it_exp
 
 
 async def test_reservations_in_flight_when_a_lease_expires_stay_counted_as_the_gateways_owed(
-    store_mesh: Mesh, stores: Callable[[], Store]
+    store_mesh: Mesh, stores: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
 ):
+    # Every refusal asks the store again here (the production pause is RETAKE_S).
+    monkeypatch.setattr(admission_module, "RETAKE_S", 0.0)
     cap, ttl = 10, 0.6
     key, tenant = _tenant(Budget("requests", "day", hard=cap))
     config = _config(lease_fraction=0.5, lease_ttl_s=ttl)  # lease L = 5
@@ -250,8 +253,10 @@ async def test_reservations_in_flight_when_a_lease_expires_stay_counted_as_the_g
 
 
 async def test_release_reports_spending_and_gives_the_allowance_back_at_once(
-    store_mesh: Mesh, stores: Callable[[], Store]
+    store_mesh: Mesh, stores: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
 ):
+    # Every refusal asks the store again here (the production pause is RETAKE_S).
+    monkeypatch.setattr(admission_module, "RETAKE_S", 0.0)
     cap = 10
     key, tenant = _tenant(Budget("requests", "day", hard=cap))
     config = _config(lease_fraction=0.5)  # L = 5; lease_ttl_s 10: no expiry in this test
@@ -456,8 +461,10 @@ async def test_the_overshoot_bound_holds_when_requests_settle_while_takes_are_in
 
 
 async def test_settle_returns_the_unspent_reservation_to_the_lease(
-    store_mesh: Mesh, stores: Callable[[], Store]
+    store_mesh: Mesh, stores: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
 ):
+    # Every refusal asks the store again here (the production pause is RETAKE_S).
+    monkeypatch.setattr(admission_module, "RETAKE_S", 0.0)
     cap = 100
     key, tenant = _tenant(Budget("tokens", "day", hard=cap))
     admission = Admission(stores(), _config(lease_fraction=1.0), gateway_id="gw")

@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 from redis.crc import key_slot
 
+import services.control.admission as admission_module
 from services.common.errors import InvalidArgument, QuotaExceeded, Unauthenticated, Unavailable
 from services.config.control import ControlConfig
 from services.control import usage
@@ -424,7 +425,11 @@ async def test_the_offline_allowance_lasts_the_window_and_comes_once_per_window(
     assert store.failed == 2
 
 
-async def test_offline_allowance_left_is_not_spent_while_the_store_answers():
+async def test_offline_allowance_left_is_not_spent_while_the_store_answers(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Every refusal asks the store again here (the production pause is RETAKE_S).
+    monkeypatch.setattr(admission_module, "RETAKE_S", 0.0)
     store = _OutageStore()
     config = ControlConfig(lease_fraction=0.1, offline_fraction=0.05, offline="allow")
     admission = Admission(cast(Store, store), config, "gw")
@@ -836,3 +841,56 @@ async def test_records_that_come_during_a_flush_are_kept_and_counted(
     assert await flushing == 1
     assert (log._buffered, log.dropped) == (1, 2)
     assert dict(log._buffer) == {"other": [_record("other", 8)]}
+
+
+class _CapStore(_TakeStore):
+    """Store.take() as the script grants it against a cap: min(want, cap - held by all)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    async def take(self, counter: str, gateway: str, **report: int) -> Taken:
+        await super().take(counter, gateway, **report)
+        own = report["reserved"] + report["allowance"]
+        granted = max(min(report["want"], self.cap - report["spent"] - own), 0)
+        return Taken(granted, report["spent"], own + granted)
+
+
+async def test_refusals_under_a_spent_cap_ask_the_store_at_most_every_retake_pause():
+    store = _CapStore(cap=5)
+    admission = Admission(cast(Store, store), ControlConfig(lease_fraction=1.0), "gw")
+    tenant = _budget_tenant(5)
+    held = [await admission.admit(KEY, tenant, Charge(tokens=1)) for _ in range(5)]
+    takes = len(store.calls)
+    for _ in range(200):  # a client hammering a key whose cap is held by requests in flight
+        with pytest.raises(QuotaExceeded):
+            await admission.admit(KEY, tenant, Charge(tokens=1))
+    assert len(store.calls) - takes == 1  # one take, then refusals within RETAKE_S
+    await asyncio.sleep(admission_module.RETAKE_S + 0.01)
+    with pytest.raises(QuotaExceeded):
+        await admission.admit(KEY, tenant, Charge(tokens=1))
+    assert len(store.calls) - takes == 2  # past the pause: asked again
+    assert all(not r.settled for r in held)
+
+
+async def test_a_grant_made_under_the_old_cap_is_void_once_the_cap_changed():
+    store = _TakeStore()
+    admission = Admission(cast(Store, store), ControlConfig(lease_fraction=0.1), "gw")
+    admission.settle(await admission.admit(KEY, _budget_tenant(1000), Charge(tokens=1)), Charge())
+    lease = next(iter(admission._leases.values()))
+    lease.allowance = 0  # a top-up take, asked under the cap of 1000 (lease size 100) ...
+    # ... during which the cap is lowered to 60 (the registry's copy changed).
+    store.during = lambda: admission._lease(counters(KEY, _budget_tenant(60), time.time())[0])
+    await admission._take_now(lease)
+    assert lease.counter.cap == 60
+    assert lease.allowance == 0  # granted under the cap of 1000: void
+
+
+async def test_an_admission_waiting_when_release_runs_ends():
+    store = _TakeStore()
+    admission = Admission(cast(Store, store), ControlConfig(lease_fraction=0.1), "gw")
+    tenant = _budget_tenant(50)
+    store.during = lambda: asyncio.ensure_future(admission.release())
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(admission.admit(KEY, tenant, Charge(tokens=1)), 1.0)
