@@ -66,6 +66,16 @@ class UsageRow:
     cost_usd: float
 
 
+def check_query(start_ms: int, end_ms: int, group_by: str) -> None:
+    """Raises InvalidArgument for a range or a grouping that query() does not take."""
+    if group_by not in GROUPS:
+        raise InvalidArgument(f"group_by: must be one of {', '.join(GROUPS)}", field="group_by")
+    if not 0 <= start_ms <= end_ms or end_ms - start_ms > MAX_RANGE_MS:
+        raise InvalidArgument(
+            "start, end: need start <= end, at most 366 days apart", field="start"
+        )
+
+
 class UsageLog:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -116,12 +126,7 @@ class UsageLog:
         """`tenant`'s usage from `start_ms` to `end_ms` (epoch ms, inclusive), grouped by
         `group_by` (day, tier, key, model), sorted by group. Raises InvalidArgument for a bad
         range or grouping, Unavailable when the store is unreachable."""
-        if group_by not in GROUPS:
-            raise InvalidArgument(f"group_by: must be one of {', '.join(GROUPS)}", field="group_by")
-        if not 0 <= start_ms <= end_ms or end_ms - start_ms > MAX_RANGE_MS:
-            raise InvalidArgument(
-                "start, end: need start <= end, at most 366 days apart", field="start"
-            )
+        check_query(start_ms, end_ms, group_by)
         totals: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
         # An entry holds the records of one flush: written at most FLUSH_MARGIN_MS after them.
         entries = await self.store.usage(stream(tenant), start_ms, end_ms + FLUSH_MARGIN_MS)

@@ -27,6 +27,7 @@ from services.common.errors import (
     rpc_status,
 )
 from services.contract.documents import Document
+from services.control.usage import check_query
 from services.gateway.control import Control
 from services.gateway.core import GatewayCore
 from services.gateway.values import BYPASS, HIT, MISS, Answer, Call, GenerateParams
@@ -263,6 +264,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise FailedPrecondition("the control plane is off: no usage is recorded")
         if request.tenant and request.tenant != call.tenant:
             raise NotFound(f"tenant: no tenant {request.tenant[:64]!r}", field="tenant")
+        start, end, group_by = _usage_range(request)
+        check_query(start, end, group_by)  # a bad read costs nothing
         await self._control.admit_call(call)  # a read of the shared store: a request too
         return await usage_response(self._control, call.tenant, request)
 
@@ -271,9 +274,7 @@ async def usage_response(
     control: Control, tenant: str, request: admin_pb2.GetUsageRequest
 ) -> admin_pb2.UsageResponse:
     """A GetUsage answer for `tenant` (the admin API's and the public one's)."""
-    end = request.end_ms or int(time.time() * 1000)
-    start = request.start_ms or end - 30 * 86_400_000
-    rows = await control.usage.query(tenant, start, end, request.group_by or "day")
+    rows = await control.usage.query(tenant, *_usage_range(request))
     return admin_pb2.UsageResponse(
         tenant=tenant,
         rows=[
@@ -287,3 +288,10 @@ async def usage_response(
             for r in rows
         ],
     )
+
+
+def _usage_range(request: admin_pb2.GetUsageRequest) -> tuple[int, int, str]:
+    """(start ms, end ms, grouping): end 0 is now, start 0 thirty days before it."""
+    end = request.end_ms or int(time.time() * 1000)
+    start = request.start_ms or end - 30 * 86_400_000
+    return start, end, request.group_by or "day"

@@ -493,3 +493,18 @@ def test_a_policy_tier_this_gateway_does_not_serve_is_a_server_error(mesh, demo_
     while admin.ExplainRoute(explain, metadata=md, timeout=10).tier != "standard":
         assert time.monotonic() < deadline, "the good policy was never read back"
         time.sleep(0.2)
+
+
+def test_a_bad_usage_read_costs_nothing_and_a_good_one_is_a_request(mesh):
+    name, key, _ = _tenant(mesh, budgets=[{"metric": "requests", "window": "day", "hard": 3}])
+    _until_usable([mesh.edge_target], key)  # one of three
+    stub = _gateway(mesh.edge_target)
+    metadata = (("x-api-key", key),)
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetUsage(apb.GetUsageRequest(group_by="week"), metadata=metadata, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "group_by" in caught.value.details()
+    assert stub.GetUsage(apb.GetUsageRequest(), metadata=metadata, timeout=10).tenant == name
+    assert _search(stub, key) == grpc.StatusCode.OK  # the third
+    assert _search(stub, key) == grpc.StatusCode.RESOURCE_EXHAUSTED
