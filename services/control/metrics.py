@@ -20,3 +20,7 @@ SOFT_CAP = Counter(
     "Budgets a tenant's spending took past their soft cap, by metric and window",
     ["metric", "window"],
 )
+USAGE_DROPPED = Counter(
+    "ragmesh_control_usage_records_dropped_total",
+    "Usage records dropped: the store away long enough to fill the buffer (MAX_BUFFERED)",
+)

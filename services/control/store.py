@@ -165,15 +165,9 @@ class Store:
             await self._run(pipe.execute())
 
     async def usage(self, stream: str, start_ms: int, end_ms: int) -> list[dict[str, str]]:
-        """The entries of `stream` from `start_ms` to `end_ms` inclusive, with `ts` (ms)."""
-        rows = await self._run(self._redis.xrange(stream, min=str(start_ms), max=f"{end_ms}"))
-        return [{**fields, "ts": entry.split("-", 1)[0]} for entry, fields in rows]
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._run(self._redis.ping()))
-        except Unavailable:
-            return False
+        """The fields of `stream`'s entries written from `start_ms` to `end_ms` inclusive."""
+        rows = await self._run(self._redis.xrange(stream, min=str(start_ms), max=str(end_ms)))
+        return [fields for _, fields in rows]
 
     async def close(self) -> None:
         await self._redis.aclose()

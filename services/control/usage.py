@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.control import metrics
 from services.control.store import Store
 
 LOGGER = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class UsageLog:
         """Queues one record (no I/O); past MAX_BUFFERED, drops it and counts it."""
         if self._buffered >= MAX_BUFFERED:
             self.dropped += 1
+            metrics.USAGE_DROPPED.inc()
             return
         self._buffer[record.tenant].append(record)
         self._buffered += 1
