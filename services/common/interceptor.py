@@ -127,7 +127,7 @@ def _serve(
 
 def _unary(behavior: _Unary, timer: _Timer | None, in_trace: bool) -> _Unary:
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = otel_context.attach(telemetry.unsampled(context)) if in_trace else None
+        token = _in_trace(context) if in_trace else None
         started, code = time.perf_counter(), "OK"
         try:
             return await behavior(request, context)
@@ -142,7 +142,7 @@ def _unary(behavior: _Unary, timer: _Timer | None, in_trace: bool) -> _Unary:
 
 def _streaming(behavior: _Streaming, timer: _Timer | None, in_trace: bool) -> _Streaming:
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        token = otel_context.attach(telemetry.unsampled(context)) if in_trace else None
+        token = _in_trace(context) if in_trace else None
         started, code = time.perf_counter(), "OK"
         try:
             async for item in behavior(request, context):
@@ -154,6 +154,10 @@ def _streaming(behavior: _Streaming, timer: _Timer | None, in_trace: bool) -> _S
             _finish(timer, code, started, token)
 
     return serve
+
+
+def _in_trace(context: grpc.aio.ServicerContext) -> Token[otel_context.Context]:
+    return otel_context.attach(telemetry.unsampled(context.invocation_metadata()))
 
 
 def _outcome(context: grpc.aio.ServicerContext, exc: BaseException) -> str:

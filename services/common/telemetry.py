@@ -18,7 +18,6 @@ import random
 import time
 from typing import Any
 
-import grpc
 import requests
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -107,9 +106,10 @@ def sampled(metadata: Any, ratio: float) -> bool:
     return random.random() < ratio
 
 
-def unsampled(context: grpc.aio.ServicerContext) -> otel_context.Context:
-    """The context of an unsampled call's trace: its caller's, or a new one."""
-    header = _traceparent(context.invocation_metadata())
+def unsampled(metadata: Any) -> otel_context.Context:
+    """The context of an unsampled call's trace (its gRPC metadata or HTTP headers, names
+    in lower case): its caller's, or a new one."""
+    header = _traceparent(metadata)
     if header:
         caller = propagate.extract({"traceparent": header})
         if trace.get_current_span(caller).get_span_context().is_valid:

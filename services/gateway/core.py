@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
+from services.common import tokens
 from services.common.errors import (
     BreakerOpen,
     DeadlineExceeded,
@@ -28,7 +29,7 @@ from services.common.errors import (
 )
 from services.common.validation import check_string_map
 from services.config.gateway import GatewayConfig
-from services.contract.documents import Document
+from services.contract.documents import MAX_EMBED_INPUTS, Document
 from services.contract.prompt import Source
 from services.control.admission import Charge, Reservation
 from services.gateway import generation, metrics, observe
@@ -36,11 +37,13 @@ from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
 from services.gateway.citations import citations
 from services.gateway.control import Control, Spent
+from services.gateway.conversation import retrieval_query
 from services.gateway.plan import Plan, Planner
 from services.gateway.retrieval_client import (
     Chunk,
     CorpusState,
     Deleted,
+    Embedded,
     Found,
     RetrievalClient,
     Written,
@@ -57,10 +60,10 @@ from services.gateway.values import (
     GenerateParams,
     Status,
 )
-from services.triton.llm import Delta
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
+EMBEDDINGS = "embeddings"  # the usage records' and metrics' tier of embedding requests
 
 
 @dataclass
@@ -105,6 +108,42 @@ class GatewayCore:
         """A plain search: one request against the key's limits, then retrieval."""
         await self._admit_call(call)
         return await self._search(call, query, top_k, filters)
+
+    async def embed(self, call: Call, texts: list[str]) -> Embedded:
+        """The embedder's vectors for `texts`, the ones retrieval searches with; the tokens
+        it read are the request's usage (tier "embeddings"). InvalidArgument naming `input`
+        or `input[i]` before any charge for what the gateway can tell is wrong (1 to
+        MAX_EMBED_INPUTS non-empty texts of at most max_query_chars); retrieval refuses a
+        text over the embedder's window (the charge is then released)."""
+        if not 1 <= len(texts) <= MAX_EMBED_INPUTS:
+            raise InvalidArgument(
+                f"input: must hold 1..{MAX_EMBED_INPUTS} texts, got {len(texts)}", field="input"
+            )
+        for i, text in enumerate(texts):
+            if not text.strip() or len(text) > self.config.max_query_chars:
+                raise InvalidArgument(
+                    f"input[{i}]: must hold 1..{self.config.max_query_chars} characters",
+                    field=f"input[{i}]",
+                )
+        worst = Charge(1, sum(tokens.bound(t) for t in texts), 0)
+        reservation = await self._admit(call, worst)
+        embedded: Embedded | None = None
+        try:
+            with self._retrieval_breaker.attempt() as attempt:
+                try:
+                    embedded = await self._retrieval.embed(texts, call.remaining())
+                except Unavailable:
+                    attempt.failed()
+                    raise
+                attempt.succeeded()
+            return embedded
+        finally:
+            if reservation is not None and self._control is not None:
+                used = sum(embedded.tokens) if embedded else 0
+                model = embedded.model if embedded else ""
+                outcome = "ok" if embedded else "failed"
+                spent = Spent(EMBEDDINGS, model, used, 0, MISS, outcome)
+                self._control.settle(call, reservation, spent, "")
 
     async def _admit_call(self, call: Call) -> None:
         """A request that spends no tokens: it counts against request limits alone."""
@@ -230,11 +269,11 @@ class GatewayCore:
         yield answer
 
     async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
-        """Sources for the question; with retrieval down or late, none (or UNAVAILABLE)."""
+        """Sources for the question (made self-contained with the conversation where it refers
+        back); with retrieval down or late, none (or UNAVAILABLE)."""
+        query = retrieval_query(params.query, params.history, self.config.max_query_chars)
         try:
-            found = await self._search(
-                call, params.query, params.top_k, params.filters, degradable=True
-            )
+            found = await self._search(call, query, params.top_k, params.filters, degradable=True)
             return _Sources(found)
         except (Unavailable, DeadlineExceeded) as exc:
             call.remaining()  # the request's own deadline passed: that is no degradation
@@ -262,8 +301,11 @@ class GatewayCore:
             tier,
             params.model_version,
             params.query,
+            params.history,
             self._planner.top_k(params.top_k),
             params.max_tokens,
+            params.top_p,
+            params.stop,
             filters,
         )
 
@@ -296,11 +338,12 @@ class GatewayCore:
         chunks = sources.found.chunks
         prompt_sources = [Source(c.document_id, c.chunk_id, c.text) for c in chunks]
         parts: list[str] = []
-        served, version, shown, last = plan.tier, plan.version, 0, None
+        served, version, shown, last, prompt, budget = plan.tier, plan.version, 0, None, "", 0
         async for step in generation.generate(
             call, plan.chain, plan.version, params, prompt_sources, plan.max_tokens, stream
         ):
             served, shown, last = step.tier, step.fitted.sources, step.delta
+            prompt, budget = step.fitted.prompt, step.fitted.max_tokens
             progress.tier, progress.model = served.name, served.config.model
             progress.input_tokens = max(last.prompt_tokens, 0) or progress.input_tokens
             if last.completion_tokens >= 0:
@@ -319,13 +362,17 @@ class GatewayCore:
             version = last.model_version
         fallback_from = plan.tier.name if served is not plan.tier else ""
         text = "".join(parts)
+        if last is not None and last.prompt_tokens < 0:  # a model that reports no counts:
+            progress.input_tokens = served.count(prompt) + served.config.template_tokens
+        if last is not None and last.completion_tokens < 0:  # counted with its tokenizer
+            progress.output_tokens = min(served.count(text), budget)  # a bound, never above
         yield Answer(
             text=text,
             citations=[
                 _citation(n, chunks[n - 1]) for n in citations(text, prompt_sources[:shown])
             ],
-            prompt_tokens=max(last.prompt_tokens, 0) if last else 0,
-            completion_tokens=max(last.completion_tokens, 0) if last else 0,
+            prompt_tokens=progress.input_tokens,
+            completion_tokens=progress.output_tokens,
             model=f"{served.config.model}/{version}" if version else served.config.model,
             tier=served.name,
             corpus_version=sources.found.corpus_version,
@@ -334,14 +381,14 @@ class GatewayCore:
             degraded_reason=_degraded(sources, fallback_from, served.name),
             fallback_from=fallback_from,
             routing=plan.route,
-            cost_usd=self._cost(served.name, last),
+            cost_usd=self._cost(served.name, progress),
         )
 
-    def _cost(self, tier: str, last: Delta | None) -> float:
-        if self._control is None or last is None:
+    def _cost(self, tier: str, progress: _Progress) -> float:
+        if self._control is None:
             return 0.0
-        prompt, completion = max(last.prompt_tokens, 0), max(last.completion_tokens, 0)
-        return self._control.policy.policy.price(tier).cost(prompt, completion)
+        price = self._control.policy.policy.price(tier)
+        return price.cost(progress.input_tokens, progress.output_tokens)
 
     async def ingest(self, call: Call, documents: list[Document]) -> Written:
         limit = self.config.max_documents_per_request
@@ -374,7 +421,8 @@ class GatewayCore:
             retrieval = Dependency("retrieval", target, False, exc.message, breaker.state)
         models = []
         for tier in self._tiers.all():
-            for endpoint in tier.endpoints:
+            # An upstream tier lists its one server once, however many tries it has.
+            for endpoint in dict.fromkeys(tier.endpoints):
                 ready = await endpoint.llm.ready(tier.config.model, tier.config.version)
                 models.append(
                     Dependency(

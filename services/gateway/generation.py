@@ -22,7 +22,7 @@ from services.contract.prompt import Source
 from services.gateway.breaker import Attempt, unguarded
 from services.gateway.tiers import Endpoint, Fitted, Tier
 from services.gateway.values import Call, GenerateParams
-from services.triton.llm import Delta
+from services.triton.llm import Delta, Sampling
 
 # An attempt on a model needs at least this much time left to be worth starting.
 MIN_ATTEMPT_S = 0.05
@@ -51,7 +51,13 @@ async def generate(
     first tier; a fallback tier's own for the others). Raises Unavailable when none can."""
     errors: list[str] = []
     for tier in chain:
-        fitted = tier.prompt(params.query, sources, max_tokens, grounded=not params.skip_retrieval)
+        fitted = tier.prompt(
+            params.query,
+            sources,
+            max_tokens,
+            grounded=not params.skip_retrieval,
+            history=params.history,
+        )
         asked = version if tier is chain[0] else tier.config.version
         for endpoint in tier.endpoints:
             try:
@@ -98,13 +104,15 @@ async def _attempt(
         raise DeadlineExceeded("the request's deadline passed")
     span = _chat_span(tier, endpoint.llm.target, params, fitted.max_tokens)
     last: Delta | None = None
+    sampling = Sampling(
+        fitted.max_tokens, params.temperature, params.top_p, params.stop, params.seed, params.user
+    )
     try:
         async for delta in endpoint.llm.stream(
             tier.config.model,
             version,
             fitted.prompt,
-            max_tokens=fitted.max_tokens,
-            temperature=params.temperature,
+            sampling,
             stream=stream,
             timeout_s=call.remaining(),
             headers=telemetry.triton_traceparent(span),
@@ -141,7 +149,7 @@ def _chat_span(tier: Tier, target: str, params: GenerateParams, max_tokens: int)
         kind=trace.SpanKind.CLIENT,
         attributes={
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "triton",
+            "gen_ai.provider.name": "openai" if tier.config.base_url else "triton",
             "gen_ai.request.model": tier.config.model,
             "gen_ai.request.max_tokens": max_tokens,
             "gen_ai.request.temperature": params.temperature,

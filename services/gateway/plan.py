@@ -9,11 +9,18 @@ from services.common import tokens
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.validation import check_range
 from services.config.gateway import GatewayConfig
+from services.contract.prompt import ROLES
 from services.control.admission import Charge
 from services.control.policy import Route
 from services.gateway.control import Control
 from services.gateway.tiers import Tier, Tiers
 from services.gateway.values import Call, GenerateParams
+
+MAX_STOP, MAX_STOP_CHARS = 4, 64
+MAX_USER_CHARS = 256
+MAX_TURNS = 64
+# A turn may be longer than a question (an assistant's answer): this many times the limit.
+TURN_CHARS_PER_QUERY_CHAR = 8
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Planner:
         )
         if not 0.0 <= params.temperature <= 2.0:
             raise InvalidArgument("temperature: must be 0..2", field="temperature")
+        self._check_sampling(params)
         route = None
         if params.tier:
             self._tiers.get(params.tier)  # a tier this gateway does not have: 400, not 403
@@ -77,12 +85,48 @@ class Planner:
             tier = self._tiers.get(params.tier)
         version = tier.version(params.model_version)
         self.check_query(params.query)
-        fitted = tier.prompt(params.query, [], max_tokens, grounded=not params.skip_retrieval)
+        fitted = tier.prompt(
+            params.query,
+            [],
+            max_tokens,
+            grounded=not params.skip_retrieval,
+            history=params.history,
+        )
         # A pinned version asks for that model: no other tier stands in for it.
         chain = [tier] if params.model_version else self._tiers.chain(tier)
         cacheable = params.temperature == 0.0 and not params.bypass_cache
         worst = self._worst(chain, max_tokens, tokens.bound(fitted.prompt), params)
         return Plan(tier, version, max_tokens, cacheable, chain, worst, route)
+
+    def _check_sampling(self, params: GenerateParams) -> None:
+        """top_p, stop, user and the conversation, within OpenAI's bounds where it sets
+        them (4 stop strings); InvalidArgument naming the field otherwise."""
+        if not 0.0 < params.top_p <= 1.0:
+            raise InvalidArgument("top_p: must be in (0, 1]", field="top_p")
+        stops_fit = all(0 < len(s) <= MAX_STOP_CHARS for s in params.stop)
+        if len(params.stop) > MAX_STOP or not stops_fit:
+            raise InvalidArgument(
+                f"stop: at most {MAX_STOP} strings of 1..{MAX_STOP_CHARS} characters",
+                field="stop",
+            )
+        if params.seed is not None and not -(2**63) <= params.seed < 2**64:
+            raise InvalidArgument("seed: must be a 64-bit integer", field="seed")
+        if len(params.user) > MAX_USER_CHARS:
+            raise InvalidArgument(f"user: over {MAX_USER_CHARS} characters", field="user")
+        if len(params.history) > MAX_TURNS:
+            raise InvalidArgument(f"history: over {MAX_TURNS} turns", field="history")
+        limit = self.config.max_query_chars * TURN_CHARS_PER_QUERY_CHAR
+        for i, turn in enumerate(params.history):
+            if turn.role not in ROLES:
+                raise InvalidArgument(
+                    f"history[{i}].role: must be one of {', '.join(ROLES)}",
+                    field=f"history[{i}].role",
+                )
+            if not turn.content.strip() or len(turn.content) > limit:
+                raise InvalidArgument(
+                    f"history[{i}].content: must hold 1..{limit} characters",
+                    field=f"history[{i}].content",
+                )
 
     def _worst(
         self, chain: list[Tier], max_tokens: int, question: int, params: GenerateParams
@@ -111,3 +155,10 @@ class Planner:
 
     def tier_names(self) -> list[str]:
         return [t.name for t in self._tiers.all()]
+
+    def allowed_tiers(self, tenant: str) -> list[str]:
+        """The tiers of this gateway that `tenant` may name: the policy's for it, in its
+        order (every tier without a control plane)."""
+        if self._control is None:
+            return self.tier_names()
+        return [t for t in self._control.policy.policy.allowed(tenant) if self._tiers.has(t)]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import numpy as np
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
@@ -57,6 +58,15 @@ class Written:
 class Deleted:
     deleted: bool
     corpus_version: str
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors (float32, [texts, dimensions], unit length) and each text's tokens."""
+
+    vectors: np.ndarray
+    tokens: list[int]
+    model: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,12 @@ class RetrievalClient:
             for c in reply.chunks
         ]
         return Found(chunks, reply.corpus_version)
+
+    async def embed(self, texts: list[str], timeout_s: float) -> Embedded:
+        """The embedder's vectors for `texts`, as searches use them (no tenant's data)."""
+        reply = await self._call(self._stub.Embed, pb.EmbedRequest(input=texts), timeout_s)
+        vectors = np.frombuffer(reply.vectors, dtype="<f4").reshape(-1, reply.dimensions)
+        return Embedded(vectors, list(reply.tokens), reply.model)
 
     async def version(self, tenant: str, timeout_s: float) -> CorpusState:
         request = pb.GetCorpusVersionRequest(tenant=tenant)

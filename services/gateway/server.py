@@ -19,6 +19,7 @@ from services.config.telemetry import TelemetryConfig
 from services.gateway.admin import AdminServicer
 from services.gateway.control import Control
 from services.gateway.core import GatewayCore
+from services.gateway.openai_api import OpenAIApi
 from services.gateway.retrieval_client import RetrievalClient
 from services.gateway.servicer import GatewayServicer
 from services.gateway.tiers import Tiers
@@ -37,31 +38,40 @@ class GatewayServer:
     tiers: Tiers
     control: Control
     servicer: GatewayServicer
+    openai: OpenAIApi
+    config: GatewayConfig
     metrics_port: int
     seed: dict[str, str]
+    openai_port: int = 0  # bound at start; 0 while stopped or with the API off
 
     async def start(self) -> None:
         common_metrics.serve(self.metrics_port)
         await self.control.start(self.seed)
         await self.server.start()
+        if self.config.openai_port:
+            self.openai_port = await self.openai.start(self.config.host, self.config.openai_port)
         await serving.set_serving(self.health, [SERVICE_NAME, ADMIN_SERVICE_NAME], up=True)
 
+    async def _drain(self, grace_s: float) -> None:
+        """Open streams of both APIs get the grace; the OpenAI API's health check fails at
+        once, so the edge sends it nothing new."""
+        self.openai.serving = False
+        await self.servicer.close_streams(grace_s)
+
     async def close_clients(self) -> None:
+        await self.openai.stop()
         await self.retrieval.close()
         await self.tiers.close()
         await self.control.close()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        await serving.stop_draining(self.server, grace_s, self.servicer.close_streams)
+        await serving.stop_draining(self.server, grace_s, self._drain)
         await self.close_clients()
 
     async def serve(self) -> None:
         await self.start()
         await serving.run_until_signal(
-            self.server,
-            self.health,
-            [SERVICE_NAME, ADMIN_SERVICE_NAME],
-            drain=self.servicer.close_streams,
+            self.server, self.health, [SERVICE_NAME, ADMIN_SERVICE_NAME], drain=self._drain
         )
         await self.close_clients()
 
@@ -83,6 +93,7 @@ def build_server(
     core = GatewayCore(config, retrieval, tiers, control if control_config.enabled else None)
     server = serving.new_server("gateway", tracing)
     servicer = GatewayServicer(core, control)
+    ratio = tracing.sampled
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(control, core), server)
     names = [SERVICE_NAME, ADMIN_SERVICE_NAME]
@@ -96,6 +107,8 @@ def build_server(
         tiers=tiers,
         control=control,
         servicer=servicer,
+        openai=OpenAIApi(core, servicer, ratio),
+        config=config,
         metrics_port=config.metrics_port if tracing.enabled else 0,
         seed=dict(config.api_keys),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -27,6 +27,7 @@ from services.common.errors import (
     rpc_status,
 )
 from services.contract.documents import Document
+from services.contract.prompt import Turn
 from services.control.usage import check_query
 from services.gateway.control import Control
 from services.gateway.core import GatewayCore
@@ -80,7 +81,7 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
     )
 
 
-async def _until(events: AsyncGenerator[T], closing: asyncio.Event) -> AsyncIterator[T]:
+async def _until(events: AsyncGenerator[T], closing: asyncio.Event) -> AsyncGenerator[T]:
     """`events`, until `closing` is set: then Unavailable (the gateway is shutting down), the
     generation behind them stopped. Waits on both at once, so that a shutdown never lands in
     the middle of gRPC's write of an event."""
@@ -115,6 +116,11 @@ def _params(request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> G
         top_k=request.top_k,
         max_tokens=request.max_tokens,
         temperature=request.temperature,
+        top_p=request.top_p or 1.0,
+        stop=tuple(request.stop),
+        seed=request.seed if request.HasField("seed") else None,
+        user=request.user,
+        history=tuple(Turn(t.role, t.content) for t in request.history),
         filters=dict(request.filters),
         tier=request.tier,
         model_version=request.model_version,
@@ -133,23 +139,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._idle.set()
 
     def _call(self, context: grpc.aio.ServicerContext, budget: float | None = None) -> Call:
-        """The request's tenant and budget: the client's deadline, at most `budget` (the
-        gateway's request_timeout_s unless given), less the closing margin."""
-        key = self._control.authenticate(context.invocation_metadata() or ())
+        return self.call(context.invocation_metadata() or (), context.time_remaining(), budget)
+
+    def call(
+        self,
+        metadata: Iterable[tuple[str, str | bytes]],
+        remaining: float | None,
+        budget: float | None = None,
+    ) -> Call:
+        """The request's tenant (its key, in `metadata`) and budget: the client's `remaining`
+        seconds (None: no deadline), at most `budget` (the gateway's request_timeout_s unless
+        given), less the closing margin. Raises Unauthenticated, PermissionDenied."""
+        key = self._control.authenticate(metadata)
         budget = self._core.config.request_timeout_s if budget is None else budget
-        remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining - min(CLOSE_MARGIN_S, remaining / 10))
         return Call.start(key.tenant, budget, key)
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """A call the drain waits for (close_streams): every stream, and every call of the
+        OpenAI API, whose server has no drain of its own."""
+        self._open += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if not self._open:
+                self._idle.set()
+
+    async def streamed(self, events: AsyncGenerator[T]) -> AsyncGenerator[T]:
+        """`events` as an open stream (of either API): in flight, and ended with Unavailable
+        when the gateway shuts down (close_streams)."""
+        with self.in_flight():
+            async with contextlib.aclosing(_until(events, self._closing)) as until:
+                async for event in until:
+                    yield event
 
     async def close_streams(self, grace_s: float) -> None:
         """At shutdown: open streams may end on their own within `grace_s`, less the margin
         (this returns as soon as none is open); then each still open ends with an UNAVAILABLE
         error event (ask again elsewhere)."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), max(grace_s - CLOSE_MARGIN_S, 0.0))
-        except TimeoutError:
-            self._closing.set()
+        self._closing.set()  # a stream that starts from now on ends at once
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -168,9 +202,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         call = self._call(context)
         streamed = False
-        events = _until(self._core.generate(call, _params(request, context)), self._closing)
-        self._open += 1
-        self._idle.clear()
+        events = self.streamed(self._core.generate(call, _params(request, context)))
         try:
             async for event in events:
                 if isinstance(event, Answer):
@@ -185,9 +217,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 yield pb.GenerateStreamResponse(error=rpc_status(error))
             raise
         finally:
-            self._open -= 1
-            if not self._open:
-                self._idle.set()
+            await events.aclose()
 
     async def IngestDocuments(
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext
@@ -230,6 +260,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 for c in found.chunks
             ],
             corpus_version=found.corpus_version,
+        )
+
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        embedded = await self._core.embed(self._call(context), list(request.input))
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=row.tolist()) for row in embedded.vectors],
+            model=embedded.model,
+            prompt_tokens=sum(embedded.tokens),
         )
 
     async def GetStatus(

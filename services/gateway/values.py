@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from services.common import telemetry
 from services.common.errors import DeadlineExceeded
+from services.contract.prompt import Turn
 from services.control.policy import Route
 from services.control.registry import ApiKey
 
@@ -49,6 +50,12 @@ class GenerateParams:
     top_k: int = 0
     max_tokens: int = 0
     temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    user: str = ""  # the end user's id (OpenAI's `user`), for an upstream tier
+    # The conversation before `query`, oldest first; the prompt keeps the newest that fit.
+    history: tuple[Turn, ...] = ()
     filters: dict[str, str] = field(default_factory=dict)
     tier: str = ""
     model_version: str = ""

@@ -31,7 +31,7 @@ from services.common.validation import (
     check_tenant,
 )
 from services.config.retrieval import RetrievalConfig
-from services.contract.documents import Document
+from services.contract.documents import MAX_EMBED_INPUTS, Document
 from services.retrieval import metrics
 from services.retrieval.chunking import Chunker
 from services.retrieval.corpus_log import CorpusLog
@@ -129,6 +129,7 @@ class RetrievalCore:
         log: CorpusLog,
     ):
         self._config = config
+        self.embedder_model = config.embedder_model  # Triton's name, shown to callers
         self._chunker = Chunker.from_config(config)  # loads the embedder's tokenizer
         # Milvus stays the store of record; the hot index, loaded in `recover`, serves search.
         self._hot = HotStore(store, config.embedding_dim) if config.hot_index else None
@@ -375,6 +376,30 @@ class RetrievalCore:
             if span.is_recording():
                 span.set_attributes(_retrieval_attributes(tenant, query, top_k, chunks, version))
         return chunks, version
+
+    async def embed(self, texts: list[str], timeout_s: float) -> tuple[np.ndarray, list[int]]:
+        """The vectors searches use for `texts` (float32, [len(texts), embedding_dim], unit
+        length) and the tokens the embedder reads of each, [CLS] and [SEP] included.
+
+        Raises InvalidArgument naming `input` for no texts or more than MAX_EMBED_INPUTS,
+        and `input[i]` for an empty text or one over the embedder's window (it would read a
+        truncated text, and the vector would not be the text's); Unavailable or
+        DeadlineExceeded from the embedder.
+        """
+        if not 1 <= len(texts) <= MAX_EMBED_INPUTS:
+            raise InvalidArgument(
+                f"input: must hold 1..{MAX_EMBED_INPUTS} texts, got {len(texts)}", field="input"
+            )
+        window = self._config.embedder_tokens
+        counts = []
+        for i, text in enumerate(texts):
+            size = self._chunker.count(text) + 2 if text.strip() else 0
+            if not size or size > window:
+                why = "is empty" if not size else f"is {size} tokens, over the embedder's {window}"
+                raise InvalidArgument(f"input[{i}]: {why}", field=f"input[{i}]")
+            counts.append(size)
+        vectors = await self._embedder.embed(texts, timeout_s)
+        return vectors, counts
 
     async def version(self, tenant: str) -> int:
         return await self._run(self._store.version, check_tenant(tenant))

@@ -61,6 +61,17 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             corpus_version=str(version),
         )
 
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        vectors, counts = await self._core.embed(list(request.input), _remaining(context))
+        return pb.EmbedResponse(
+            vectors=vectors.astype("<f4").tobytes(),
+            dimensions=vectors.shape[1],
+            tokens=counts,
+            model=self._core.embedder_model,
+        )
+
     async def GetCorpusVersion(
         self, request: pb.GetCorpusVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCorpusVersionResponse:

@@ -74,7 +74,9 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
             milvus_uri=str(data_dir / "milvus.db"),
             corpus_log=str(data_dir / "corpus-log.db"),
         )
-        gateway = dataclasses.replace(config.gateway, port=free_port(), metrics_port=free_port())
+        gateway = dataclasses.replace(
+            config.gateway, port=free_port(), openai_port=free_port(), metrics_port=free_port()
+        )
         console = dataclasses.replace(config.console, port=free_port())
         # A copy of the routing policy, which a test may edit (the gateways reload it).
         policy = data_dir / "policy.yaml"
@@ -94,6 +96,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
                 retrieval.port,
                 retrieval.metrics_port,
                 gateway.port,
+                gateway.openai_port,
                 gateway.metrics_port,
             )
             for i in range(1, regions)

@@ -61,6 +61,7 @@ def banner(mesh: Mesh, seconds: float) -> str:
 ragmesh is up in {seconds:.0f}s (regions {names}). Ctrl-C stops everything.
 
   edge (gRPC + HTTP/JSON)  {mesh.http_url}
+  OpenAI-compatible API    {mesh.http_url}/v1 (chat/completions, embeddings, models)
   topology (live)          {mesh.http_url}/topology
   Envoy admin              {mesh.admin_url}
 {_region_lines(mesh)}
@@ -73,6 +74,8 @@ Try:
     {mesh.http_url}/v1/generate
   curl -sN -H 'x-api-key: {key}' -d '{{"query": "What does functools.lru_cache do?"}}' \\
     {mesh.http_url}/v1/generate:stream
+  curl -s -H 'authorization: Bearer {key}' {mesh.http_url}/v1/chat/completions \\
+    -d '{{"model": "standard", "messages": [{{"role": "user", "content": "What is a deque?"}}]}}'
   .venv/bin/ragmesh ask --stream "How do I make a temporary directory?"
   .venv/bin/ragmesh status
   .venv/bin/ragmesh slo --window 30

@@ -43,29 +43,53 @@ class Delta:
     finish_reason: str = ""
 
 
-# The contract's inputs that a request fills, in the order of its raw contents (_request).
-_INPUTS = tensors.wire(("text_input", "max_tokens", "stream", "temperature"))
+@dataclass(frozen=True)
+class Sampling:
+    """How an answer is sampled, in OpenAI's terms (the tier contract's tensors in brackets).
+
+    max_tokens: answer tokens at most (max_tokens); temperature 0..2, 0 greedy (temperature);
+    top_p in (0, 1], 1 the whole distribution (top_p); stop: strings that end the answer,
+    left out of it (stop_words); seed: the sampler's seed, None a random one (random_seed);
+    user: the end user's id, which an upstream tier passes on as OpenAI's `user` (Triton
+    tiers take none).
+    """
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    user: str = ""
+
+
 _SHAPE = (1, 1)  # a batch of one
 
 
-def _request(
-    model: str, version: str, prompt: str, max_tokens: int, temperature: float, stream: bool
-) -> Any:
+def _request(model: str, version: str, prompt: str, sampling: Sampling, stream: bool) -> Any:
     """The ModelInferRequest, raw little-endian tensors as Triton's gRPC API takes them: no
-    numpy arrays or client-library wrappers per call."""
+    numpy arrays or client-library wrappers per call. top_p, random_seed and stop_words only
+    when set (below 1; a model then draws its own seed, and stops at its end token alone),
+    so a model that declares the four required inputs alone serves the rest."""
     request = service_pb2.ModelInferRequest(
         model_name=model, model_version=version, id=uuid.uuid4().hex
     )
-    for name, datatype in _INPUTS:
-        request.inputs.add(name=name, datatype=datatype, shape=_SHAPE)
-    request.raw_input_contents.extend(
-        [
-            encode_bytes((prompt.encode(),)),
-            struct.pack("<i", max_tokens),
-            b"\x01" if stream else b"\x00",
-            struct.pack("<f", temperature),
-        ]
-    )
+    raw = [
+        ("text_input", _SHAPE, encode_bytes((prompt.encode(),))),
+        ("max_tokens", _SHAPE, struct.pack("<i", sampling.max_tokens)),
+        ("stream", _SHAPE, b"\x01" if stream else b"\x00"),
+        ("temperature", _SHAPE, struct.pack("<f", sampling.temperature)),
+    ]
+    if sampling.top_p < 1.0:
+        raw.append(("top_p", _SHAPE, struct.pack("<f", sampling.top_p)))
+    if sampling.seed is not None:
+        # OpenAI's seed is an int64; the tensor a UINT64: the same 64 bits.
+        raw.append(("random_seed", _SHAPE, struct.pack("<Q", sampling.seed % 2**64)))
+    if sampling.stop:
+        stops = encode_bytes(s.encode() for s in sampling.stop)
+        raw.append(("stop_words", (1, len(sampling.stop)), stops))
+    for name, shape, contents in raw:
+        request.inputs.add(name=name, datatype=tensors.INPUT[name].datatype, shape=shape)
+        request.raw_input_contents.append(contents)
     return request
 
 
@@ -101,6 +125,9 @@ _FIELDS = {
     "max_tokens": "max_tokens",
     "temperature": "temperature",
     "stream": "stream",
+    "top_p": "top_p",
+    "random_seed": "seed",
+    "stop_words": "stop",
 }
 
 
@@ -142,16 +169,15 @@ class TritonLLM:
         model: str,
         version: str,
         prompt: str,
+        sampling: Sampling,
         *,
-        max_tokens: int,
-        temperature: float,
         stream: bool,
         timeout_s: float,
         headers: dict[str, str],
     ) -> AsyncIterator[Delta]:
         """Yields deltas until the model's final response (not `stream`: one delta, the whole
         answer); cancelling stops generation."""
-        request = _request(model, version, prompt, max_tokens, temperature, stream)
+        request = _request(model, version, prompt, sampling, stream)
         call = self._stub.ModelStreamInfer(
             iter([request]), timeout=max(timeout_s, 0.001), metadata=tuple(headers.items())
         )

@@ -203,9 +203,7 @@ def _grpc_stream(mesh: Mesh, timeout_s: float, on_first_token) -> tuple[list[dic
 
 
 def _http_stream(mesh: Mesh, timeout_s: float, on_first_token) -> tuple[list[dict], str]:
-    """The lines of an HTTP/JSON stream through Envoy, and how the body ended: "whole" or the
-    error that cut it. Read with read1: http.client's line iterator takes a chunked body cut
-    short for its end (its peek swallows IncompleteRead), curl does not (exit code 18)."""
+    """The lines of an HTTP/JSON stream through Envoy, and how the body ended."""
     body = json.dumps(json_format.MessageToDict(STREAM, preserving_proto_field_name=True))
     headers = {
         "content-type": "application/json",
@@ -215,19 +213,61 @@ def _http_stream(mesh: Mesh, timeout_s: float, on_first_token) -> tuple[list[dic
     request = urllib.request.Request(
         f"{mesh.http_url}/v1/generate:stream", data=body.encode(), headers=headers
     )
-    lines: list[dict] = []
+    return _read(request, timeout_s, on_first_token, b"\n", json.loads)
+
+
+def _openai_stream(mesh: Mesh, timeout_s: float, on_first_token) -> tuple[list[dict], str]:
+    """The events of an OpenAI chat completions stream through Envoy, in the shape of the
+    native stream's (token, final, error with its gRPC code), and how the body ended."""
+    body = {
+        "model": STREAM.tier,
+        "messages": [{"role": "user", "content": STREAM.query}],
+        "max_tokens": STREAM.max_tokens,
+        "stream": True,
+        "bypass_cache": True,
+        "skip_retrieval": True,
+    }
+    headers = {
+        "content-type": "application/json",
+        "authorization": f"Bearer {mesh.config.mesh.demo_key}",
+    }
+    request = urllib.request.Request(
+        f"{mesh.http_url}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
+    )
+    return _read(request, timeout_s, on_first_token, b"\n\n", _native_shape)
+
+
+def _read(request, timeout_s: float, on_first_token, end: bytes, parse) -> tuple[list, str]:
+    """A streamed body's events (each ends with `end`, read by `parse`), and how the body
+    ended: "whole" or the error that cut it. Read with read1: http.client's line iterator
+    takes a chunked body cut short for its end (its peek swallows IncompleteRead), curl
+    does not (exit code 18)."""
+    events: list = []
     pending = b""
     try:
         with urllib.request.urlopen(request, timeout=timeout_s + 30) as response:
             while chunk := response.read1(65536):
-                *complete, pending = (pending + chunk).split(b"\n")
+                *complete, pending = (pending + chunk).split(end)
                 for raw in filter(None, complete):
-                    lines.append(json.loads(raw))
-                    if len(lines) == 1:
+                    events.append(parse(raw))
+                    if len(events) == 1:
                         on_first_token()
     except http.client.IncompleteRead as exc:
-        return lines, type(exc).__name__
-    return lines, "whole"
+        return events, type(exc).__name__
+    return events, "whole"
+
+
+def _native_shape(raw: bytes) -> dict:
+    data = raw.decode().removeprefix("data: ")
+    if data == "[DONE]":
+        return {"done": True}
+    event = json.loads(data)
+    if "error" in event:
+        code = grpc.StatusCode[event["error"]["code"].upper()].value[0]
+        return {"error": {"code": code, "message": event["error"]["message"]}}
+    if event["choices"] and event["choices"][0]["finish_reason"]:
+        return {"final": event}
+    return {"token": event["choices"][0]["delta"].get("content", "")}
 
 
 def _sigterm(mesh: Mesh, name: str) -> None:
@@ -247,14 +287,20 @@ ENDINGS = {
 }
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("ending", list(ENDINGS))
+READERS = {"grpc": _grpc_stream, "http": _http_stream, "openai": _openai_stream}
+
+
+# An OpenAI client sets no deadline the gateway can see: its own timeout closes the request.
+CUTS = [(e, p) for e in ENDINGS for p in READERS if (e, p) != ("deadline", "openai")]
+
+
+@pytest.mark.parametrize(("ending", "protocol"), CUTS)
 def test_a_stream_cut_after_its_first_token_ends_with_its_error(own_mesh, ending, protocol):
     timeout_s, cut, status = ENDINGS[ending]
     key = own_mesh.config.mesh.demo_key
     with grpc.insecure_channel(own_mesh.edge_target) as channel:
         _until_served_by(own_mesh, gateway_pb2_grpc.GatewayStub(channel), key, "standard")
-    read = _grpc_stream if protocol == "grpc" else _http_stream
+    read = READERS[protocol]
     try:
         events, ended = read(own_mesh, timeout_s, lambda: cut(own_mesh))
     finally:
@@ -269,14 +315,14 @@ def test_a_stream_cut_after_its_first_token_ends_with_its_error(own_mesh, ending
     assert ended == (status.name if protocol == "grpc" else "whole")
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("protocol", ["grpc", "http", "openai"])
 def test_a_stream_whose_gateway_dies_ends_with_a_transport_error(own_mesh, protocol):
     """No process can say how its own death ended a stream: the client sees the transport cut
     it (a gRPC status, an HTTP body without its last chunk), never a clean end."""
     key = own_mesh.config.mesh.demo_key
     with grpc.insecure_channel(own_mesh.edge_target) as channel:
         _until_served_by(own_mesh, gateway_pb2_grpc.GatewayStub(channel), key, "standard")
-    read = _grpc_stream if protocol == "grpc" else _http_stream
+    read = READERS[protocol]
     try:
         events, ended = read(own_mesh, 120.0, lambda: own_mesh.kill("gateway-local"))
     finally:

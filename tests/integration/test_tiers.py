@@ -125,3 +125,20 @@ def _ask_text(stub, key, query, **fields):
     return stub.Generate(
         pb.GenerateRequest(query=query, **fields), metadata=(("x-api-key", key),), timeout=120
     )
+
+
+def test_stop_seed_and_top_p_reach_the_model(stub, demo_key, corpus):
+    def ask(**fields):
+        return _ask(stub, demo_key, tier="standard", max_tokens=40, bypass_cache=True, **fields)
+
+    # A stop string ends the answer and is left out of it.
+    stopped = ask(stop=[","], skip_retrieval=True)
+    assert "," not in stopped.answer and stopped.finish_reason == "stop"
+    assert stopped.usage.completion_tokens < 40
+    # At temperature 1, the same seed gives the same answer; top_p 1e-6 leaves one choice
+    # per token, so two seeds agree as well.
+    one, again = ask(temperature=1.0, seed=42), ask(temperature=1.0, seed=42)
+    assert one.answer == again.answer
+    assert ask(temperature=1.0, seed=7).answer != one.answer  # the seed is what held it
+    narrow = [ask(temperature=1.0, top_p=1e-6, seed=s).answer for s in (1, 2)]
+    assert narrow[0] == narrow[1]

@@ -55,10 +55,10 @@ class FakeLLM:
         self.streamed: list[bool] = []
         self.max_tokens: list[int] = []
 
-    async def stream(self, model, version, prompt, **kwargs) -> AsyncIterator[Delta]:
+    async def stream(self, model, version, prompt, sampling, **kwargs) -> AsyncIterator[Delta]:
         self.prompts.append((model, prompt))
         self.streamed.append(kwargs["stream"])
-        self.max_tokens.append(kwargs["max_tokens"])
+        self.max_tokens.append(sampling.max_tokens)
         if version in self.unknown:
             raise NotFound(f"model_version: {model} has no version {version} being served")
         if model in self.broken:

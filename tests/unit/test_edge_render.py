@@ -21,6 +21,8 @@ from services.config.mesh import MeshConfig
 from services.config.telemetry import TelemetryConfig
 from services.edge.body_schema import _lua_pattern, body_schema
 from services.edge.render import (
+    OPENAI_PATHS,
+    OPENAI_RETRY_ON,
     PUBLIC_SERVICES,
     PUBLIC_WRITE_PATHS,
     REQUEST_GUARD_LUA,
@@ -145,12 +147,15 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
     assert sorted(clusters) == [
         "console",
         "gateway",
+        "gateway-openai",
         "retrieval-governance",
         "retrieval-local",
         "retrieval-remote",
     ]
     local, remote = 50052, 50052 + config.mesh.port_stride
     assert _endpoints(clusters["gateway"]) == [(0, "127.0.0.1", 50051), (1, "127.0.0.1", 50151)]
+    openai = clusters["gateway-openai"]
+    assert _endpoints(openai) == [(0, "127.0.0.1", 50053), (1, "127.0.0.1", 50153)]
     assert _endpoints(clusters["retrieval-local"]) == [
         (0, "127.0.0.1", local),
         (1, "127.0.0.1", remote),
@@ -177,7 +182,8 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
 def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfig) -> None:
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
-    _, *writes, route = vhost["routes"]  # the console's route first (its own test)
+    # The console's route first, then OpenAI's paths (their own tests).
+    _, *writes, route = vhost["routes"][len(OPENAI_PATHS) :]
     # Writes: the gateway's write budget; tried again only where they never reached it (a
     # second try of a write that landed would make a second key, say).
     assert [w["match"] for w in writes] == [{"path": path} for path in PUBLIC_WRITE_PATHS]
@@ -249,18 +255,49 @@ def test_routes_never_retry_a_client_error(config: MeshConfig) -> None:
         (vhost,) = _manager(_listener(doc, name))["route_config"]["virtual_hosts"]
         for route in vhost["routes"]:
             if "retry_policy" in route.get("route", {}):
-                conditions = set(route["route"]["retry_policy"]["retry_on"].split(","))
+                policy = route["route"]["retry_policy"]
+                conditions = set(policy["retry_on"].split(","))
+                if policy.get("retriable_status_codes") == [503]:  # the OpenAI API's
+                    conditions.discard("retriable-status-codes")
                 assert not conditions & CLIENT_ERROR_RETRIES, route
+
+
+def test_openai_paths_go_to_the_gateways_openai_api_as_they_are(config: MeshConfig) -> None:
+    doc = render(config)
+    (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
+    routes = vhost["routes"][1 : 1 + len(OPENAI_PATHS)]
+    assert [r["match"] for r in routes] == [{"path": p} for p in OPENAI_PATHS]
+    for route in routes:
+        action = route["route"]
+        assert action["cluster"] == "gateway-openai"
+        assert action["timeout"] == _duration(config.edge.route_timeout_s)
+        retry = action["retry_policy"]
+        # Another region before the response starts: a host gone, reset, or answering 503.
+        assert retry["retry_on"] == OPENAI_RETRY_ON
+        assert retry["retriable_status_codes"] == [503]
+        assert retry["per_try_timeout"] == _duration(config.gateway.request_timeout_s + 1)
+        disabled = route["typed_per_filter_config"]
+        assert set(disabled) == {
+            "envoy.filters.http.grpc_json_transcoder",
+            "envoy.filters.http.lua",
+        }
+        assert all(c["disabled"] for c in disabled.values())
+    cluster = _clusters(doc)["gateway-openai"]
+    (options,) = cluster["typed_extension_protocol_options"].values()
+    assert options["explicit_http_config"] == {"http_protocol_options": {}}
+    (check,) = cluster["health_checks"]
+    assert check["http_health_check"] == {"path": "/health"}
 
 
 def test_clusters_are_health_checked_ejecting_and_bounded(config: MeshConfig) -> None:
     upstreams = _clusters(render(config))
     del upstreams["console"]  # the topology page over HTTP/1.1 (its own test)
-    for cluster in upstreams.values():
+    for name, cluster in upstreams.items():
         (options,) = cluster["typed_extension_protocol_options"].values()
-        assert options["explicit_http_config"] == {"http2_protocol_options": {}}
         (check,) = cluster["health_checks"]
-        assert check["grpc_health_check"] == {"service_name": ""}
+        if name != "gateway-openai":  # HTTP/1.1 (its own test)
+            assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+            assert check["grpc_health_check"] == {"service_name": ""}
         assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (2, 1)
         assert check["interval"] == check["no_traffic_interval"] == "1s"
         assert cluster["connect_timeout"] == "1s"
@@ -457,6 +494,7 @@ def test_envoy_validates_the_rendered_config(
 # The exact body paths: the Gateway's, then the Admin's.
 BODY_ROUTES = [
     "/v1/documents",
+    "/v1/embed",
     "/v1/generate",
     "/v1/generate:stream",
     "/v1/search",
@@ -517,7 +555,7 @@ def test_schema_covers_the_body_routes_only(descriptor_set: Path) -> None:
 
 def test_every_public_method_takes_one_message(descriptor_set: Path) -> None:
     schema = body_schema(descriptor_set, PUBLIC_SERVICES)
-    gateway = ["DeleteDocument", "Generate", "GenerateStream", "GetStatus", "GetUsage"]
+    gateway = ["DeleteDocument", "Embed", "Generate", "GenerateStream", "GetStatus", "GetUsage"]
     gateway += ["IngestDocuments", "Search"]
     admin = ["CreateKey", "CreateTenant", "ExplainRoute", "GetTenant", "GetUsage", "ListKeys"]
     admin += ["ListTenants", "RevokeKey", "RotateKey", "UpdateTenant"]
@@ -544,6 +582,12 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
         "skip_retrieval": "scalar",
         "skipRetrieval": "scalar",
         "priority": "scalar",
+        "top_p": "scalar",
+        "topP": "scalar",
+        "stop": "scalar",
+        "seed": "scalar",
+        "user": "scalar",
+        "history": "message:ragmesh.v1.Turn",
     }
 
 

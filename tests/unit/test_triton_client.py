@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.triton.client import TritonClient, decode_bytes, encode_bytes
 from services.triton.embedder import TritonEmbedder
-from services.triton.llm import Delta, TritonLLM
+from services.triton.llm import Delta, Sampling, TritonLLM
 
 DIM = 4
 DEAD = "Stub process 'embedder_0_0' is not healthy."
@@ -119,14 +119,14 @@ async def test_generation_and_readiness_share_the_channel(triton) -> None:
     deltas = [
         d
         async for d in llm.stream(
-            "llm", "", "olleh", max_tokens=4, temperature=0.0, stream=True, timeout_s=5, headers={}
+            "llm", "", "olleh", Sampling(4), stream=True, timeout_s=5, headers={}
         )
     ]
     assert deltas == [Delta("hello", 3, 1, "1")]
     fake.failure = "gone"  # a stream's error: a message, no status
     with pytest.raises(Unavailable, match=r"^llm unavailable: Request for unknown model"):
         async for _ in llm.stream(
-            "llm", "", "x", max_tokens=4, temperature=0.0, stream=True, timeout_s=5, headers={}
+            "llm", "", "x", Sampling(4), stream=True, timeout_s=5, headers={}
         ):
             pass
     await llm.close()

@@ -15,7 +15,7 @@ from services.triton.client import decode_bytes, encode_bytes
 
 
 def test_the_triton_request_carries_raw_tensors_and_the_stream_flag() -> None:
-    request = llm._request("economy", "2", "Hi ✓", 16, 0.5, stream=False)
+    request = llm._request("economy", "2", "Hi ✓", llm.Sampling(16, 0.5, 0.9), stream=False)
     assert (request.model_name, request.model_version) == ("economy", "2")
     names = [(t.name, t.datatype, list(t.shape)) for t in request.inputs]
     assert names == [
@@ -23,12 +23,33 @@ def test_the_triton_request_carries_raw_tensors_and_the_stream_flag() -> None:
         ("max_tokens", "INT32", [1, 1]),
         ("stream", "BOOL", [1, 1]),
         ("temperature", "FP32", [1, 1]),
+        ("top_p", "FP32", [1, 1]),
     ]
-    text, max_tokens, stream, temperature = request.raw_input_contents
+    text, max_tokens, stream, temperature, top_p = request.raw_input_contents
     assert text == len("Hi ✓".encode()).to_bytes(4, "little") + "Hi ✓".encode()
     assert struct.unpack("<i", max_tokens) == (16,) and stream == b"\x00"
     assert struct.unpack("<f", temperature) == (0.5,)
-    assert llm._request("economy", "", "x", 1, 0.0, stream=True).raw_input_contents[2] == b"\x01"
+    assert struct.unpack("<f", top_p) == pytest.approx((0.9,))
+    streamed = llm._request("economy", "", "x", llm.Sampling(1), stream=True)
+    assert streamed.raw_input_contents[2] == b"\x01"
+    # The defaults travel as nothing: a model with the four required inputs alone serves it.
+    assert [t.name for t in streamed.inputs] == [
+        "text_input",
+        "max_tokens",
+        "stream",
+        "temperature",
+    ]
+
+
+def test_a_seed_and_stop_strings_travel_only_when_set() -> None:
+    sampling = llm.Sampling(8, stop=("\n\n", "END"), seed=2**40 + 7)
+    request = llm._request("standard", "", "x", sampling, stream=True)
+    inputs = {t.name: (t.datatype, list(t.shape)) for t in request.inputs}
+    assert inputs["random_seed"] == ("UINT64", [1, 1])
+    assert inputs["stop_words"] == ("BYTES", [1, 2])
+    raw = dict(zip((t.name for t in request.inputs), request.raw_input_contents, strict=True))
+    assert struct.unpack("<Q", raw["random_seed"]) == (2**40 + 7,)
+    assert decode_bytes(raw["stop_words"]) == [b"\n\n", b"END"]
 
 
 def test_a_response_is_read_from_its_raw_outputs() -> None:
