@@ -16,7 +16,10 @@ time) over four paths, in interleaved rounds:
   four budgets, six leased counters, routed by the policy, recorded) and off (none of it).
   Neither is behind Envoy, so neither answers its health checks: what they differ by is
   the control plane alone;
-- envoy: client -> Envoy -> gateway -> Triton (the same call through the edge).
+- envoy: client -> Envoy -> gateway -> Triton (the same call through the edge);
+- envoy-json: the same call as HTTP/JSON (POST /v1/generate, Envoy's transcoder);
+- envoy-openai: the same question as OpenAI's chat completions (POST /v1/chat/completions,
+  the gateway's OpenAI-compatible API), both over HTTP/1.1 from the same aiohttp client.
 
 Prints, per rate and path, p50/p99, the added p50/p99 against direct, the CPU each process
 spent per request (from /proc; `client` is this load generator), the gateway's RSS, and
@@ -40,6 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import grpc
 import numpy as np
 import tritonclient.grpc as triton_sync
@@ -51,9 +55,9 @@ from ragmesh.v1 import gateway_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from loadtest.latency import percentile
-from loadtest.litellm_side import VENV, LiteLLMSide, compare
+from loadtest.litellm_side import VENV, LiteLLMSide, chat, compare
 from loadtest.litellm_side import report as litellm_report
-from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, steady
+from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, http_generate, steady
 from loadtest.procfs import cpu_seconds, rss_mib
 from services.client.admin import AdminClient
 from services.config.gateway import TierConfig
@@ -68,9 +72,18 @@ MAX_TOKENS = 16
 TIMEOUT_S = 5.0  # an overloaded path shows as errors, not as requests queued for minutes
 GOOD_P99_ADDED_MS = 10.0
 UNTRACED = "gateway-untraced"  # telemetry.enabled false
+# The same request in OpenAI's words (ragmesh's own fields as the SDK's extra_body sends them).
+CHAT = {
+    "model": "echo",
+    "messages": [{"role": "user", "content": QUESTION}],
+    "max_tokens": MAX_TOKENS,
+    "skip_retrieval": True,
+    "bypass_cache": True,
+}
 CONTROL_ON = "gateway-control-on"
 CONTROL_OFF = "gateway-control-off"  # control.enabled false
-PATHS = ("direct", "gateway", UNTRACED, CONTROL_ON, CONTROL_OFF, "envoy")
+JSON, OPENAI = "envoy-json", "envoy-openai"
+PATHS = ("direct", "gateway", UNTRACED, CONTROL_ON, CONTROL_OFF, "envoy", JSON, OPENAI)
 CPU_SHOWN = {
     "direct": ("client", "triton"),
     "gateway": ("client", "gateway", "triton"),
@@ -78,6 +91,8 @@ CPU_SHOWN = {
     CONTROL_ON: ("client", CONTROL_ON, "triton"),
     CONTROL_OFF: ("client", CONTROL_OFF, "triton"),
     "envoy": ("client", "envoy", "gateway", "triton"),
+    JSON: ("client", "envoy", "gateway", "triton"),
+    OPENAI: ("client", "envoy", "gateway", "triton"),
 }
 
 
@@ -185,7 +200,9 @@ def start_variant(mesh: Mesh, name: str) -> tuple[str, int]:
     target and metrics port (0: none)."""
     region = mesh.regions[0].config
     metrics = free_port() if name in (CONTROL_ON, CONTROL_OFF) else 0
-    gateway = dataclasses.replace(region.gateway, port=free_port(), metrics_port=metrics)
+    gateway = dataclasses.replace(
+        region.gateway, port=free_port(), openai_port=0, metrics_port=metrics
+    )
     if name == UNTRACED:
         off = dataclasses.replace(region.telemetry, enabled=False)
         variant = dataclasses.replace(region, gateway=gateway, telemetry=off)
@@ -256,6 +273,7 @@ async def measure(
         grpc.aio.insecure_channel(control_on) as to_control_on,
         grpc.aio.insecure_channel(control_off) as to_control_off,
         grpc.aio.insecure_channel(mesh.edge_target) as to_edge,
+        aiohttp.ClientSession() as http,
     ):
 
         def generate(channel: grpc.aio.Channel) -> Send:
@@ -269,6 +287,14 @@ async def measure(
             CONTROL_ON: generate(to_control_on),
             CONTROL_OFF: generate(to_control_off),
             "envoy": generate(to_edge),
+            JSON: http_generate(
+                http,
+                f"{mesh.http_url}/v1/generate",
+                key,
+                [json_format.MessageToDict(request, preserving_proto_field_name=True)],
+                TIMEOUT_S,
+            ),
+            OPENAI: chat(http, f"{mesh.http_url}/v1/chat/completions", key, TIMEOUT_S, CHAT),
         }
         for path in PATHS:  # warm-up: connections, the model's first call
             await Load(sends[path], steady(50.0)).run(duration_s=1.0)
@@ -341,6 +367,17 @@ def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dic
         print(
             f"highest rate with added p99 <= {GOOD_P99_ADDED_MS:g} ms and no errors, {path}: "
             f"{best.get(path, 0.0):g} req/s"
+        )
+    for rate in rates:
+        shown = []
+        for native in ("envoy", JSON):
+            a50 = figures.p(OPENAI, rate, 0.5) - figures.p(native, rate, 0.5)
+            a99 = figures.p(OPENAI, rate, 0.99) - figures.p(native, rate, 0.99)
+            shown.append(f"{a50:+.2f} ms p50 / {a99:+.2f} ms p99 over {native}")
+        cpu = {p: figures.cpu_ms(p, rate)["gateway"] for p in ("envoy", JSON, OPENAI)}
+        print(
+            f"OpenAI API at {rate:g} req/s: {'; '.join(shown)}; gateway CPU per request "
+            f"{cpu[OPENAI]:.3f} ms (gRPC {cpu['envoy']:.3f}, JSON {cpu[JSON]:.3f})"
         )
     governed = sum(len(figures.samples.get((CONTROL_ON, r), [])) for r in rates)
     for rate in rates:

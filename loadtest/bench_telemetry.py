@@ -188,7 +188,10 @@ def main() -> None:
             for name, (enabled, ratio) in VARIANTS.items():
                 port = free_port()
                 gateway = dataclasses.replace(
-                    region.gateway, port=port, metrics_port=free_port() if enabled else 0
+                    region.gateway,
+                    port=port,
+                    openai_port=0,  # gRPC alone: the region's gateway holds the OpenAI port
+                    metrics_port=free_port() if enabled else 0,
                 )
                 t = dataclasses.replace(
                     region.telemetry,

@@ -71,11 +71,16 @@ def proxy_config(api_base: str, master_key: str) -> dict[str, object]:
 
 
 def chat(
-    session: aiohttp.ClientSession, url: str, key: str, timeout_s: float = REQUEST_TIMEOUT_S
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    request: dict[str, object] | None = None,
 ) -> Send:
-    """POSTs of BODY to an OpenAI chat completions `url`: 200 is OK, any other code reads
-    `HTTP_<code>`, a timeout DEADLINE_EXCEEDED and a connection error UNAVAILABLE."""
-    body = json.dumps(BODY).encode()
+    """POSTs of `request` (default BODY) to an OpenAI chat completions `url`: 200 is OK, any
+    other code reads `HTTP_<code>`, a timeout DEADLINE_EXCEEDED and a connection error
+    UNAVAILABLE."""
+    body = json.dumps(request or BODY).encode()
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
