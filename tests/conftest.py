@@ -49,6 +49,35 @@ def triton_only(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+# Triton 2.51's gRPC frontend can crash (SIGSEGV in a mutex) when a request's cancellation
+# races its completion: triton-inference-server/server#8034, fixed by #7840 in 24.12 (2.53),
+# newer than the nvidia-pytriton wheel's. A client that leaves mid-stream provokes it, rarely.
+_RESTARTED = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(autouse=True)
+def _tritons_up(request: pytest.FixtureRequest) -> None:
+    """Before a test on a shared mesh: a Triton that exited during an earlier test is
+    started again, so that one crash fails no unrelated test; the summary lists it."""
+    for name in ("mesh", "regions"):
+        if name not in request.fixturenames:
+            continue
+        running: Mesh = request.getfixturevalue(name)
+        for process, triton in list(running.processes.items()):
+            if process.startswith("triton-") and not triton.alive():
+                why = triton.log_tail(4)
+                running.restart(process)
+                request.config.stash.setdefault(_RESTARTED, []).append(
+                    f"{process} had exited before {request.node.nodeid}; restarted. "
+                    f"Its log ended:\n{why}"
+                )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    for line in config.stash.get(_RESTARTED, []):
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def demo_key(mesh: Mesh) -> str:
     return mesh.config.mesh.demo_key
