@@ -62,7 +62,9 @@ def _tritons_up(request: pytest.FixtureRequest) -> None:
     for name in ("mesh", "regions"):
         if name not in request.fixturenames:
             continue
-        running: Mesh = request.getfixturevalue(name)
+        running = request.getfixturevalue(name)
+        if not isinstance(running, Mesh):  # a test's own parameter of that name
+            continue
         for process, triton in list(running.processes.items()):
             if process.startswith("triton-") and not triton.alive():
                 why = triton.log_tail(4)
