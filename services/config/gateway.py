@@ -155,6 +155,12 @@ class GatewayConfig:
     # younger than the TTL also answers, marked degraded, while retrieval is down.
     answer_cache_entries: int = 1024
     answer_cache_ttl_s: float = 300.0
+    # Answers to a question worded differently (services/gateway/semantic_cache.py): at
+    # most this many, each for answer_cache_ttl_s; a hit needs cosine >= the threshold and
+    # the same numbers, negations, names and units. The threshold is chosen on labelled
+    # pairs (`python -m loadtest.bench_semantic_cache`); 0 entries: off.
+    semantic_cache_entries: int = 1024
+    semantic_cache_threshold: float = 0.80
     # Retrieval down or late and no cached answer: answer without sources, or refuse.
     retrieval_fallback: str = "no_sources"
     # Prometheus metrics on 127.0.0.1; 0 turns them off.
@@ -204,6 +210,12 @@ class GatewayConfig:
         require(self.breaker_open_s > 0, "gateway.breaker_open_s", "must be positive")
         require(self.answer_cache_entries >= 0, "gateway.answer_cache_entries", "must be >= 0")
         require(self.answer_cache_ttl_s > 0, "gateway.answer_cache_ttl_s", "must be positive")
+        require(self.semantic_cache_entries >= 0, "gateway.semantic_cache_entries", "must be >= 0")
+        require(
+            0.0 < self.semantic_cache_threshold <= 1.0,
+            "gateway.semantic_cache_threshold",
+            "must be in (0, 1]",
+        )
         require(
             self.retrieval_fallback in RETRIEVAL_FALLBACKS,
             "gateway.retrieval_fallback",

@@ -100,6 +100,7 @@ class _Plan:
     tiers: tuple[str, ...]
     criticality: Mapping[str, str]
     over_soft_cap: str | None
+    semantic_cache: frozenset[str] = frozenset()  # criticalities that may use it
 
 
 class Policy:
@@ -135,6 +136,11 @@ class Policy:
     def tiers(self) -> tuple[str, ...]:
         """Every tier the policy declares."""
         return tuple(self._tiers)
+
+    def semantic_cache(self, tenant: str, criticality: str) -> bool:
+        """Whether `tenant`'s requests of `criticality` ("" is standard) may take a cached
+        answer to a question worded differently."""
+        return (criticality or "standard") in self._plan(tenant).semantic_cache
 
     def allowed(self, tenant: str) -> tuple[str, ...]:
         """The tiers `tenant` may use, in the policy's order."""
@@ -418,6 +424,11 @@ def _plan(
             spec.get("over_soft_cap")
             if base is None or "over_soft_cap" in spec
             else base.over_soft_cap
+        ),
+        semantic_cache=(
+            frozenset(spec.get("semantic_cache") or ())
+            if base is None or "semantic_cache" in spec
+            else base.semantic_cache
         ),
     )
     tiers_field = _dotted([*path, "tiers"]) if "tiers" in spec else "default.tiers"

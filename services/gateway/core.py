@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+import numpy as np
 from opentelemetry import trace
 
 from services.common import tokens
@@ -48,12 +49,14 @@ from services.gateway.retrieval_client import (
     RetrievalClient,
     Written,
 )
+from services.gateway.semantic_cache import SemanticCache
 from services.gateway.tiers import Tiers
 from services.gateway.values import (
     BYPASS,
     HIT,
     MISS,
     Answer,
+    CacheMatch,
     Call,
     Citation,
     Dependency,
@@ -100,8 +103,14 @@ class GatewayCore:
         self._retrieval_breaker = Breaker(
             f"retrieval {config.retrieval_target}", config.breaker_failures, config.breaker_open_s
         )
-        self._cache: AnswerCache[Answer] = AnswerCache(
+        # Answers with the trace id of the request that got them from the model.
+        self._cache: AnswerCache[tuple[Answer, str]] = AnswerCache(
             config.answer_cache_entries, config.answer_cache_ttl_s
+        )
+        self._semantic: SemanticCache[Answer] = SemanticCache(
+            config.semantic_cache_entries,
+            config.answer_cache_ttl_s,
+            config.semantic_cache_threshold,
         )
 
     async def search(self, call: Call, query: str, top_k: int, filters: dict[str, str]) -> Found:
@@ -247,8 +256,12 @@ class GatewayCore:
         sources = (
             _Sources(Found([], "")) if params.skip_retrieval else await self._sources(call, params)
         )
-        key = self._cache_key(call, params, plan.tier.name, sources.found.corpus_version)
-        cached = self._cached(key, plan, sources)
+        scope = self._scope(call, params, plan.tier.name, sources.found.corpus_version)
+        key = (*scope, params.query, params.history)
+        semantic = self._semantic_allowed(call, params, plan, sources)
+        cached = self._cached(key, plan, sources) or self._similar(
+            scope, params.query, sources, plan, semantic
+        )
         if cached is not None:
             observe.annotate(request_span, call, params, sources.found, cached, self.config.region)
             observe.answered(sources.found, cached, arrived)
@@ -263,7 +276,11 @@ class GatewayCore:
                 yield event
         assert answer is not None
         if plan.cacheable and not answer.degraded:
-            self._cache.put(key, answer)
+            self._cache.put(key, (answer, call.trace_id))
+            # A semantic match serves whole answers only: one cut by max_tokens may not be
+            # whole for the other question.
+            if semantic is not None and answer.finish_reason == "stop":
+                self._semantic.put(scope, params.query, semantic, answer, call.trace_id)
         observe.annotate(request_span, call, params, sources.found, answer, self.config.region)
         observe.answered(sources.found, answer, None)
         yield answer
@@ -291,23 +308,40 @@ class GatewayCore:
             version = self._cache.last_version(call.tenant) or ""
             return _Sources(Found([], version), cause)
 
-    def _cache_key(
+    def _scope(
         self, call: Call, params: GenerateParams, tier: str, version: str
     ) -> tuple[object, ...]:
+        """What a cached answer must share with a request besides its question: tenant,
+        corpus version, tier and every generation parameter."""
         filters = tuple(sorted(params.filters.items()))
         return (
             call.tenant,
             version,
             tier,
             params.model_version,
-            params.query,
-            params.history,
             self._planner.top_k(params.top_k),
             params.max_tokens,
             params.top_p,
             params.stop,
             filters,
         )
+
+    def _semantic_allowed(
+        self, call: Call, params: GenerateParams, plan: Plan, sources: _Sources
+    ) -> np.ndarray | None:
+        """The question's vector where the request may use the semantic cache: cacheable,
+        not part of a conversation (the history would change the answer), retrieval's
+        vector at hand, and a criticality the tenant's policy lets use it; else None."""
+        vector = sources.found.query_vector
+        if (
+            vector is None
+            or not plan.cacheable
+            or params.history
+            or self._control is None
+            or not self._control.policy.policy.semantic_cache(call.tenant, params.priority)
+        ):
+            return None
+        return vector
 
     def _cached(self, key: tuple[object, ...], plan: Plan, sources: _Sources) -> Answer | None:
         """A fresh cached answer to the same request on the same corpus version, if any."""
@@ -316,12 +350,28 @@ class GatewayCore:
         metrics.CACHE.labels("answer", HIT if cached else MISS if plan.cacheable else BYPASS).inc()
         if cached is None:
             return None
-        reason = f"{sources.degraded_reason}: answer from cache" if sources.degraded_reason else ""
-        if reason:
-            metrics.DEGRADED.labels("retrieval").inc()
-        return dataclasses.replace(
-            cached, cache_status=HIT, degraded_reason=reason, cost_usd=0.0, routing=plan.route
-        )
+        answer, trace_id = cached
+        return _from_cache(answer, CacheMatch("exact", 1.0, trace_id), plan, sources)
+
+    def _similar(
+        self,
+        scope: tuple[object, ...],
+        question: str,
+        sources: _Sources,
+        plan: Plan,
+        vector: np.ndarray | None,
+    ) -> Answer | None:
+        """A fresh cached answer to the question worded differently, in the same scope."""
+        if vector is None:
+            metrics.CACHE.labels("semantic", BYPASS).inc()
+            return None
+        match = self._semantic.get(scope, question, vector)
+        metrics.CACHE.labels("semantic", HIT if match else MISS).inc()
+        if match is None:
+            return None
+        metrics.SEMANTIC_SIMILARITY.observe(match.similarity)
+        found = CacheMatch("semantic", round(match.similarity, 4), match.trace_id)
+        return _from_cache(match.value, found, plan, sources)
 
     async def _from_model(
         self,
@@ -442,6 +492,22 @@ class GatewayCore:
             corpus_lag=corpus.lag,
             dependencies=[retrieval, *models],
         )
+
+
+def _from_cache(answer: Answer, match: CacheMatch, plan: Plan, sources: _Sources) -> Answer:
+    """A cached answer as this request's: free, routed as this one, and degraded where its
+    sources are (retrieval down: the cached answer stands in)."""
+    reason = f"{sources.degraded_reason}: answer from cache" if sources.degraded_reason else ""
+    if reason:
+        metrics.DEGRADED.labels("retrieval").inc()
+    return dataclasses.replace(
+        answer,
+        cache_status=HIT,
+        degraded_reason=reason,
+        cost_usd=0.0,
+        routing=plan.route,
+        cache_match=match,
+    )
 
 
 def _degraded(sources: _Sources, fallback_from: str, served: str) -> str:

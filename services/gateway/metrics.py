@@ -21,6 +21,11 @@ DEGRADED = Counter(
 CACHE = Counter(
     "ragmesh_cache_lookups_total", "Cache lookups by kind and result", ["kind", "result"]
 )
+SEMANTIC_SIMILARITY = Histogram(
+    "ragmesh_semantic_cache_hit_similarity",
+    "Cosine similarity of a semantic cache hit's question to the cached one",
+    buckets=(0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0),
+)
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "ragmesh_time_to_first_token_seconds",

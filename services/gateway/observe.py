@@ -41,6 +41,13 @@ def annotate(
             "ragmesh.fallback_from": answer.fallback_from,
             "ragmesh.cost_usd": answer.cost_usd,
             "ragmesh.cache_status": answer.cache_status,
+            "ragmesh.cache.kind": answer.cache_match.kind if answer.cache_match else "",
+            "ragmesh.cache.similarity": answer.cache_match.similarity
+            if answer.cache_match
+            else 0.0,
+            "ragmesh.cache.matched_trace_id": (
+                answer.cache_match.trace_id if answer.cache_match else ""
+            ),
             "ragmesh.degraded": answer.degraded,
             "ragmesh.degraded_reason": answer.degraded_reason,
             "ragmesh.retrieval.k": len(found.chunks),

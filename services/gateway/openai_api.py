@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -296,6 +297,7 @@ def _extension(answer: Answer, call: Call, region: str) -> dict[str, Any]:
             if answer.routing
             else None,
             "trace_id": call.trace_id,
+            "cache_match": dataclasses.asdict(answer.cache_match) if answer.cache_match else None,
             "corpus_version": answer.corpus_version,
             "cost_usd": answer.cost_usd,
         },

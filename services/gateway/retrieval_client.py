@@ -45,6 +45,8 @@ class Chunk:
 class Found:
     chunks: list[Chunk]  # best first
     corpus_version: str
+    # The query's embedding (float32, unit length), for the semantic cache; None: unknown.
+    query_vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ class RetrievalClient:
             Chunk(c.document_id, c.chunk_id, c.score, c.text, c.title, dict(c.metadata))
             for c in reply.chunks
         ]
-        return Found(chunks, reply.corpus_version)
+        vector = np.frombuffer(reply.query_vector, "<f4") if reply.query_vector else None
+        return Found(chunks, reply.corpus_version, vector)
 
     async def embed(self, texts: list[str], timeout_s: float) -> Embedded:
         """The embedder's vectors for `texts`, as searches use them (no tenant's data)."""

@@ -76,6 +76,13 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
         degraded=answer.degraded,
         degraded_reason=answer.degraded_reason,
         trace_id=call.trace_id,
+        cache_match=pb.CacheMatch(
+            kind=answer.cache_match.kind,
+            similarity=answer.cache_match.similarity,
+            trace_id=answer.cache_match.trace_id,
+        )
+        if answer.cache_match
+        else None,
         corpus_version=answer.corpus_version,
         finish_reason=answer.finish_reason,
     )

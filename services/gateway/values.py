@@ -74,6 +74,16 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class CacheMatch:
+    """What a cached answer matched: "exact" or "semantic" (cosine `similarity` of the two
+    questions), and the trace id of the request that answered."""
+
+    kind: str
+    similarity: float
+    trace_id: str
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     citations: list[Citation]
@@ -88,6 +98,7 @@ class Answer:
     fallback_from: str = ""  # the tier asked for, when it was down and `tier` answered
     routing: Route | None = None  # the policy's choice and why; None without a policy
     cost_usd: float = 0.0  # priced by the policy; 0 for a cached answer
+    cache_match: CacheMatch | None = None  # set on a cache hit
 
     @property
     def degraded(self) -> bool:

@@ -363,7 +363,9 @@ class RetrievalCore:
 
     async def search(
         self, tenant: str, query: str, top_k: int, filters: dict[str, str], timeout_s: float
-    ) -> tuple[list[StoredChunk], int]:
+    ) -> tuple[list[StoredChunk], int, np.ndarray]:
+        """The best chunks of `tenant`'s corpus for `query`, the corpus version, and the
+        query's vector (float32, unit length)."""
         check_tenant(tenant)
         if not query.strip():
             raise InvalidArgument("query: must not be empty", field="query")
@@ -375,7 +377,7 @@ class RetrievalCore:
             version = await self.version(tenant)
             if span.is_recording():
                 span.set_attributes(_retrieval_attributes(tenant, query, top_k, chunks, version))
-        return chunks, version
+        return chunks, version, vector
 
     async def embed(self, texts: list[str], timeout_s: float) -> tuple[np.ndarray, list[int]]:
         """The vectors searches use for `texts` (float32, [len(texts), embedding_dim], unit

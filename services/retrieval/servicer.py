@@ -43,7 +43,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     async def Search(
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchResponse:
-        chunks, version = await self._core.search(
+        chunks, version, vector = await self._core.search(
             request.tenant, request.query, request.top_k, dict(request.filters), _remaining(context)
         )
         return pb.SearchResponse(
@@ -59,6 +59,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                 for c in chunks
             ],
             corpus_version=str(version),
+            query_vector=vector.astype("<f4").tobytes(),
         )
 
     async def Embed(

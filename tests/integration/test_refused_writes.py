@@ -37,7 +37,7 @@ def _poisoned(tenant: str, version: int) -> list[pb.LogEntry]:
 
 
 async def _documents(c, tenant: str) -> set[str]:
-    chunks, _ = await c.search(tenant, "q", 50, {}, 5.0)
+    chunks, _, _ = await c.search(tenant, "q", 50, {}, 5.0)
     return {chunk.document_id for chunk in chunks}
 
 
@@ -105,7 +105,7 @@ async def test_a_write_refused_at_apply_time_answers_its_caller(tmp_path: Path, 
     assert refused.value.field == "documents" and "the store's own rule" in refused.value.message
     monkeypatch.undo()
     # The document is still the old one, whole; the next write goes through.
-    chunks, _ = await primary.search("acme", "q", 10, {}, 5.0)
+    chunks, _, _ = await primary.search("acme", "q", 10, {}, 5.0)
     assert {c.title for c in chunks} == {"old"}
     await primary.upsert("acme", [_doc("b")], 5.0)
     assert await _documents(primary, "acme") == {"a", "b"}
