@@ -379,7 +379,8 @@ def _openai_route(path: str, request_timeout_s: float, timeout_s: float) -> dict
     retry = _retry_policy(2, request_timeout_s + 1.0, OPENAI_RETRY_ON)
     retry["retriable_status_codes"] = [503]
     return {
-        "match": {"path": path},
+        # The path and anything under it (/v1/models/standard), but not /v1/models-x.
+        "match": {"path_separated_prefix": path},
         "route": {
             "cluster": "gateway-openai",
             "timeout": _duration(timeout_s),

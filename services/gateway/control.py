@@ -48,8 +48,9 @@ def credential(metadata: Iterable[tuple[str, str | bytes]], header: str) -> str:
             found.append(text.strip())
         elif header == "x-api-key" and name == "authorization" and text[:7].lower() == "bearer ":
             found.append(text[7:].strip())
-    if len(found) > 1:
-        raise Unauthenticated(f"more than one credential: send one {header}")
+    if len(set(found)) > 1:  # the same key in both headers is one credential
+        hint = "x-api-key or authorization: Bearer" if header == "x-api-key" else header
+        raise Unauthenticated(f"more than one credential: send one, as {hint}")
     if not found or not found[0]:
         hint = "x-api-key or authorization: Bearer" if header == "x-api-key" else header
         raise Unauthenticated(f"missing credential: send {hint}")

@@ -113,6 +113,13 @@ class _Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[_TextPart] | None = None
     name: str | None = None
+    # What an assistant message carries when a client sends one back as it got it
+    # (message.model_dump()): taken and left aside; tool calls only when there are none.
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: None = None
+    function_call: None = None
+    tool_calls: Annotated[list[Any], Field(max_length=0)] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -138,14 +145,15 @@ class ChatRequest(_Strict):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: _StreamOptions | None = None
-    top_k: int = 0
-    filters: dict[str, str] = Field(default_factory=dict)
-    skip_retrieval: bool = False
-    bypass_cache: bool = False
-    priority: str = ""
-    model_version: str = ""
+    # null is each field's default, as in OpenAI's API.
+    top_k: int | None = None
+    filters: dict[str, str] | None = None
+    skip_retrieval: bool | None = None
+    bypass_cache: bool | None = None
+    priority: str | None = None
+    model_version: str | None = None
 
 
 class EmbeddingsRequest(_Strict):
@@ -177,7 +185,11 @@ def _body(raw: bytes, model: type[BaseModel]) -> Any:
         data = json.loads(raw)
         if b"\\u" in raw:  # an escaped lone surrogate parses, but is no text
             json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeError as exc:
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            "body: a lone surrogate (\\ud800-\\udfff) is no text", field="body"
+        ) from exc
+    except UnicodeDecodeError as exc:
         raise InvalidArgument("body: not UTF-8 text", field="body") from exc
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"body: not JSON: {str(exc)[:200]}", field="body") from exc
@@ -189,8 +201,9 @@ def _body(raw: bytes, model: type[BaseModel]) -> Any:
         raise _invalid(exc) from exc
 
 
-def _params(request: ChatRequest, tiers: Iterable[str]) -> GenerateParams:
-    """The native request's values; InvalidArgument or NotFound naming the field."""
+def _params(request: ChatRequest, tiers: Iterable[str], priority: str = "") -> GenerateParams:
+    """The native request's values (`priority`: the x-priority header's, which the body's
+    field overrides); InvalidArgument or NotFound naming the field."""
     for name, value in (request.model_extra or {}).items():
         if name not in NEUTRAL:
             raise InvalidArgument(f"{name}: unknown field", field=name)
@@ -201,6 +214,11 @@ def _params(request: ChatRequest, tiers: Iterable[str]) -> GenerateParams:
             f"model: {request.model[:64]!r} does not exist; GET /v1/models lists them",
             field="model",
         )
+    for name in ("max_completion_tokens", "max_tokens"):
+        if getattr(request, name) is not None and getattr(request, name) < 1:
+            raise InvalidArgument(f"{name}: must be >= 1", field=name)
+    if request.stream_options is not None and not request.stream:
+        raise InvalidArgument("stream_options: only with stream true", field="stream_options")
     *earlier, last = request.messages
     if last.role != "user":
         raise InvalidArgument(
@@ -225,12 +243,12 @@ def _params(request: ChatRequest, tiers: Iterable[str]) -> GenerateParams:
         stop=stop,
         seed=request.seed,
         user=request.user or "",
-        top_k=request.top_k,
-        filters=request.filters,
-        skip_retrieval=request.skip_retrieval,
-        bypass_cache=request.bypass_cache,
-        priority=request.priority,
-        model_version=request.model_version,
+        top_k=request.top_k or 0,
+        filters=request.filters or {},
+        skip_retrieval=bool(request.skip_retrieval),
+        bypass_cache=bool(request.bypass_cache),
+        priority=(request.priority or priority).strip(),
+        model_version=request.model_version or "",
     )
 
 
@@ -325,10 +343,11 @@ class OpenAIApi:
         self._servicer = servicer
         self._ratio = ratio  # traces sampled where the caller has not decided
         self.serving = True  # GET /health: 503 once draining, so the edge sends no more
-        self.app = web.Application(client_max_size=8 * 1024 * 1024)
+        self.app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[_aiohttp_errors])
         self.app.router.add_post("/v1/chat/completions", self._timed("ChatCompletions", self.chat))
         self.app.router.add_post("/v1/embeddings", self._timed("Embeddings", self.embeddings))
         self.app.router.add_get("/v1/models", self._timed("ListModels", self.models))
+        self.app.router.add_get("/v1/models/{model}", self._timed("GetModel", self.model))
         self.app.router.add_get("/health", self.health)
         self._runner: web.AppRunner | None = None
 
@@ -418,24 +437,25 @@ class OpenAIApi:
         ) as span:
             yield span
 
-    async def models(self, request: web.Request, call: Call) -> web.Response:
+    def _model_names(self, call: Call) -> list[str]:
         """The tiers the key's tenant may use (every tier without a policy), "auto", and the
         embedder."""
-        created = int(time.time())
         names = [*self._core.planner.allowed_tiers(call.tenant), AUTO_MODEL]
-        names.append(self._core.config.embedding_model)
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": n, "object": "model", "created": created, "owned_by": "ragmesh"}
-                    for n in names
-                ],
-            }
-        )
+        return [*names, self._core.config.embedding_model]
+
+    async def models(self, request: web.Request, call: Call) -> web.Response:
+        data = [_model(name) for name in self._model_names(call)]
+        return web.json_response({"object": "list", "data": data})
+
+    async def model(self, request: web.Request, call: Call) -> web.Response:
+        """GET /v1/models/{model}: one of models(), else 404 model_not_found."""
+        name = request.match_info["model"]
+        if name not in self._model_names(call):
+            raise NotFound(f"model: {name[:64]!r} does not exist", field="model")
+        return web.json_response(_model(name))
 
     async def embeddings(self, request: web.Request, call: Call) -> web.Response:
-        body: EmbeddingsRequest = _body(await request.read(), EmbeddingsRequest)
+        body: EmbeddingsRequest = _body(await _read(request), EmbeddingsRequest)
         if body.model != self._core.config.embedding_model:
             raise NotFound(
                 f"model: {body.model[:64]!r} is no embedding model here; use "
@@ -466,7 +486,7 @@ class OpenAIApi:
         )
 
     async def chat(self, request: web.Request, call: Call) -> web.StreamResponse:
-        body: ChatRequest = _body(await request.read(), ChatRequest)
+        body: ChatRequest = _body(await _read(request), ChatRequest)
         try:
             return await self._chat(request, call, body)
         except RagmeshError as error:
@@ -475,7 +495,8 @@ class OpenAIApi:
     async def _chat(
         self, request: web.Request, call: Call, body: ChatRequest
     ) -> web.StreamResponse:
-        params = _params(body, self._core.planner.tier_names())
+        header = request.headers.get("x-priority", "")
+        params = _params(body, self._core.planner.tier_names(), header)
         region = self._core.config.region
         created = int(time.time())
         completion_id = f"chatcmpl-{call.trace_id}"
@@ -579,6 +600,42 @@ class OpenAIApi:
         assert response is not None
         await response.write_eof()
         return response
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "ragmesh"}
+
+
+async def _read(request: web.Request) -> bytes:
+    """The request's body, decoded as its Content-Encoding says; InvalidArgument naming
+    `body` when it cannot be (a body that is not the gzip it claims to be)."""
+    try:
+        return await request.read()
+    except web.HTTPException:
+        raise  # aiohttp's own answer (a body over the limit): _aiohttp_errors shapes it
+    except Exception as exc:
+        raise InvalidArgument(
+            f"body: cannot be read as its Content-Encoding says: {type(exc).__name__}",
+            field="body",
+        ) from exc
+
+
+@web.middleware
+async def _aiohttp_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path, a method the path does not take, a body over
+    the limit, an encoding it cannot decode) in OpenAI's error shape, with their status."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        code = exc.reason.lower().replace(" ", "_")
+        error = {"message": exc.text or exc.reason, "type": kind, "param": None, "code": code}
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": error}, status=exc.status, headers=allow)
 
 
 async def _open_stream(request: web.Request) -> web.StreamResponse:

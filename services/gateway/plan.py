@@ -11,7 +11,7 @@ from services.common.validation import check_range
 from services.config.gateway import GatewayConfig
 from services.contract.prompt import ROLES
 from services.control.admission import Charge
-from services.control.policy import Route
+from services.control.policy import CRITICALITIES, Route
 from services.gateway.control import Control
 from services.gateway.tiers import Tier, Tiers
 from services.gateway.values import Call, GenerateParams
@@ -69,6 +69,12 @@ class Planner:
         )
         if not 0.0 <= params.temperature <= 2.0:
             raise InvalidArgument("temperature: must be 0..2", field="temperature")
+        if params.priority and params.priority not in CRITICALITIES:  # a tier named or not
+            raise InvalidArgument(
+                f"priority: must be one of {', '.join(CRITICALITIES)}, not "
+                f"{params.priority[:32]!r}",
+                field="priority",
+            )
         self._check_sampling(params)
         route = None
         if params.tier:

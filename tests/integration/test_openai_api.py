@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -219,3 +220,40 @@ async def test_the_async_client_at_concurrency_twenty(mesh, demo_key, corpus):
 
     answers = await run()
     assert len(answers) == 20 and all("80 degrees" in a for a in answers)
+
+
+def test_the_edge_and_the_server_refuse_in_openais_shape(client, mesh, demo_key):
+    assert client.models.retrieve("economy").id == "economy"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("gpt-9")
+    assert err.value.body["code"] == "model_not_found"
+    headers = {"authorization": f"Bearer {demo_key}", "content-type": "application/json"}
+    cases = [
+        ("GET", "/v1/chat/completions", None, {}, 405),
+        ("POST", "/v1/chat/completions/extra", b"{}", {}, 404),
+        # Not the gzip it claims to be: the client's mistake, not the server's.
+        ("POST", "/v1/chat/completions", b"{}", {"content-encoding": "gzip"}, 400),
+    ]
+    for method, path, body, extra, status in cases:
+        request = urllib.request.Request(
+            f"{mesh.http_url}{path}", data=body, headers={**headers, **extra}, method=method
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == status, path
+        error = json.loads(refused.value.read())["error"]
+        assert {"message", "type", "param", "code"} <= error.keys(), error
+
+
+def test_the_priority_header_routes_as_on_the_native_api(client):
+    ask = [{"role": "user", "content": TEA}]
+    routed = client.chat.completions.create(
+        model="auto", messages=ask, extra_headers={"x-priority": "batch"}, max_tokens=16
+    )
+    assert routed.model_extra["ragmesh"]["routing"]["reason"] == "criticality"
+    assert routed.model == "economy"  # the policy's batch tier
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="standard", messages=ask, extra_headers={"x-priority": "urgent"}
+        )
+    assert err.value.body["param"] == "priority"

@@ -23,6 +23,8 @@ def test_key_from_either_header():
     assert credential([("authorization", b"bearer k1")], "x-api-key") == "k1"
     # The admin credential has one header, and a tenant key never stands in for it.
     assert credential([("x-admin-key", "a1"), ("x-api-key", "k1")], "x-admin-key") == "a1"
+    # The same key in both headers (a client that sets both) is one credential.
+    assert credential([("x-api-key", "k1"), ("authorization", "Bearer k1")], "x-api-key") == "k1"
     with pytest.raises(Unauthenticated):
         credential([("authorization", "Bearer a1")], "x-admin-key")
 
@@ -35,7 +37,7 @@ def test_key_from_either_header():
         [("authorization", "Basic k1")],
         # Two keys, even both known: which one counts would be the headers' order.
         [("x-api-key", "k1"), ("x-api-key", "k2")],
-        [("x-api-key", "k1"), ("authorization", "Bearer k1")],
+        [("x-api-key", "k1"), ("authorization", "Bearer k2")],
     ],
 )
 def test_missing_or_ambiguous_key_is_unauthenticated(metadata):

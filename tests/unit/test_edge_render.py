@@ -266,7 +266,7 @@ def test_openai_paths_go_to_the_gateways_openai_api_as_they_are(config: MeshConf
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
     routes = vhost["routes"][1 : 1 + len(OPENAI_PATHS)]
-    assert [r["match"] for r in routes] == [{"path": p} for p in OPENAI_PATHS]
+    assert [r["match"] for r in routes] == [{"path_separated_prefix": p} for p in OPENAI_PATHS]
     for route in routes:
         action = route["route"]
         assert action["cluster"] == "gateway-openai"

@@ -235,7 +235,9 @@ def test_sampling_out_of_bounds_is_refused_before_any_call() -> None:
 def test_what_a_chat_client_sends_by_habit_is_taken() -> None:
     turns = [{"role": "system", "content": ""}, {"role": "assistant", "content": ""}]
     turns += [{"role": "user", "content": f"q{i}"} for i in range(MAX_TURNS + 5)]
-    request = _chat(messages=turns, stream_options={"include_obfuscation": True}, seed=-1)
+    request = _chat(
+        messages=turns, stream=True, stream_options={"include_obfuscation": True}, seed=-1
+    )
     params = openai_api._params(request, TIERS)
     # Empty turns say nothing; past MAX_TURNS the oldest go (the prompt drops them first).
     assert len(params.history) == MAX_TURNS and params.history[-1] == Turn(
@@ -274,3 +276,66 @@ def test_a_seed_outside_64_bits_is_refused() -> None:
         with pytest.raises(InvalidArgument) as err:
             planner.plan(Call.start("demo", 5.0), GenerateParams(query="q", seed=seed))
         assert err.value.field == "seed"
+
+
+def test_what_openai_takes_as_null_or_as_it_answered_is_taken() -> None:
+    answered = {
+        "role": "assistant",
+        "content": "80 °C.",
+        "refusal": None,
+        "annotations": [],
+        "audio": None,
+        "function_call": None,
+        "tool_calls": None,
+    }
+    request = _chat(
+        messages=[
+            {"role": "user", "content": "Tea?"},
+            answered,
+            {"role": "user", "content": "Why?"},
+        ],
+        stream=None,
+        temperature=None,
+        stop=None,
+        top_k=None,
+        filters=None,
+        priority=None,
+    )
+    params = openai_api._params(request, TIERS, priority="batch")  # the x-priority header's
+    assert params.history[-1] == Turn("assistant", "80 °C.")
+    assert (params.temperature, params.stop, params.priority) == (0.0, (), "batch")
+    assert openai_api._params(_chat(priority="critical"), TIERS, "batch").priority == "critical"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]},
+                    {"role": "user", "content": "q"},
+                ]
+            },
+            "messages[0].tool_calls",
+        ),
+    ],
+)
+def test_what_openai_refuses_is_refused(fields, field) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        openai_api._params(_chat(**fields), TIERS)
+    assert err.value.field == field
+
+
+def test_an_unknown_priority_is_refused_whether_or_not_a_tier_is_named() -> None:
+    config = GatewayConfig()
+    planner = Planner(config, Tiers(config, client=lambda target: None), None)  # type: ignore[arg-type]
+    for tier in ("", "standard"):
+        with pytest.raises(InvalidArgument) as err:
+            planner.plan(
+                Call.start("demo", 5.0), GenerateParams(query="q", tier=tier, priority="urgent")
+            )
+        assert err.value.field == "priority"
