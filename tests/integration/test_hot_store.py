@@ -154,7 +154,7 @@ async def test_a_replica_with_the_hot_index_answers_like_one_without(tmp_path: P
         for tenant in ("acme", "globex"):
             hot, cold = [await r.search(tenant, "q", 10, {}, 5.0) for r in replicas]
             assert _answer(hot[0]) == _answer(cold[0]) and hot[1] == cold[1]
-        acme, version = await replicas[0].search("acme", "q", 10, {}, 5.0)
+        acme, version, _ = await replicas[0].search("acme", "q", 10, {}, 5.0)
         assert {c.text.rsplit(" ", 1)[0] for c in acme} == {"a 3"} and version == 4
     finally:
         for replica in replicas:
