@@ -38,7 +38,6 @@ LOGGER = logging.getLogger(__name__)
 _RAGMESH_CALLS = "/ragmesh."
 _Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-_Timer = Callable[[str, float], None]  # (the status's name, seconds)
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
@@ -93,7 +92,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if self._traced is None or not method.startswith(_RAGMESH_CALLS):
             wrapped = (_serve(handler, None, in_trace=False), None)
         else:
-            timer = _timer(self._layer, method.rsplit("/", 1)[-1])
+            timer = metrics.timer(self._layer, method.rsplit("/", 1)[-1])
             wrapped = (
                 _serve(handler, timer, in_trace=True),
                 _serve(handler, timer, in_trace=False),
@@ -102,21 +101,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-def _timer(layer: str, method: str) -> _Timer:
-    """Observes a call of `method` in REQUEST_SECONDS; each status's child looked up once."""
-    children: dict[str, Any] = {}
-
-    def observe(code: str, seconds: float) -> None:
-        child = children.get(code)
-        if child is None:
-            child = children[code] = metrics.REQUEST_SECONDS.labels(layer, method, code)
-        child.observe(seconds)
-
-    return observe
-
-
 def _serve(
-    handler: grpc.RpcMethodHandler, timer: _Timer | None, *, in_trace: bool
+    handler: grpc.RpcMethodHandler, timer: metrics.Timer | None, *, in_trace: bool
 ) -> grpc.RpcMethodHandler:
     """`handler` with its errors mapped, timed by `timer` (if any), run in its unsampled
     trace's context if `in_trace` (else in the context it is given: a span's, or none)."""
@@ -125,7 +111,7 @@ def _serve(
     return handler._replace(unary_stream=_streaming(handler.unary_stream, timer, in_trace))
 
 
-def _unary(behavior: _Unary, timer: _Timer | None, in_trace: bool) -> _Unary:
+def _unary(behavior: _Unary, timer: metrics.Timer | None, in_trace: bool) -> _Unary:
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = _in_trace(context) if in_trace else None
         started, code = time.perf_counter(), "OK"
@@ -140,7 +126,7 @@ def _unary(behavior: _Unary, timer: _Timer | None, in_trace: bool) -> _Unary:
     return serve
 
 
-def _streaming(behavior: _Streaming, timer: _Timer | None, in_trace: bool) -> _Streaming:
+def _streaming(behavior: _Streaming, timer: metrics.Timer | None, in_trace: bool) -> _Streaming:
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         token = _in_trace(context) if in_trace else None
         started, code = time.perf_counter(), "OK"
@@ -185,7 +171,10 @@ async def _end(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
 
 
 def _finish(
-    timer: _Timer | None, code: str, started: float, token: Token[otel_context.Context] | None
+    timer: metrics.Timer | None,
+    code: str,
+    started: float,
+    token: Token[otel_context.Context] | None,
 ) -> None:
     if timer is not None:
         timer(code, time.perf_counter() - started)

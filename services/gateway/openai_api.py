@@ -375,7 +375,7 @@ class OpenAIApi:
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """`handler` in its trace, timed in REQUEST_SECONDS like a gRPC call (the status
         the caller gets, by gRPC name), its errors in OpenAI's shape."""
-        timers: dict[str, Any] = {}
+        observe = metrics.timer("gateway", method)
 
         async def serve(request: web.Request) -> web.StreamResponse:
             headers = [(k.lower(), v) for k, v in request.headers.items()]
@@ -404,12 +404,7 @@ class OpenAIApi:
                     code = "INTERNAL"
                     return error_response(RagmeshError("internal error"))
                 finally:
-                    timer = timers.get(code)
-                    if timer is None:
-                        timer = timers[code] = metrics.REQUEST_SECONDS.labels(
-                            "gateway", method, code
-                        )
-                    timer.observe(time.perf_counter() - started)
+                    observe(code, time.perf_counter() - started)
 
         return serve
 
