@@ -145,6 +145,10 @@ bench-retrieval: install ## retrieval search at 10k and 100k chunks: Milvus Lite
 bench-telemetry: install ## gateway CPU and throughput with telemetry on vs off, side by side
 	$(BIN)/python -m loadtest.bench_telemetry
 
+.PHONY: bench-gateway
+bench-gateway: install ## answer-cache hits vs a miss through Envoy, injection detection, guardrails' CPU on vs off
+	$(BIN)/python -m loadtest.bench_gateway
+
 .PHONY: gameday
 gameday: install ## game days on two regions: kill and slow parts under load, print the table
 	$(BIN)/python -m loadtest.gameday

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,14 +66,37 @@ def _tritons_up(request: pytest.FixtureRequest) -> None:
         running = request.getfixturevalue(name)
         if not isinstance(running, Mesh):  # a test's own parameter of that name
             continue
+        restarted = False
         for process, triton in list(running.processes.items()):
             if process.startswith("triton-") and not triton.alive():
-                why = triton.log_tail(4)
+                why = "\n".join(
+                    line for line in triton.log_tail(40).splitlines() if " 0x0" not in line
+                )
                 running.restart(process)
+                restarted = True
                 request.config.stash.setdefault(_RESTARTED, []).append(
                     f"{process} had exited before {request.node.nodeid}; restarted. "
-                    f"Its log ended:\n{why}"
+                    f"Its log ended (stack frames left out):\n{why}"
                 )
+        if restarted:
+            _until_served(running)
+
+
+def _until_served(running: Mesh, timeout_s: float = 30.0) -> None:
+    """The edge answers a search again: the gateways' breakers toward retrieval, which the
+    dead Triton opened, have closed (after breaker_open_s, on a probe)."""
+    deadline = time.monotonic() + timeout_s
+    metadata = (("x-api-key", running.config.mesh.demo_key),)
+    with grpc.insecure_channel(running.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        while True:
+            try:
+                stub.Search(pb.SearchRequest(query="ready?"), metadata=metadata, timeout=10)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -14,16 +14,26 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from services.common.redaction import redact
+
+ERROR_DOMAIN = "ragmesh.dev"
+
 
 class RagmeshError(Exception):
     """INTERNAL: the base class; raise a subclass."""
 
     code = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str = "") -> None:
+    def __init__(self, message: str, *, field: str = "", reason: str = "") -> None:
+        # Redacted once, here: a message may quote a refused value, and it reaches the
+        # client, the logs, our spans and the edge's (Envoy records grpc-message).
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.field = field
+        # A google.rpc.ErrorInfo reason (UPPER_SNAKE_CASE, domain ERROR_DOMAIN) where the
+        # status alone does not say why: PROMPT_INJECTION, OUTPUT_SCHEMA_VIOLATION.
+        self.reason = reason
 
 
 class InvalidArgument(RagmeshError):
@@ -75,6 +85,14 @@ class AlreadyExists(RagmeshError):
     """ALREADY_EXISTS: the resource the request would create exists (a tenant's name)."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(RagmeshError):
+    """ABORTED: the answer was made but withheld, as an output guardrail says (an answer that
+    fails the request's JSON schema); a retry may succeed. The server's failure, not the
+    caller's."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 class FailedPrecondition(RagmeshError):
@@ -150,6 +168,10 @@ def rpc_status(error: RagmeshError) -> status_pb2.Status:
         )
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status.details.append(detail)
+    if error.reason:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+        status.details.append(detail)
     if isinstance(error, QuotaExceeded):
         failure = error_details_pb2.QuotaFailure.Violation(
             subject=error.subject, description=error.description
@@ -188,6 +210,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RagmeshError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        Aborted,
         QuotaExceeded,
         Unavailable,
         DeadlineExceeded,

@@ -7,6 +7,11 @@ the server's own, at the same ratio. With no collector configured nothing is sam
 there is nowhere to send it. Spans are batched in memory (bounded; spans beyond the bound
 are dropped) and exported by a background thread with a short timeout, so a slow or
 absent collector never delays or fails a request.
+
+Keys, tokens, emails, phone and card numbers leave the Python services in no span and no
+log line: both sinks pass their text through `redaction.redact`, the one mechanism (spans
+in the exporting thread, RedactingSpanExporter; log lines in JsonLogFormatter). Tenants and
+prompts are named by `digest`, never in clear.
 """
 
 from __future__ import annotations
@@ -16,19 +21,24 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import requests
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status
+from opentelemetry.util.types import Attributes
 
+from services.common.redaction import redact
 from services.config.telemetry import TelemetryConfig
 
 EXPORT_TIMEOUT_S = 2.0
@@ -57,7 +67,7 @@ def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
         )
         provider.add_span_processor(
             BatchSpanProcessor(
-                exporter,
+                RedactingSpanExporter(exporter),
                 max_queue_size=MAX_QUEUED_SPANS,
                 schedule_delay_millis=EXPORT_EVERY_MS,
                 max_export_batch_size=EXPORT_BATCH,
@@ -67,6 +77,101 @@ def setup(service: str, region: str, config: TelemetryConfig) -> TracerProvider:
     if config.enabled:
         trace.set_tracer_provider(provider)
     return provider
+
+
+class RedactingSpanExporter(SpanExporter):
+    """Exports spans through `inner` with their text redacted: name, string attributes
+    (and strings in list attributes), status description, events' names and attributes,
+    links' attributes. A span is immutable: one with something to redact leaves as a copy
+    (its drop counts kept); the others leave as they are."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._inner.export([_redacted(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _redacted(span: ReadableSpan) -> ReadableSpan:
+    name, original = redact(span.name), span.attributes  # a new read-only view each time
+    attributes = _redacted_attributes(original, span.dropped_attributes)
+    status = span.status
+    description = status.description and redact(status.description)
+    events = [_redacted_event(event) for event in span.events]
+    links = [_redacted_link(link) for link in span.links]
+    if (
+        name == span.name
+        and attributes is original
+        and description == status.description
+        and all(new is old for new, old in zip(events, span.events, strict=True))
+        and all(new is old for new, old in zip(links, span.links, strict=True))
+    ):
+        return span
+    return ReadableSpan(
+        name=name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=_bounded(events, span.dropped_events),
+        links=_bounded(links, span.dropped_links),
+        kind=span.kind,
+        status=Status(status.status_code, description),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _redacted_event(event: Event) -> Event:
+    name = redact(event.name)
+    attributes = _redacted_attributes(event.attributes, event.dropped_attributes)
+    if name == event.name and attributes is event.attributes:
+        return event
+    return Event(name, attributes, event.timestamp)
+
+
+def _redacted_link(link: Link) -> Link:
+    attributes = _redacted_attributes(link.attributes, link.dropped_attributes)
+    return link if attributes is link.attributes else Link(link.context, attributes)
+
+
+def _redacted_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, tuple | list):
+        return tuple(redact(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _redacted_attributes(attributes: Attributes, dropped: int) -> Attributes:
+    """`attributes` with their strings redacted, and the count of those the SDK dropped;
+    the same object when none changed."""
+    if not attributes:
+        return attributes
+    clean = {key: _redacted_value(value) for key, value in attributes.items()}
+    if clean == dict(attributes):
+        return attributes
+    copy = BoundedAttributes(attributes=clean, immutable=True)
+    copy.dropped = dropped
+    return copy
+
+
+_T = TypeVar("_T")
+
+
+def _bounded(items: list[_T], dropped: int) -> BoundedList[_T]:
+    """`items` as the SDK keeps them, with the count of those it dropped."""
+    bounded: BoundedList[_T] = BoundedList(None)
+    bounded.extend(items)
+    bounded.dropped = dropped
+    return bounded
 
 
 def traceparent(span: trace.Span | None = None) -> dict[str, str]:
@@ -127,7 +232,9 @@ class JsonLogFormatter(logging.Formatter):
     """One JSON object a line, with the trace and span of the request being served.
 
     Messages follow the house rule (sizes and hashes, never a prompt, document or key), so
-    the formatter adds only context, never request data.
+    the formatter adds only context, never request data; the message and the traceback
+    pass through `redact` all the same, for what a message or an exception carries
+    unawares (a refused value quoted in an error, a key in a URL).
     """
 
     converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps
@@ -142,14 +249,14 @@ class JsonLogFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self._service,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             entry["trace_id"] = format(context.trace_id, "032x")
             entry["span_id"] = format(context.span_id, "016x")
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -155,6 +155,10 @@ class GatewayConfig:
     # younger than the TTL also answers, marked degraded, while retrieval is down.
     answer_cache_entries: int = 1024
     answer_cache_ttl_s: float = 300.0
+    # An exact hit is served before retrieval is asked, on the tenant's corpus version this
+    # gateway saw at most this long ago: an ingest through this gateway is seen at once,
+    # one through another gateway or region at most this late. 0: retrieval first, always.
+    corpus_version_fresh_s: float = 1.0
     # Answers to a question worded differently (services/gateway/semantic_cache.py): at
     # most this many, each for answer_cache_ttl_s; a hit needs cosine >= the threshold and
     # the same numbers, negations, names and units. The threshold is chosen on labelled
@@ -210,6 +214,7 @@ class GatewayConfig:
         require(self.breaker_open_s > 0, "gateway.breaker_open_s", "must be positive")
         require(self.answer_cache_entries >= 0, "gateway.answer_cache_entries", "must be >= 0")
         require(self.answer_cache_ttl_s > 0, "gateway.answer_cache_ttl_s", "must be positive")
+        require(self.corpus_version_fresh_s >= 0, "gateway.corpus_version_fresh_s", "must be >= 0")
         require(self.semantic_cache_entries >= 0, "gateway.semantic_cache_entries", "must be >= 0")
         require(
             0.0 < self.semantic_cache_threshold <= 1.0,

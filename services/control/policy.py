@@ -14,6 +14,7 @@ No gRPC, no network.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -94,6 +95,32 @@ class _Tier:
 
 
 @dataclass(frozen=True)
+class Guardrails:
+    """A tenant's guardrails (docs/control-plane.md, "Guardrails").
+
+    `prompt_injection`: what a question that reads as an injection gets: "block"
+    (INVALID_ARGUMENT, ErrorInfo reason PROMPT_INJECTION), "flag" (answered, and said so) or
+    "allow" (not checked). `document_injection`: what a source flagged at ingest gets:
+    "drop" (left out of the prompt), "fence" (kept, marked as suspect data) or "allow".
+    `groundedness_floor`: the least share (0..1) of an answer's sentences its sources must
+    support; 0 turns the check off. `ungrounded`: below the floor, "flag" the answer or
+    "replace" it with `replace_tier`'s (an extractive tier's) answer from the same sources.
+    `redact_pii`: emails, phone and card numbers, keys and tokens are redacted from the
+    question, the conversation and the sources before a model reads them.
+    `telemetry_prompts`: the question goes into the request's span in clear (after the same
+    redaction); else telemetry carries its hash only.
+    """
+
+    prompt_injection: str = "flag"
+    document_injection: str = "fence"
+    groundedness_floor: float = 0.0
+    ungrounded: str = "flag"
+    replace_tier: str | None = None
+    redact_pii: bool = False
+    telemetry_prompts: bool = False
+
+
+@dataclass(frozen=True)
 class _Plan:
     """A tenant's effective plan: its tiers, a tier per criticality, its soft-cap tier."""
 
@@ -101,6 +128,7 @@ class _Plan:
     criticality: Mapping[str, str]
     over_soft_cap: str | None
     semantic_cache: frozenset[str] = frozenset()  # criticalities that may use it
+    guardrails: Guardrails = dataclasses.field(default_factory=lambda: Guardrails())
 
 
 class Policy:
@@ -141,6 +169,10 @@ class Policy:
         """Whether `tenant`'s requests of `criticality` ("" is standard) may take a cached
         answer to a question worded differently."""
         return (criticality or "standard") in self._plan(tenant).semantic_cache
+
+    def guardrails(self, tenant: str) -> Guardrails:
+        """`tenant`'s guardrails (default's where it sets none, field by field)."""
+        return self._plan(tenant).guardrails
 
     def allowed(self, tenant: str) -> tuple[str, ...]:
         """The tiers `tenant` may use, in the policy's order."""
@@ -430,6 +462,7 @@ def _plan(
             if base is None or "semantic_cache" in spec
             else base.semantic_cache
         ),
+        guardrails=_guardrails(spec.get("guardrails") or {}, base),
     )
     tiers_field = _dotted([*path, "tiers"]) if "tiers" in spec else "default.tiers"
     uses: list[tuple[list[str | int], str, bool]] = [
@@ -438,6 +471,16 @@ def _plan(
     ]
     if plan.over_soft_cap is not None:
         uses.append(([*path, "over_soft_cap"], plan.over_soft_cap, "over_soft_cap" not in spec))
+    replace = plan.guardrails.replace_tier
+    if replace is not None:
+        own_guardrails = spec.get("guardrails") or {}
+        uses.append(
+            ([*path, "guardrails", "replace_tier"], replace, "replace_tier" not in own_guardrails)
+        )
+    elif plan.guardrails.ungrounded == "replace":
+        raise doc.error(
+            [*path, "guardrails", "ungrounded"], "'replace' needs guardrails.replace_tier"
+        )
     for field, tier, from_base in uses:
         origin = " (from default)" if from_base else ""
         if tier not in tiers:
@@ -447,3 +490,11 @@ def _plan(
                 field, f"{tier!r}{origin} is not in {tiers_field} [{', '.join(plan.tiers)}]"
             )
     return plan
+
+
+def _guardrails(spec: Mapping[str, Any], base: _Plan | None) -> Guardrails:
+    """The guardrails in `spec`, each omitted field `base`'s (the built-in default's for
+    the default plan)."""
+    inherited = base.guardrails if base is not None else Guardrails()
+    known = {f.name for f in dataclasses.fields(Guardrails)}
+    return dataclasses.replace(inherited, **{k: v for k, v in spec.items() if k in known})

@@ -3,7 +3,8 @@
 An entry answers the same request (same tenant, corpus version, question and parameters)
 while it is fresh. A new corpus version changes the key, so an ingest never serves a stale
 answer. While retrieval is down, the gateway looks up the tenant's last corpus version it
-saw. Only deterministic answers (temperature 0) are cached.
+saw; while that version is fresh, it looks up an exact hit before asking retrieval at all.
+Only deterministic answers (temperature 0) are cached.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class AnswerCache(Generic[V]):
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
-        self._versions: dict[str, str] = {}
+        self._versions: dict[str, tuple[str, float]] = {}
 
     def get(self, key: Hashable) -> V | None:
         """The fresh entry under `key`, if any (least recently used entries go first)."""
@@ -47,8 +48,13 @@ class AnswerCache(Generic[V]):
             self._entries.popitem(last=False)
 
     def saw_version(self, tenant: str, version: str) -> None:
-        self._versions[tenant] = version
+        """Retrieval answered with, or a write made, the tenant's corpus `version` now."""
+        self._versions[tenant] = (version, self._clock())
 
-    def last_version(self, tenant: str) -> str | None:
-        """The tenant's corpus version at its last successful retrieval."""
-        return self._versions.get(tenant)
+    def last_version(self, tenant: str, within_s: float | None = None) -> str | None:
+        """The tenant's corpus version at its last successful retrieval or write; None if
+        there was none (or, with `within_s`, none that many seconds ago or later)."""
+        found = self._versions.get(tenant)
+        if found is None or (within_s is not None and self._clock() - found[1] > within_s):
+            return None
+        return found[0]

@@ -33,10 +33,10 @@ from services.config.gateway import GatewayConfig
 from services.contract.documents import MAX_EMBED_INPUTS, Document
 from services.contract.prompt import Source
 from services.control.admission import Charge, Reservation
-from services.gateway import generation, metrics, observe
+from services.control.policy import Guardrails
+from services.gateway import checks, generation, metrics, observe
 from services.gateway.breaker import Breaker
 from services.gateway.cache import AnswerCache
-from services.gateway.citations import citations
 from services.gateway.control import Control, Spent
 from services.gateway.conversation import retrieval_query
 from services.gateway.plan import Plan, Planner
@@ -61,8 +61,10 @@ from services.gateway.values import (
     Citation,
     Dependency,
     GenerateParams,
+    Guardrail,
     Status,
 )
+from services.guardrails.citations import CitationFilter, citations
 
 LOGGER = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
@@ -204,13 +206,15 @@ class GatewayCore:
         answer without sources (or UNAVAILABLE where so configured); a tier down -> its
         fallback tier. Every degraded Answer says why.
         """
+        rails = self._rails(call)
+        params, decisions = checks.check_request(params, rails)
         plan = self._planner.plan(call, params)
         reservation = await self._admit(call, plan.worst)
         progress = _Progress(plan.tier.name, plan.tier.config.model)
         answer: Answer | None = None
         outcome = "failed"
         try:
-            async for event in self._generate(call, params, plan, stream, progress):
+            async for event in self._generate(call, params, plan, stream, progress, decisions):
                 if isinstance(event, Answer):
                     answer = event
                     outcome = "ok"
@@ -248,42 +252,165 @@ class GatewayCore:
             return None
         return await self._control.admit(call, worst)
 
+    def _rails(self, call: Call) -> Guardrails:
+        """The tenant's guardrails; the built-in defaults without a control plane."""
+        if self._control is None:
+            return Guardrails()
+        return self._control.policy.policy.guardrails(call.tenant)
+
     async def _generate(
-        self, call: Call, params: GenerateParams, plan: Plan, stream: bool, progress: _Progress
+        self,
+        call: Call,
+        params: GenerateParams,
+        plan: Plan,
+        stream: bool,
+        progress: _Progress,
+        decisions: list[Guardrail],
     ) -> AsyncGenerator[str | Answer]:
+        """The answer from a cache or the model, after the source and answer guardrails.
+        An answer a guardrail may still withhold or replace (a JSON schema; an ungrounded
+        answer the policy replaces) is asked for in one piece and sent once checked."""
         request_span = trace.get_current_span()
         arrived = time.monotonic()
+        rails = self._rails(call)
+        early = self._early(call, params, plan, decisions)
+        if early is not None:
+            hit, found = early
+            observe.annotate(request_span, call, params, found, hit, self.config.region, rails)
+            observe.answered(found, hit, arrived)
+            yield hit.text
+            yield hit
+            return
         sources = (
             _Sources(Found([], "")) if params.skip_retrieval else await self._sources(call, params)
         )
+        kept, shown, screened = checks.screen_sources(sources.found.chunks, rails)
+        decisions = [*decisions, *screened]
+        flagged = any(d.check == "prompt_injection" and d.action == "flag" for d in decisions)
+        cacheable = plan.cacheable and not flagged  # no answers to injections kept
         scope = self._scope(call, params, plan.tier.name, sources.found.corpus_version)
         key = (*scope, params.query, params.history)
-        semantic = self._semantic_allowed(call, params, plan, sources)
-        cached = self._cached(key, plan, sources) or self._similar(
+        semantic = self._semantic_allowed(call, params, plan, sources) if cacheable else None
+        cached = self._cached(key, plan, sources, cacheable) or self._similar(
             scope, params.query, sources, plan, semantic
         )
         if cached is not None:
-            observe.annotate(request_span, call, params, sources.found, cached, self.config.region)
+            cached = _with_inputs(cached, decisions)
+            checks.record(decisions)
+            observe.annotate(
+                request_span, call, params, sources.found, cached, self.config.region, rails
+            )
             observe.answered(sources.found, cached, arrived)
             yield cached.text
             yield cached
             return
-        answer = None
-        async for event in self._from_model(call, params, plan, sources, stream, arrived, progress):
+        asked, shown, redacted = checks.redact_inputs(params, shown, rails)
+        decisions += redacted
+        hold = params.json_schema is not None or (
+            rails.ungrounded == "replace" and rails.groundedness_floor > 0 and bool(shown)
+        )
+        answer: Answer | None = None
+        async for event in self._from_model(
+            call, asked, plan, sources, (kept, shown), stream and not hold, arrived, progress
+        ):
             if isinstance(event, Answer):
                 answer = event
-            else:
+            elif not hold:
                 yield event
         assert answer is not None
-        if plan.cacheable and not answer.degraded:
+        answer = await self._checked(call, asked, plan, answer, (kept, shown), rails, decisions)
+        checks.record(answer.guardrails)
+        if hold:
+            yield answer.text
+        if cacheable and not answer.degraded:
             self._cache.put(key, (answer, call.trace_id))
             # A semantic match serves whole answers only: one cut by max_tokens may not be
             # whole for the other question.
             if semantic is not None and answer.finish_reason == "stop":
                 self._semantic.put(scope, params.query, semantic, answer, call.trace_id)
-        observe.annotate(request_span, call, params, sources.found, answer, self.config.region)
+        observe.annotate(
+            request_span, call, params, sources.found, answer, self.config.region, rails
+        )
         observe.answered(sources.found, answer, None)
         yield answer
+
+    def _early(
+        self, call: Call, params: GenerateParams, plan: Plan, decisions: list[Guardrail]
+    ) -> tuple[Answer, Found] | None:
+        """An exact hit served before retrieval is asked: on the tenant's corpus version this
+        gateway saw within `corpus_version_fresh_s` (a stale version at most that old);
+        None when there is none, or when the request may not use the cache."""
+        fresh_s = self.config.corpus_version_fresh_s
+        version = self._cache.last_version(call.tenant, fresh_s) if fresh_s else None
+        flagged = any(d.action == "flag" for d in decisions)
+        if not version or params.skip_retrieval or not plan.cacheable or flagged:
+            return None
+        scope = self._scope(call, params, plan.tier.name, version)
+        found = self._cache.get((*scope, params.query, params.history))
+        if found is None:
+            return None  # counted where retrieval's answer decides: _cached
+        metrics.CACHE.labels("answer", HIT).inc()
+        cached, trace_id = found
+        checks.record(decisions)
+        sources = _Sources(Found([], version))
+        answer = _from_cache(cached, CacheMatch("exact", 1.0, trace_id), plan, sources)
+        return _with_inputs(answer, decisions), sources.found
+
+    async def _checked(
+        self,
+        call: Call,
+        params: GenerateParams,
+        plan: Plan,
+        answer: Answer,
+        prompt: tuple[list[Chunk], list[Source]],
+        rails: Guardrails,
+        decisions: list[Guardrail],
+    ) -> Answer:
+        """The answer after the output guardrails, with every decision in order: the
+        request's, the citations', groundedness (an ungrounded answer replaced by
+        `rails.replace_tier`'s where the policy says so), the JSON schema (Aborted when the
+        answer fails it)."""
+        grounded = checks.grounding(answer.text, prompt[1], rails)
+        if grounded is not None and grounded.action == "replace":
+            answer, grounded = await self._replaced(call, params, plan, answer, prompt, grounded)
+        after = [grounded] if grounded is not None else []
+        if params.json_schema is not None:
+            after.append(checks.check_json(answer.text, params.json_schema))
+        return dataclasses.replace(answer, guardrails=(*decisions, *answer.guardrails, *after))
+
+    async def _replaced(
+        self,
+        call: Call,
+        params: GenerateParams,
+        plan: Plan,
+        answer: Answer,
+        prompt: tuple[list[Chunk], list[Source]],
+        grounded: Guardrail,
+    ) -> tuple[Answer, Guardrail]:
+        """The replace tier's answer from the same sources in place of an ungrounded one;
+        the answer stands, flagged, where that tier answered it already or cannot answer.
+        Usage and cost stay the first answer's (that tier's tokens were spent)."""
+        name = self._rails(call).replace_tier or ""
+        if name == answer.tier or not self._tiers.has(name):
+            why = "it answered" if name == answer.tier else "this gateway does not serve it"
+            detail = f"{grounded.detail}; not replaced by tier {name}: {why}"
+            return answer, dataclasses.replace(grounded, action="flag", detail=detail)
+        tier, (kept, shown) = self._tiers.get(name), prompt
+        parts: list[str] = []
+        try:
+            async for step in generation.generate(
+                call, [tier], tier.config.version, params, shown, plan.max_tokens, False
+            ):
+                parts.append(step.delta.text)
+                shown = shown[: step.fitted.sources]
+        except Unavailable as exc:
+            detail = f"{grounded.detail}; tier {name} could not replace it: {exc.message}"
+            return answer, dataclasses.replace(grounded, action="flag", detail=detail)
+        text = "".join(parts)
+        found = [_citation(n, kept[n - 1]) for n in citations(text, shown)]
+        replaced = dataclasses.replace(answer, text=text, citations=found)
+        detail = f"{grounded.detail}; replaced by tier {name}'s extractive answer"
+        return replaced, dataclasses.replace(grounded, detail=detail)
 
     async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
         """Sources for the question (made self-contained with the conversation where it refers
@@ -343,11 +470,14 @@ class GatewayCore:
             return None
         return vector
 
-    def _cached(self, key: tuple[object, ...], plan: Plan, sources: _Sources) -> Answer | None:
-        """A fresh cached answer to the same request on the same corpus version, if any."""
+    def _cached(
+        self, key: tuple[object, ...], plan: Plan, sources: _Sources, cacheable: bool
+    ) -> Answer | None:
+        """A fresh cached answer to the same request on the same corpus version, if any;
+        none for a request that may not use the cache (not `cacheable`)."""
         version = sources.found.corpus_version
-        cached = self._cache.get(key) if plan.cacheable and version else None
-        metrics.CACHE.labels("answer", HIT if cached else MISS if plan.cacheable else BYPASS).inc()
+        cached = self._cache.get(key) if cacheable and version else None
+        metrics.CACHE.labels("answer", HIT if cached else MISS if cacheable else BYPASS).inc()
         if cached is None:
             return None
         answer, trace_id = cached
@@ -379,15 +509,18 @@ class GatewayCore:
         params: GenerateParams,
         plan: Plan,
         sources: _Sources,
+        material: tuple[list[Chunk], list[Source]],
         stream: bool,
         arrived: float,
         progress: _Progress,
     ) -> AsyncGenerator[str | Answer]:
-        """The model's text as it comes, then the Answer: citations of the sources its prompt
-        held, usage, the tier and version that answered, and why it degraded."""
-        chunks = sources.found.chunks
-        prompt_sources = [Source(c.document_id, c.chunk_id, c.text) for c in chunks]
+        """The model's text as it comes, less the citation markers that name no source it
+        was shown, then the Answer: citations of the sources its prompt held, usage, the
+        tier and version that answered, why it degraded, the citation guardrail's decision.
+        `material`: the chunks the prompt may show and their Sources."""
+        chunks, prompt_sources = material
         parts: list[str] = []
+        markers: CitationFilter | None = None
         served, version, shown, last, prompt, budget = plan.tier, plan.version, 0, None, "", 0
         async for step in generation.generate(
             call, plan.chain, plan.version, params, prompt_sources, plan.max_tokens, stream
@@ -400,14 +533,20 @@ class GatewayCore:
                 progress.output_tokens = last.completion_tokens
             elif step.delta.text:
                 progress.output_tokens += 1  # a model without counts: one delta, one token
-            if step.delta.text:
+            markers = markers or CitationFilter(shown)
+            text = markers.feed(step.delta.text)
+            if text:
                 if not parts:
                     ttft = time.monotonic() - arrived
                     metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(ttft)
                     if self._control is not None:
                         self._control.first_token(served.name, ttft)
-                parts.append(step.delta.text)
-                yield step.delta.text
+                parts.append(text)
+                yield text
+        tail = markers.close() if markers else ""
+        if tail:
+            parts.append(tail)
+            yield tail
         if last is not None:
             version = last.model_version
         fallback_from = plan.tier.name if served is not plan.tier else ""
@@ -432,6 +571,7 @@ class GatewayCore:
             fallback_from=fallback_from,
             routing=plan.route,
             cost_usd=self._cost(served.name, progress),
+            guardrails=_marker_check(markers, shown),
         )
 
     def _cost(self, tier: str, progress: _Progress) -> float:
@@ -453,11 +593,16 @@ class GatewayCore:
                     field=name,
                 )
         await self._admit_call(call)
-        return await self._retrieval.upsert(call.tenant, documents, call.remaining())
+        written = await self._retrieval.upsert(call.tenant, documents, call.remaining())
+        self._cache.saw_version(call.tenant, written.corpus_version)  # no stale early hits
+        return written
 
     async def delete(self, call: Call, document_id: str) -> Deleted:
         await self._admit_call(call)
-        return await self._retrieval.delete(call.tenant, document_id, call.remaining())
+        deleted = await self._retrieval.delete(call.tenant, document_id, call.remaining())
+        if deleted.corpus_version:
+            self._cache.saw_version(call.tenant, deleted.corpus_version)
+        return deleted
 
     async def status(self, call: Call) -> Status:
         """The tenant's corpus version (and its replica's lag), and each dependency's health."""
@@ -508,6 +653,22 @@ def _from_cache(answer: Answer, match: CacheMatch, plan: Plan, sources: _Sources
         routing=plan.route,
         cache_match=match,
     )
+
+
+def _marker_check(markers: CitationFilter | None, shown: int) -> tuple[Guardrail, ...]:
+    """The citation guardrail's decision: a pass where sources were shown and every marker
+    names one; none where none were shown and nothing was removed."""
+    if markers is None or not markers.removed:
+        return (Guardrail("citations", "pass", "none"),) if shown else ()
+    detail = f"{markers.removed} markers naming no source shown removed"
+    return (Guardrail("citations", "removed", "remove", detail),)
+
+
+def _with_inputs(answer: Answer, decisions: list[Guardrail]) -> Answer:
+    """A cached answer with this request's input decisions and the answer's own output
+    decisions (citations, groundedness, JSON schema), which hold for its text."""
+    output = tuple(d for d in answer.guardrails if d.check in checks.OUTPUT_CHECKS)
+    return dataclasses.replace(answer, guardrails=(*decisions, *output))
 
 
 def _degraded(sources: _Sources, fallback_from: str, served: str) -> str:

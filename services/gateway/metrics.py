@@ -26,6 +26,17 @@ SEMANTIC_SIMILARITY = Histogram(
     "Cosine similarity of a semantic cache hit's question to the cached one",
     buckets=(0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0),
 )
+GUARDRAILS = Counter(
+    "ragmesh_guardrail_decisions_total",
+    "Guardrail decisions by check (prompt_injection, document_injection, pii, citations, "
+    "groundedness, json_schema), verdict and action",
+    ["check", "verdict", "action"],
+)
+GROUNDEDNESS = Histogram(
+    "ragmesh_answer_groundedness",
+    "Share of an answer's claiming sentences that its sources support (0..1)",
+    buckets=(0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "ragmesh_time_to_first_token_seconds",

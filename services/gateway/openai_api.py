@@ -80,7 +80,6 @@ NEUTRAL: dict[str, tuple[object, ...]] = {
     "tools": ([],),
     "tool_choice": ("none",),
     "parallel_tool_calls": (False, True),
-    "response_format": ({"type": "text"},),
     "store": (False,),
     "metadata": ({},),
 }
@@ -94,6 +93,7 @@ _ERROR_KIND: dict[grpc.StatusCode, tuple[str, str]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ("rate_limit_error", "rate_limit_exceeded"),
     grpc.StatusCode.UNAVAILABLE: ("server_error", "unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: ("server_error", "deadline_exceeded"),
+    grpc.StatusCode.ABORTED: ("server_error", "aborted"),
 }
 _FINISH = {"stop": "stop", "length": "length"}
 _STATUS = "ragmesh.status"  # the request's key for a stream's own ending status
@@ -132,6 +132,29 @@ class _StreamOptions(_Strict):
     include_obfuscation: bool = False  # accepted; no padding is sent
 
 
+class _JsonSchema(_Strict):
+    name: str
+    description: str | None = None
+    schema_: Annotated[dict[str, Any], Field(alias="schema")]
+    strict: bool | None = None  # the schema is always enforced: the answer is checked
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+    def native(self) -> dict[str, Any] | None:
+        """The native request's json_schema: None for text, any object for json_object."""
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise InvalidArgument(
+                    "response_format.json_schema: required when type is json_schema",
+                    field="response_format.json_schema",
+                )
+            return self.json_schema.schema_
+        return {"type": "object"} if self.type == "json_object" else None
+
+
 class ChatRequest(_Strict):
     """POST /v1/chat/completions: OpenAI's fields this API implements, then ragmesh's."""
 
@@ -147,6 +170,7 @@ class ChatRequest(_Strict):
     user: str | None = None
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
+    response_format: _ResponseFormat | None = None
     # null is each field's default, as in OpenAI's API.
     top_k: int | None = None
     filters: dict[str, str] | None = None
@@ -249,6 +273,7 @@ def _params(request: ChatRequest, tiers: Iterable[str], priority: str = "") -> G
         bypass_cache=bool(request.bypass_cache),
         priority=(request.priority or priority).strip(),
         model_version=request.model_version or "",
+        json_schema=request.response_format.native() if request.response_format else None,
     )
 
 
@@ -260,6 +285,8 @@ def _in_openai_terms(error: RagmeshError, request: ChatRequest) -> RagmeshError:
         field = f"messages[{len(request.messages) - 1}].content"
     elif field == "tier":
         field = "model"
+    elif field == "json_schema":
+        field = "response_format.json_schema.schema"
     elif field.startswith("history"):
         field = "messages"  # its turns are numbered after empty ones are left out
     if field == error.field:
@@ -273,6 +300,8 @@ def error_body(error: RagmeshError) -> dict[str, Any]:
     kind, code = _ERROR_KIND.get(error.code, ("server_error", "internal_error"))  # INTERNAL
     if isinstance(error, NotFound) and error.field == "model":
         code = "model_not_found"
+    elif error.reason:  # a guardrail's: prompt_injection, output_schema_violation
+        code = error.reason.lower()
     return {
         "error": {
             "message": error.message,
@@ -318,6 +347,7 @@ def _extension(answer: Answer, call: Call, region: str) -> dict[str, Any]:
             "cache_match": dataclasses.asdict(answer.cache_match) if answer.cache_match else None,
             "corpus_version": answer.corpus_version,
             "cost_usd": answer.cost_usd,
+            "guardrails": [dataclasses.asdict(g) for g in answer.guardrails],
         },
     }
 

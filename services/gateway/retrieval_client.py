@@ -31,7 +31,8 @@ _PASSED_THROUGH = frozenset(
 
 @dataclass(frozen=True)
 class Chunk:
-    """A retrieved chunk; `score` is the cosine similarity to the query (-1..1)."""
+    """A retrieved chunk; `score` is the cosine similarity to the query (-1..1);
+    `injection` the rule the ingest scan found the chunk's text to match, "" for clean."""
 
     document_id: str
     chunk_id: str  # "<document_id>#<index>"
@@ -39,6 +40,7 @@ class Chunk:
     text: str
     title: str
     metadata: dict[str, str]
+    injection: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ class RetrievalClient:
         extra = (DEGRADABLE,) if degradable else ()
         reply = await self._call(self._stub.Search, request, timeout_s, extra)
         chunks = [
-            Chunk(c.document_id, c.chunk_id, c.score, c.text, c.title, dict(c.metadata))
+            Chunk(
+                c.document_id, c.chunk_id, c.score, c.text, c.title, dict(c.metadata), c.injection
+            )
             for c in reply.chunks
         ]
         vector = np.frombuffer(reply.query_vector, "<f4") if reply.query_vector else None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format
 from ragmesh.v1 import admin_pb2, gateway_pb2_grpc
 from ragmesh.v1 import gateway_pb2 as pb
 
@@ -85,6 +86,7 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
         else None,
         corpus_version=answer.corpus_version,
         finish_reason=answer.finish_reason,
+        guardrails=[pb.Guardrail(**dataclasses.asdict(g)) for g in answer.guardrails],
     )
 
 
@@ -133,6 +135,9 @@ def _params(request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> G
         model_version=request.model_version,
         bypass_cache=request.bypass_cache,
         skip_retrieval=request.skip_retrieval,
+        json_schema=json_format.MessageToDict(request.json_schema)
+        if request.HasField("json_schema")
+        else None,
     )
 
 
@@ -263,6 +268,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     text=c.text,
                     title=c.title,
                     metadata=c.metadata,
+                    injection=c.injection,
                 )
                 for c in found.chunks
             ],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.common import telemetry
 from services.common.errors import DeadlineExceeded
@@ -62,6 +64,8 @@ class GenerateParams:
     bypass_cache: bool = False
     skip_retrieval: bool = False
     priority: str = ""  # critical, standard (""), batch: the routing policy's criticality
+    # A JSON Schema (2020-12) the answer must be one JSON value of; None: free text.
+    json_schema: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,21 @@ class CacheMatch:
 
 
 @dataclass(frozen=True)
+class Guardrail:
+    """One guardrail's decision on a request: `check` (prompt_injection, document_injection,
+    pii, citations, groundedness, json_schema), its `verdict` (pass, detected, redacted,
+    removed, ungrounded, invalid), the `action` taken (none, flag, block, drop, fence,
+    redact, remove, replace) and a `detail` sentence (rule names and counts, never text).
+    `score`: groundedness' share of supported sentences, else None."""
+
+    check: str
+    verdict: str
+    action: str
+    detail: str = ""
+    score: float | None = None
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     citations: list[Citation]
@@ -99,6 +118,7 @@ class Answer:
     routing: Route | None = None  # the policy's choice and why; None without a policy
     cost_usd: float = 0.0  # priced by the policy; 0 for a cached answer
     cache_match: CacheMatch | None = None  # set on a cache hit
+    guardrails: tuple[Guardrail, ...] = ()  # every guardrail's decision, in order
 
     @property
     def degraded(self) -> bool:

@@ -3,7 +3,9 @@
 Knows nothing of gRPC. Every write bumps its tenant's corpus version, so a version names
 exactly one state of the corpus. Writes are taken only at the governance point: they go to
 the corpus log first (durable), then to Milvus, then are acknowledged. A replica applies
-the governance point's log entries in order (services/retrieval/replication.py).
+the governance point's log entries in order (services/retrieval/replication.py). Each chunk
+is scanned for injected instructions where it is cut, and the log carries the verdicts
+with the chunks (services/retrieval/verdicts.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from services.common.validation import (
 )
 from services.config.retrieval import RetrievalConfig
 from services.contract.documents import MAX_EMBED_INPUTS, Document
-from services.retrieval import metrics
+from services.retrieval import metrics, verdicts
 from services.retrieval.chunking import Chunker
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.hot_store import HotStore
@@ -62,6 +64,14 @@ class UpsertResult:
 
 
 @dataclass(frozen=True)
+class Chunked:
+    """A document's chunks and each one's injection verdict (a rule's name, "" for clean)."""
+
+    texts: list[str]
+    injections: list[str]
+
+
+@dataclass(frozen=True)
 class ReplicaState:
     region: str
     applied: int
@@ -69,21 +79,22 @@ class ReplicaState:
 
 
 def _upsert_entry(
-    tenant: str, version: int, document: Document, chunks: list[str], vectors: np.ndarray
+    tenant: str, version: int, document: Document, chunked: Chunked, vectors: np.ndarray
 ) -> pb.LogEntry:
     stored = pb.StoredDocument(
         id=document.id,
         title=document.title,
         metadata=document.metadata,
-        chunks=chunks,
+        chunks=chunked.texts,
         vectors=np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
+        injections=chunked.injections,
     )
     return pb.LogEntry(tenant=tenant, version=version, upsert=stored)
 
 
 def _rows(document: pb.StoredDocument) -> DocumentRows:
-    """A logged document as the store takes it; raises ValueError for vectors that do not
-    make one row per chunk."""
+    """A logged document as the store takes it (an entry logged without verdicts is scanned
+    there); raises ValueError for vectors or verdicts that do not make one row per chunk."""
     vectors = np.frombuffer(document.vectors, dtype=np.float32)
     return DocumentRows(
         document.id,
@@ -91,6 +102,7 @@ def _rows(document: pb.StoredDocument) -> DocumentRows:
         dict(document.metadata),
         list(document.chunks),
         vectors.reshape(len(document.chunks), -1),
+        list(document.injections),
     )
 
 
@@ -148,15 +160,16 @@ class RetrievalCore:
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def chunk(self, document: Document, index: int) -> list[str]:
+    def chunk(self, document: Document, index: int) -> Chunked:
         """The document's chunks, each within `chunk_tokens` of the embedder's tokens and
-        `chunk_chars` characters (services/retrieval/chunking.py); InvalidArgument naming
+        `chunk_chars` characters (services/retrieval/chunking.py), and each chunk's injection
+        verdict: the one place chunks are cut and scanned. InvalidArgument naming
         `documents[index].text` when it holds no text."""
         chunks = self._chunker.chunks(document.text)
         if not chunks:
             field_name = f"documents[{index}].text"
             raise InvalidArgument(f"{field_name}: must contain text", field=field_name)
-        return chunks
+        return Chunked(chunks, verdicts.scan(chunks))
 
     async def upsert(
         self, tenant: str, documents: list[Document], timeout_s: float
@@ -177,6 +190,7 @@ class RetrievalCore:
         if len(set(ids)) != len(ids):
             raise InvalidArgument("documents: ids must be unique in one request", field="documents")
         for i, d in enumerate(documents):
+            verdicts.check_reserved(d.metadata, f"documents[{i}].metadata")
             check_string_map(d.metadata, f"documents[{i}].metadata")
         # Off the event loop: chunking a megabyte takes up to seconds (the tokenizer is
         # thread-safe; the store thread stays free for searches).
@@ -184,30 +198,41 @@ class RetrievalCore:
             lambda: [self.chunk(d, i) for i, d in enumerate(documents)]
         )
         limits = self._store.limits
-        for i, (d, chunks) in enumerate(zip(documents, chunked, strict=True)):
-            _refuse(i, limits.field_problem(tenant, d.id, d.title, d.metadata, chunks))
+        for i, (d, c) in enumerate(zip(documents, chunked, strict=True)):
+            # The metadata as a row stores it: with the longest of its chunks' verdicts.
+            metadata = verdicts.stored(d.metadata, max(c.injections, key=len))
+            _refuse(i, limits.field_problem(tenant, d.id, d.title, metadata, c.texts))
         # The title is embedded with each chunk (it often names what the chunk is about),
         # cut to title_tokens so that the embedder reads the chunk whole.
         flat = [
-            self._chunker.embedding_text(d.title, c)
-            for d, chunks in zip(documents, chunked, strict=True)
-            for c in chunks
+            self._chunker.embedding_text(d.title, text)
+            for d, c in zip(documents, chunked, strict=True)
+            for text in c.texts
         ]
         vectors = await self._embedder.embed(flat, timeout_s)
         entries = []
         offset = 0
-        for i, (d, chunks) in enumerate(zip(documents, chunked, strict=True)):
-            rows = vectors[offset : offset + len(chunks)]
-            offset += len(chunks)
-            _refuse(i, limits.vector_problem(rows, len(chunks)))
-            entry = _upsert_entry(tenant, 0, d, chunks, rows)
+        for i, (d, c) in enumerate(zip(documents, chunked, strict=True)):
+            rows = vectors[offset : offset + len(c.texts)]
+            offset += len(c.texts)
+            _refuse(i, limits.vector_problem(rows, len(c.texts)))
+            entry = _upsert_entry(tenant, 0, d, c, rows)
             if (size := entry.ByteSize()) > MAX_ENTRY_BYTES:
                 why = f"{size:,} bytes of chunks and vectors, over an entry's {MAX_ENTRY_BYTES:,}"
                 _refuse(i, ("text", why))
             entries.append(entry)
         async with self._write_lock:
             version = await self._run(self._write, tenant, entries)
-        LOGGER.info("upserted %d documents, %d chunks, version %d", len(ids), len(flat), version)
+        flagged = [rule for c in chunked for rule in c.injections if rule]
+        for rule in flagged:
+            metrics.FLAGGED_CHUNKS.labels(rule=rule).inc()
+        LOGGER.info(
+            "upserted %d documents, %d chunks (%d flagged by the injection scan), version %d",
+            len(ids),
+            len(flat),
+            len(flagged),
+            version,
+        )
         return UpsertResult(documents=len(documents), chunks=len(flat), version=version)
 
     async def delete(self, tenant: str, document_id: str) -> int:
@@ -370,6 +395,7 @@ class RetrievalCore:
         if not query.strip():
             raise InvalidArgument("query: must not be empty", field="query")
         check_range(top_k, 1, MAX_TOP_K, "top_k")
+        verdicts.check_reserved(filters, "filters")
         check_string_map(filters, "filters")
         with _TRACER.start_as_current_span("retrieve") as span:
             vector = (await self._embedder.embed([query], timeout_s))[0]

@@ -2,8 +2,9 @@
 
 Rows live per tenant, each tenant in its own dense float32 matrix of unit vectors, so a
 search reads its tenant's rows and no other's. Beside each vector the index keeps the
-rest of the row (document, chunk index, title, text, metadata), so a search never waits
-on Milvus. Deleting a row moves the last row into its place: the matrix has no holes.
+rest of the row (document, chunk index, title, text, metadata, injection verdict), so a
+search never waits on Milvus. Deleting a row moves the last row into its place: the matrix
+has no holes.
 
 Search scores inner products, equal to cosine on unit vectors. The candidates are the
 tenant's rows whose metadata equal every filter. Up to EXACT_ROWS candidates are all

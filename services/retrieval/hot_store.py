@@ -132,8 +132,12 @@ class HotStore:
 def _rows(document: DocumentRows) -> list[StoredChunk]:
     """The rows MilvusStore.replace_documents writes for `document` (score 0)."""
     return [
-        StoredChunk(document.document_id, i, 0.0, text, document.title, document.metadata)
-        for i, text in enumerate(document.chunks)
+        StoredChunk(
+            document.document_id, i, 0.0, text, document.title, document.metadata, injection
+        )
+        for i, (text, injection) in enumerate(
+            zip(document.chunks, document.injections, strict=True)
+        )
     ]
 
 

@@ -8,3 +8,10 @@ REJECTED_WRITES = Counter(
     "ragmesh_retrieval_rejected_writes_total",
     "Corpus log entries the governance point's store refused for good (rejected, skipped)",
 )
+
+FLAGGED_CHUNKS = Counter(
+    "ragmesh_ingest_chunks_flagged_total",
+    "Chunks the ingest scan found injected instructions in, by the rule that matched "
+    "(services/guardrails/injection.py); stored and served with the verdict",
+    ["rule"],
+)

@@ -55,6 +55,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                     text=c.text,
                     title=c.title,
                     metadata=c.metadata,
+                    injection=c.injection,
                 )
                 for c in chunks
             ],

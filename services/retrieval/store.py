@@ -6,7 +6,8 @@ the corpus version that wrote it: a re-ingest upserts the new version's chunks i
 call, then deletes the older versions' chunks of that document, so a document is
 never half old and half new, and writing the same version twice changes nothing.
 Per-tenant corpus versions live in a second collection. Milvus is the store of record;
-services/retrieval/hot_store.py keeps an in-process index of it for fast search.
+services/retrieval/hot_store.py keeps an in-process index of it for fast search. Each row
+keeps its chunk's injection verdict inside its metadata JSON (services/retrieval/verdicts.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+
+from services.retrieval import verdicts
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,17 +36,29 @@ class StoredChunk:
     text: str
     title: str
     metadata: dict[str, str]
+    injection: str = ""  # the ingest scan's verdict: a rule's name, "" for clean
 
 
 @dataclass(frozen=True)
 class DocumentRows:
-    """One document's chunks and their vectors, as one corpus version writes them."""
+    """One document's chunks, their vectors and their injection verdicts, as one corpus
+    version writes them. Without verdicts (a log entry from before the ingest scan), the
+    chunks are scanned here."""
 
     document_id: str
     title: str
     metadata: dict[str, str]
     chunks: list[str]
     vectors: np.ndarray
+    injections: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.injections:
+            object.__setattr__(self, "injections", verdicts.scan(self.chunks))
+        elif len(self.injections) != len(self.chunks):
+            raise ValueError(
+                f"{len(self.injections)} injection verdicts for {len(self.chunks)} chunks"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,6 +191,7 @@ class MilvusStore:
             schema.add_field("chunk_index", DataType.INT64)
             schema.add_field("title", DataType.VARCHAR, max_length=1024)
             schema.add_field("text", DataType.VARCHAR, max_length=65_535)
+            # The document's metadata and the chunk's injection verdict (verdicts.KEY).
             schema.add_field("metadata", DataType.JSON)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
             index = self._client.prepare_index_params()
@@ -239,11 +255,13 @@ class MilvusStore:
                 "chunk_index": i,
                 "title": d.title,
                 "text": text,
-                "metadata": d.metadata,
+                "metadata": verdicts.stored(d.metadata, injection),
                 "vector": vector.tolist(),
             }
             for d in documents
-            for i, (text, vector) in enumerate(zip(d.chunks, d.vectors, strict=True))
+            for i, (text, vector, injection) in enumerate(
+                zip(d.chunks, d.vectors, d.injections, strict=True)
+            )
         ]
         self._client.upsert(self._chunks, rows)
         ids = ", ".join(literal(d.document_id) for d in documents)
@@ -327,10 +345,6 @@ class MilvusStore:
         return f"tenant == {literal(tenant)} and document_id == {literal(document_id)}"
 
 
-def _metadata(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (value or {}).items()}
-
-
 def _scanned(row: dict[str, Any]) -> ScannedRow:
     chunk = _chunk({"entity": row, "distance": 0.0})
     return ScannedRow(tenant=str(row["tenant"]), chunk=chunk, vector=row["vector"])
@@ -338,11 +352,13 @@ def _scanned(row: dict[str, Any]) -> ScannedRow:
 
 def _chunk(hit: dict[str, Any]) -> StoredChunk:
     entity = hit["entity"]
+    metadata, injection = verdicts.split(entity.get("metadata"), entity["text"])
     return StoredChunk(
         document_id=entity["document_id"],
         chunk_index=int(entity["chunk_index"]),
         score=float(hit["distance"]),
         text=entity["text"],
         title=entity["title"],
-        metadata=_metadata(entity.get("metadata")),
+        metadata=metadata,
+        injection=injection,
     )

@@ -1,5 +1,5 @@
 from services.contract.prompt import Source, build_prompt
-from services.gateway.citations import citations, cited
+from services.guardrails.citations import citations, cited
 
 
 def test_sources_are_numbered_and_fenced_as_data():

@@ -15,8 +15,9 @@ import pytest
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.config.gateway import GatewayConfig
+from services.contract.documents import Document
 from services.gateway.core import GatewayCore
-from services.gateway.retrieval_client import Chunk, Found
+from services.gateway.retrieval_client import Chunk, Found, Written
 from services.gateway.tiers import Tiers
 from services.gateway.values import BYPASS, HIT, MISS, Answer, Call, GenerateParams
 from services.triton.llm import Delta
@@ -77,9 +78,15 @@ class FakeLLM:
 
 
 @pytest.fixture
-def gateway():
+def gateway(request):
+    """A core on fake retrieval and models; retrieval is asked first on every request unless
+    the test is marked `fresh(seconds)` (corpus_version_fresh_s)."""
+    marker = request.node.get_closest_marker("fresh")
     config = GatewayConfig(
-        triton_target=LOCAL, triton_fallback_targets=[REMOTE], breaker_failures=2
+        triton_target=LOCAL,
+        triton_fallback_targets=[REMOTE],
+        breaker_failures=2,
+        corpus_version_fresh_s=marker.args[0] if marker else 0.0,
     )
     llms: dict[str, FakeLLM] = {}
 
@@ -117,6 +124,31 @@ async def test_an_answer_is_cached_per_tenant_and_corpus_version(gateway) -> Non
     _, sampled = await _ask(core, temperature=0.7)
     assert sampled.cache_status == BYPASS
     assert (await _ask(core, bypass_cache=True))[1].cache_status == BYPASS
+
+
+@pytest.mark.fresh(0.3)
+async def test_an_exact_hit_on_a_fresh_corpus_version_skips_retrieval(gateway) -> None:
+    core, retrieval, llms = gateway
+    await _ask(core)
+    _, hit = await _ask(core)
+    assert (hit.cache_status, hit.cache_match.kind, retrieval.calls) == (HIT, "exact", 1)
+    # Another gateway's ingest is seen once the version is no longer fresh: never later.
+    retrieval.version = "8"
+    assert (await _ask(core))[1].cache_status == HIT  # within corpus_version_fresh_s
+    await asyncio.sleep(0.35)
+    assert (await _ask(core))[1].cache_status == MISS
+    assert retrieval.calls == 2
+
+    # An ingest through this gateway is seen at once.
+    async def upsert(tenant, documents, timeout_s):
+        retrieval.version = "9"
+        return Written(len(documents), 1, "9")
+
+    retrieval.upsert = upsert
+    assert (await _ask(core))[1].cache_status == HIT  # "8" is fresh again
+    await core.ingest(Call.start("demo", 10.0), [Document("tea", "Tea", "Brew at 70 C.")])
+    assert (await _ask(core))[1].cache_status == MISS
+    assert len(llms[LOCAL].prompts) == 3
 
 
 @pytest.mark.parametrize(

@@ -588,6 +588,8 @@ def test_schema_of_generate_takes_proto_and_json_names(descriptor_set: Path) -> 
         "seed": "scalar",
         "user": "scalar",
         "history": "message:ragmesh.v1.Turn",
+        "json_schema": "well_known",
+        "jsonSchema": "well_known",
     }
 
 

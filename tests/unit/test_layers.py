@@ -16,6 +16,7 @@ FLOORS = {
     "triton": 2,  # the Triton client: generation, embeddings, model control
     "client": 2,  # the gateway's client library, documents, the sample corpus
     "control": 2,  # tenants, keys, leases, usage, the routing policy
+    "guardrails": 2,  # prompt injection, groundedness: checks the planes share
     "gateway": 3,  # the planes
     "retrieval": 3,
     "console": 3,
