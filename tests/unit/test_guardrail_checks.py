@@ -4,18 +4,22 @@ JSON schemas, and the policy that says what each finding gets."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common.errors import Aborted, InvalidArgument, rpc_status
 from services.contract.prompt import Source, Turn, build_prompt
 from services.control.policy import Guardrails, Policy, PolicyError
-from services.gateway import checks
+from services.gateway import checks, observe
 from services.gateway.openai_api import ChatRequest, _params, error_body
 from services.gateway.retrieval_client import Chunk, Found
-from services.gateway.values import Call, GenerateParams
+from services.gateway.values import Answer, Call, GenerateParams, Guardrail
 from services.guardrails.citations import CitationFilter
 from services.guardrails.grounding import groundedness
 from tests.unit.test_degradation import gateway  # noqa: F401 (a fixture)
@@ -263,3 +267,32 @@ async def test_an_ungrounded_answer_is_replaced_and_a_stream_waits_for_the_check
     events = [e async for e in core.generate(call, GenerateParams(query="How hot now?"))]
     grounded = next(d for d in events[-1].guardrails if d.check == "groundedness")
     assert grounded.action == "flag" and "not replaced" in grounded.detail
+
+
+def test_the_span_holds_the_prompt_only_where_the_tenant_opts_in() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    question = "Mail ana@example.com: how hot should tea be?"
+    answer = Answer(
+        "80 C [1].", [], 10, 3, "economy/1", "economy", "7", "stop",
+        guardrails=(Guardrail("prompt_injection", "pass", "none"),
+                    Guardrail("citations", "removed", "remove", "1 markers ... removed")),
+    )  # fmt: skip
+    for opted in (False, True):
+        with provider.get_tracer("t").start_as_current_span("request") as span:
+            observe.annotate(
+                span, Call.start("demo", 5.0), GenerateParams(query=question), Found([], "7"),
+                answer, "local", Guardrails(telemetry_prompts=opted),
+            )  # fmt: skip
+    quiet, opted_in = exporter.get_finished_spans()
+    for span in (quiet, opted_in):
+        assert "ana@example.com" not in json.dumps(dict(span.attributes))
+        assert span.attributes["ragmesh.guardrails"] == (
+            "prompt_injection:pass:none",
+            "citations:removed:remove",
+        )
+        assert [e.attributes["check"] for e in span.events] == ["citations"]  # no passes
+    assert "gen_ai.input.messages" not in quiet.attributes
+    messages = json.loads(opted_in.attributes["gen_ai.input.messages"])
+    assert messages[0]["parts"][0]["content"] == "Mail [REDACTED:email]: how hot should tea be?"
