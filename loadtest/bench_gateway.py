@@ -24,7 +24,7 @@
    (its labelled sets), when that module is there.
 3. The guardrails' CPU per request, in process (time.process_time, this process alone), on
    and off: "on" runs what the gateway runs per generate request (services/gateway/
-   checks.py): `check_request` (the policy's guardrails with prompt_injection "flag", so
+   checks.py): `check_injection` (the policy's guardrails with prompt_injection "flag", so
    nothing raises), `screen_sources` over 5 chunks of about 800 characters, `redact_inputs`,
    a CitationFilter fed a ~600-character answer in 4-character deltas, `grounding` (floor
    0.5) and `record` (the decisions' metrics); "on + PII" the same with redact_pii; "off"
@@ -277,7 +277,8 @@ def sample_request() -> Request:
 
 def guarded(request: Request, rails: Guardrails) -> str:
     """The guardrails one generate request passes, in the gateway's order."""
-    params, decisions = checks.check_request(request.params, rails)
+    params = checks.with_schema(request.params)
+    decisions = checks.check_injection(params, rails)
     _, shown, screened = checks.screen_sources(request.chunks, rails)
     _, shown, redacted = checks.redact_inputs(params, shown, rails)
     markers = CitationFilter(len(shown))

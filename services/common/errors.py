@@ -25,12 +25,13 @@ class RagmeshError(Exception):
     code = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, field: str = "", reason: str = "") -> None:
-        # Redacted once, here: a message may quote a refused value, and it reaches the
+        # Redacted once, here: a message may quote a refused value (a client who sends a
+        # card number as a document id reads "[REDACTED:card]" back), and it reaches the
         # client, the logs, our spans and the edge's (Envoy records grpc-message).
         message = redact(message)
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.field = redact(field)  # a field's name may hold a key the client chose
         # A google.rpc.ErrorInfo reason (UPPER_SNAKE_CASE, domain ERROR_DOMAIN) where the
         # status alone does not say why: PROMPT_INJECTION, OUTPUT_SCHEMA_VIOLATION.
         self.reason = reason

@@ -119,6 +119,19 @@ class Guardrails:
     redact_pii: bool = False
     telemetry_prompts: bool = False
 
+    @property
+    def shaping(self) -> tuple[object, ...]:
+        """The fields that change an answer (what a model reads, what may replace it): part
+        of a cached answer's scope, so a policy change never serves an answer made under
+        the old one."""
+        return (
+            self.document_injection,
+            self.groundedness_floor,
+            self.ungrounded,
+            self.replace_tier,
+            self.redact_pii,
+        )
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -464,6 +477,7 @@ def _plan(
         ),
         guardrails=_guardrails(spec.get("guardrails") or {}, base),
     )
+    _finite(doc, path, spec)
     tiers_field = _dotted([*path, "tiers"]) if "tiers" in spec else "default.tiers"
     uses: list[tuple[list[str | int], str, bool]] = [
         ([*path, "criticality", kind], plan.criticality[kind], kind not in own)
@@ -498,3 +512,10 @@ def _guardrails(spec: Mapping[str, Any], base: _Plan | None) -> Guardrails:
     inherited = base.guardrails if base is not None else Guardrails()
     known = {f.name for f in dataclasses.fields(Guardrails)}
     return dataclasses.replace(inherited, **{k: v for k, v in spec.items() if k in known})
+
+
+def _finite(doc: _Document, path: list[str | int], spec: Mapping[str, Any]) -> None:
+    """JSON Schema's bounds let YAML's .nan through (every comparison with it is false)."""
+    floor = (spec.get("guardrails") or {}).get("groundedness_floor")
+    if isinstance(floor, float) and not math.isfinite(floor):
+        raise doc.error([*path, "guardrails", "groundedness_floor"], "must be a number 0..1")

@@ -102,11 +102,14 @@ PUBLIC_WRITE_PATHS = (
 # Envoy's own files stay in the repository's envoy/ folder.
 REQUEST_GUARD_LUA = Path(__file__).resolve().parents[2] / "envoy" / "request_guard.lua"
 
-# Headers and timings only: no bodies and no credentials (x-api-key, authorization).
+# Timings and what the mesh itself names, never what a client wrote: no bodies, no
+# credentials (x-api-key, authorization), no query string, user agent or request id. The
+# path is the one the request was routed by: a JSON call's gRPC method (the transcoder's
+# rewrite; a document id in DELETE /v1/documents/{id} stays out), an OpenAI path as sent.
 ACCESS_LOG_FORMAT: dict[str, str] = {
     "start_time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "path": "%PATH(NQ:PATH)%",
     "protocol": "%PROTOCOL%",
     "response_code": "%RESPONSE_CODE%",
     "grpc_status": "%GRPC_STATUS%",
@@ -116,9 +119,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "bytes_sent": "%BYTES_SENT%",
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "upstream_host": "%UPSTREAM_HOST%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
-    "traceparent": "%REQ(TRACEPARENT)%",
-    "user_agent": "%REQ(USER-AGENT)%",
+    "trace_id": "%TRACE_ID%",
 }
 
 
@@ -266,6 +267,12 @@ def _tracing(config: MeshConfig, *, entry: bool) -> dict[str, Any] | None:
         return None
     return {
         "random_sampling": {"value": t.sample_ratio * 100 if entry else 100.0},
+        # What a client wrote stays out of the edge's spans, as out of its access log:
+        # Envoy's default tags of the URL (its query string, a document id) and the user
+        # agent, which it cannot leave out, are overwritten (custom tags are set last).
+        "custom_tags": [
+            {"tag": tag, "literal": {"value": "-"}} for tag in ("http.url", "user_agent")
+        ],
         "provider": {
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {

@@ -48,8 +48,12 @@ class AnswerCache(Generic[V]):
             self._entries.popitem(last=False)
 
     def saw_version(self, tenant: str, version: str) -> None:
-        """Retrieval answered with, or a write made, the tenant's corpus `version` now."""
-        self._versions[tenant] = (version, self._clock())
+        """Retrieval answered with, or a write made, the tenant's corpus `version` now. A
+        number below the one already seen (a search that read the corpus before a write
+        this gateway saw end) says nothing new: it is left out."""
+        seen = self._versions.get(tenant)
+        if seen is None or not _older(version, seen[0]):
+            self._versions[tenant] = (version, self._clock())
 
     def last_version(self, tenant: str, within_s: float | None = None) -> str | None:
         """The tenant's corpus version at its last successful retrieval or write; None if
@@ -58,3 +62,8 @@ class AnswerCache(Generic[V]):
         if found is None or (within_s is not None and self._clock() - found[1] > within_s):
             return None
         return found[0]
+
+
+def _older(version: str, than: str) -> bool:
+    """Whether corpus `version` (retrieval's counter, in decimal) is below `than`."""
+    return version.isdigit() and than.isdigit() and int(version) < int(than)

@@ -3,9 +3,10 @@ answer. Each decision is a Guardrail, counted in the metrics by check, verdict a
 the core puts them in the response and the trace. A tenant's policy (services/control/
 policy.py `Guardrails`) says what each finding gets.
 
-In: `check_request` refuses a question that reads as a prompt injection (policy "block":
-INVALID_ARGUMENT with ErrorInfo reason PROMPT_INJECTION, before any charge) or flags it,
-checks a request's JSON schema, and asks the model for JSON where one is given;
+In: `with_schema` checks a request's JSON schema and asks the model for JSON where one is
+given; `check_injection` refuses a question that reads as a prompt injection (policy
+"block": INVALID_ARGUMENT with ErrorInfo reason PROMPT_INJECTION, before any charge) or
+flags it;
 `screen_sources` drops or fences the sources retrieval flagged at ingest; `redact_inputs`
 takes PII and secrets out of what a model reads. Out: `grounding` scores the answer against
 its sources; `check_json` refuses an answer that is not one JSON value of the schema
@@ -17,10 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
+from referencing.jsonschema import DRAFT202012
 
 from services.common.errors import Aborted, InvalidArgument
 from services.common.redaction import redact
@@ -47,25 +51,73 @@ def record(decisions: Iterable[Guardrail]) -> None:
             metrics.GROUNDEDNESS.observe(d.score)
 
 
-def check_request(
-    params: GenerateParams, rails: Guardrails
-) -> tuple[GenerateParams, list[Guardrail]]:
-    """The request as the model will be asked it, and the input guardrails' decisions.
+def with_schema(params: GenerateParams) -> GenerateParams:
+    """The request as the model will be asked it: a JSON schema adds a system turn asking
+    for one JSON value of it. Raises InvalidArgument naming `json_schema` for a schema that
+    is not one (JSON Schema 2020-12), refers outside itself or to nothing, or to itself
+    without end."""
+    if params.json_schema is None:
+        return params
+    schema = params.json_schema
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        resolver = _registry(schema).resolver()
+        for ref in _refs(schema):
+            if not ref.startswith("#"):
+                raise InvalidArgument(
+                    f"json_schema: $ref {ref[:100]!r} points outside the schema; only "
+                    "references inside it ('#...') are followed",
+                    field="json_schema",
+                )
+            resolver.lookup(ref)
+        _validator(schema).is_valid(None)  # a schema referring to itself without end recurses
+    except jsonschema.SchemaError as exc:
+        raise InvalidArgument(
+            f"json_schema: not a JSON Schema (2020-12): {exc.message[:200]}", field="json_schema"
+        ) from None
+    except (referencing.exceptions.Unresolvable, RecursionError) as exc:
+        raise InvalidArgument(f"json_schema: {_unusable(exc)}", field="json_schema") from None
+    turn = Turn("system", _JSON_TURN + json.dumps(schema, sort_keys=True))
+    return dataclasses.replace(params, history=(*params.history, turn))
 
-    Raises InvalidArgument naming `json_schema` for a schema that is not one, and, where the
-    policy blocks injections, naming `query` or `history[i].content` with reason
-    PROMPT_INJECTION; a refusal is counted here. A schema adds a system turn asking for JSON.
-    """
-    if params.json_schema is not None:
-        try:
-            jsonschema.Draft202012Validator.check_schema(params.json_schema)
-        except jsonschema.SchemaError as exc:
-            raise InvalidArgument(
-                f"json_schema: not a JSON Schema (2020-12): {exc.message[:200]}",
-                field="json_schema",
-            ) from None
-        turn = Turn("system", _JSON_TURN + json.dumps(params.json_schema, sort_keys=True))
-        params = dataclasses.replace(params, history=(*params.history, turn))
+
+def _registry(schema: Mapping[str, Any]) -> referencing.Registry[Any]:
+    """`schema` alone, and no retrieval: jsonschema's default registry fetches a $ref's URL
+    (blocking the event loop, on a host the client names)."""
+    resource = referencing.Resource.from_contents(schema, default_specification=DRAFT202012)
+    names = ["", resource.id() or ""]  # its own $id too: "#..." resolves against it
+    return referencing.Registry().with_resources((name, resource) for name in names)
+
+
+def _validator(schema: Mapping[str, Any]) -> jsonschema.Draft202012Validator:
+    """A validator whose references resolve inside `schema` alone."""
+    return jsonschema.Draft202012Validator(schema, registry=_registry(schema))
+
+
+def _refs(node: object) -> Iterator[str]:
+    """Every $ref and $dynamicRef in a schema, at any depth."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _unusable(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "the schema refers to itself without end"
+    return f"a reference resolves to nothing ({str(exc)[:100]})"
+
+
+def check_injection(params: GenerateParams, rails: Guardrails) -> list[Guardrail]:
+    """The prompt-injection decision on the client's own words. Where the policy blocks,
+    raises InvalidArgument naming `query` or `history[i].content` with reason
+    PROMPT_INJECTION, counted here. Call it after the request's size checks: reading a
+    text costs time in its length."""
     decisions = []
     if rails.prompt_injection != "allow":
         found = _injection(params)
@@ -83,7 +135,7 @@ def check_request(
                     reason=PROMPT_INJECTION,
                 )
             decisions.append(decision)
-    return params, decisions
+    return decisions
 
 
 def _injection(params: GenerateParams) -> tuple[str, str] | None:
@@ -158,23 +210,24 @@ def grounding(answer: str, sources: Sequence[Source], rails: Guardrails) -> Guar
     return Guardrail("groundedness", "pass", "none", detail, share)
 
 
-def check_json(text: str, schema: Mapping[str, Any]) -> Guardrail:
-    """The pass decision for an answer that is one JSON value of `schema` (inside a ```json
-    fence or not). Raises Aborted (reason OUTPUT_SCHEMA_VIOLATION) naming where it fails;
-    counted here."""
+def check_json(text: str, schema: Mapping[str, Any]) -> tuple[str, Guardrail]:
+    """The answer as the client gets it, one JSON value of `schema` (a ```json fence around
+    it taken off), and the pass decision. Raises Aborted (reason OUTPUT_SCHEMA_VIOLATION)
+    naming where it fails, counted here; InvalidArgument where the schema itself cannot be
+    applied (with_schema refuses the schemas it can tell)."""
     fenced = _FENCE.match(text)
+    body = fenced.group(1) if fenced else text
     try:
-        value = json.loads(fenced.group(1) if fenced else text)
+        value = json.loads(body)
     except json.JSONDecodeError as exc:
         problem = f"the answer is not JSON ({exc.msg} at character {exc.pos})"
     else:
-        error = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(schema).iter_errors(value)
-        )
+        try:
+            error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(value))
+        except (referencing.exceptions.Unresolvable, RecursionError) as exc:
+            raise InvalidArgument(f"json_schema: {_unusable(exc)}", field="json_schema") from None
         if error is None:
-            decision = Guardrail("json_schema", "pass", "none")
-            record([decision])
-            return decision
+            return body, Guardrail("json_schema", "pass", "none")
         # The keyword that failed, not jsonschema's message: that quotes the answer's text.
         problem = f"the answer fails the schema's {error.validator!r} at {error.json_path}"
     record([Guardrail("json_schema", "invalid", "block")])

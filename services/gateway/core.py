@@ -207,8 +207,9 @@ class GatewayCore:
         fallback tier. Every degraded Answer says why.
         """
         rails = self._rails(call)
-        params, decisions = checks.check_request(params, rails)
+        params = checks.with_schema(params)
         plan = self._planner.plan(call, params)
+        decisions = checks.check_injection(params, rails)
         reservation = await self._admit(call, plan.worst)
         progress = _Progress(plan.tier.name, plan.tier.config.model)
         answer: Answer | None = None
@@ -319,6 +320,8 @@ class GatewayCore:
                 yield event
         assert answer is not None
         answer = await self._checked(call, asked, plan, answer, (kept, shown), rails, decisions)
+        if flagged:  # the cache was bypassed, not missed
+            answer = dataclasses.replace(answer, cache_status=BYPASS)
         checks.record(answer.guardrails)
         if hold:
             yield answer.text
@@ -375,7 +378,9 @@ class GatewayCore:
             answer, grounded = await self._replaced(call, params, plan, answer, prompt, grounded)
         after = [grounded] if grounded is not None else []
         if params.json_schema is not None:
-            after.append(checks.check_json(answer.text, params.json_schema))
+            text, decision = checks.check_json(answer.text, params.json_schema)
+            answer = dataclasses.replace(answer, text=text)
+            after.append(decision)
         return dataclasses.replace(answer, guardrails=(*decisions, *answer.guardrails, *after))
 
     async def _replaced(
@@ -409,7 +414,7 @@ class GatewayCore:
         text = "".join(parts)
         found = [_citation(n, kept[n - 1]) for n in citations(text, shown)]
         replaced = dataclasses.replace(answer, text=text, citations=found)
-        detail = f"{grounded.detail}; replaced by tier {name}'s extractive answer"
+        detail = f"{grounded.detail}; replaced by tier {name}'s answer"
         return replaced, dataclasses.replace(grounded, detail=detail)
 
     async def _sources(self, call: Call, params: GenerateParams) -> _Sources:
@@ -439,9 +444,11 @@ class GatewayCore:
         self, call: Call, params: GenerateParams, tier: str, version: str
     ) -> tuple[object, ...]:
         """What a cached answer must share with a request besides its question: tenant,
-        corpus version, tier and every generation parameter."""
+        corpus version, tier, every generation parameter and the tenant's guardrails that
+        shape an answer."""
         filters = tuple(sorted(params.filters.items()))
         return (
+            self._rails(call).shaping,
             call.tenant,
             version,
             tier,
@@ -533,8 +540,9 @@ class GatewayCore:
                 progress.output_tokens = last.completion_tokens
             elif step.delta.text:
                 progress.output_tokens += 1  # a model without counts: one delta, one token
-            markers = markers or CitationFilter(shown)
-            text = markers.feed(step.delta.text)
+            if markers is None and not params.skip_retrieval:  # a plain chat cites nothing
+                markers = CitationFilter(shown)
+            text = markers.feed(step.delta.text) if markers else step.delta.text
             if text:
                 if not parts:
                     ttft = time.monotonic() - arrived

@@ -109,12 +109,13 @@ def test_a_document_with_instructions_is_flagged_at_ingest_then_fenced_or_droppe
     )
     flags = {hit.document_id: hit.injection for hit in found.hits}
     assert flags == {"kettle": "override_instructions", "tea": ""}
-    fenced = _ask(stub, key, "When does an electric kettle switch itself off?", bypass_cache=True)
+    question = "When does an electric kettle switch itself off?"
+    fenced = _ask(stub, key, question)
     assert _decisions(fenced)["document_injection"] == ("detected", "fence")
+    assert _ask(stub, key, question).cache_status == pb.CACHE_STATUS_HIT
     with _policy_for(mesh, name, "{document_injection: drop}"):
-        dropped = _ask(
-            stub, key, "When does an electric kettle switch itself off?", bypass_cache=True
-        )
+        dropped = _ask(stub, key, question)  # the answer made under "fence" is not served
+    assert dropped.cache_status == pb.CACHE_STATUS_MISS
     assert _decisions(dropped)["document_injection"] == ("detected", "drop")
     assert "kettle" not in {c.document_id for c in dropped.citations}
     assert "evil.example" not in dropped.answer
@@ -182,10 +183,10 @@ def test_pii_is_redacted_before_the_model_where_the_policy_asks(mesh, stub):
         pb.IngestDocumentsRequest(documents=[document]), metadata=meta, timeout=120
     )
     question = "How is support for the espresso machine reached?"
-    plain = _ask(stub, key, question, bypass_cache=True)
+    plain = _ask(stub, key, question)
     assert "help.desk@example.com" in plain.answer  # the extractive tier quotes its source
     with _policy_for(mesh, name, "{redact_pii: true}"):
-        redacted = _ask(stub, key, question, bypass_cache=True)
+        redacted = _ask(stub, key, question)  # not the cached answer made without redaction
     assert "help.desk@example.com" not in redacted.answer
     assert "[REDACTED:email]" in redacted.answer
     assert _decisions(redacted)["pii"] == ("redacted", "redact")

@@ -32,12 +32,12 @@ SECRETS = (KEY, KEY[:24], EMAIL, PHONE, CARD, CARD.replace(" ", ""))
 LAYERS = {"ragmesh-edge", "ragmesh-gateway", "ragmesh-retrieval"}
 
 
-def _post(mesh, path: str, body: dict, headers: dict[str, str]) -> int:
+def _post(mesh, path: str, body: dict | None, headers: dict[str, str], method="POST") -> int:
     request = urllib.request.Request(
         mesh.http_url + path,
-        data=json.dumps(body).encode(),
+        data=None if body is None else json.dumps(body).encode(),
         headers={"content-type": "application/json", **headers},
-        method="POST",
+        method=method,
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -90,6 +90,12 @@ def exported(traced):  # noqa: F811
     assert _post(mesh, "/v1/chat/completions", {**chat, "max_tokens": 8}, {"x-api-key": key}) == 200
     assert _post(mesh, "/v1/chat/completions", {**chat, "model": KEY}, {"x-api-key": key}) == 404
     assert _post(mesh, "/v1/chat/completions", chat, {"authorization": f"Bearer {KEY}"}) == 401
+    # In what Envoy could log of a request line: a user agent, a query string, a path.
+    agent = {"x-api-key": key, "user-agent": f"probe/1.0 ({EMAIL}; {KEY})"}
+    assert _post(mesh, "/v1/search", {"query": "kiln"}, agent) == 200
+    assert _post(mesh, f"/v1/search?api_key={KEY}", {"query": "kiln"}, {"x-api-key": key}) == 400
+    gone = _post(mesh, f"/v1/documents/{CARD.replace(' ', '')}", None, {"x-api-key": key}, "DELETE")
+    assert gone == 404
     # Every layer's spans of the answered question are in, then past every batch delay.
     deadline = time.monotonic() + 20
     while not LAYERS.issubset(service for service, _ in receiver.trace(reply.trace_id)):

@@ -45,6 +45,28 @@ def test_markers_naming_no_shown_source_are_removed_however_the_text_is_cut() ->
         assert _filtered(2, pieces) == (whole, 2)
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "zeros = [0] * 10",
+        "counts = [0] * n",
+        "f([9])",
+        "y = [7]",
+        "Use `a[5]` here",
+        "```python\nb = c [8]\n```",
+        "args[3]",
+    ],
+)
+def test_code_keeps_its_brackets(code: str) -> None:
+    for size in (1, 3, 100):
+        pieces = [code[i : i + size] for i in range(0, len(code), size)]
+        assert _filtered(2, pieces) == (code, 0)
+
+
+def test_a_removed_marker_keeps_the_line_breaks_before_it() -> None:
+    assert _filtered(2, ["It is so.\n\n[9] Next [1]."]) == ("It is so.\n\n Next [1].", 1)
+
+
 def test_a_held_open_marker_is_sent_when_the_answer_ends() -> None:
     assert _filtered(3, ["Arrays start at [", "1"]) == ("Arrays start at [1", 0)
     assert _filtered(3, ["trailing space "]) == ("trailing space ", 0)
@@ -69,11 +91,10 @@ def test_an_injected_question_gets_the_policys_action(action: str) -> None:
     params = GenerateParams(query=INJECTION)
     if action == "block":
         with pytest.raises(InvalidArgument) as refused:
-            checks.check_request(params, rails)
+            checks.check_injection(params, rails)
         assert (refused.value.field, refused.value.reason) == ("query", "PROMPT_INJECTION")
         return
-    asked, decisions = checks.check_request(params, rails)
-    assert asked == params
+    decisions = checks.check_injection(params, rails)
     expected = [("prompt_injection", "detected", "flag")] if action == "flag" else []
     assert [(d.check, d.verdict, d.action) for d in decisions] == expected
 
@@ -82,11 +103,9 @@ def test_a_user_turn_is_checked_and_a_system_turn_is_not() -> None:
     rails = Guardrails(prompt_injection="block")
     history = (Turn("system", INJECTION), Turn("user", "Hi"), Turn("user", INJECTION))
     with pytest.raises(InvalidArgument) as refused:
-        checks.check_request(GenerateParams(query="And tea?", history=history), rails)
+        checks.check_injection(GenerateParams(query="And tea?", history=history), rails)
     assert refused.value.field == "history[2].content"
-    _, decisions = checks.check_request(
-        GenerateParams(query="And tea?", history=history[:2]), rails
-    )
+    decisions = checks.check_injection(GenerateParams(query="And tea?", history=history[:2]), rails)
     assert [(d.check, d.verdict) for d in decisions] == [("prompt_injection", "pass")]
 
 
@@ -97,26 +116,31 @@ def test_benign_questions_that_mention_instructions_pass() -> None:
         "What does the system() call do?",
         "Which instructions does the installer give?",
     ):
-        _, decisions = checks.check_request(GenerateParams(query=question), rails)
+        decisions = checks.check_injection(GenerateParams(query=question), rails)
         assert decisions[0].verdict == "pass", question
 
 
 def test_a_json_schema_is_checked_and_asked_for() -> None:
     schema = {"type": "object", "required": ["temperature_c"]}
-    asked, _ = checks.check_request(
-        GenerateParams(query="How hot?", json_schema=schema), Guardrails()
-    )
+    asked = checks.with_schema(GenerateParams(query="How hot?", json_schema=schema))
     assert asked.history[-1].role == "system" and '"required"' in asked.history[-1].content
-    with pytest.raises(InvalidArgument) as refused:
-        checks.check_request(
-            GenerateParams(query="How hot?", json_schema={"type": "nothing"}), Guardrails()
-        )
-    assert refused.value.field == "json_schema"
+    for bad, problem in (
+        ({"type": "nothing"}, "not a JSON Schema"),
+        ({"$ref": "http://127.0.0.1:9/schema.json"}, "points outside the schema"),  # not fetched
+        ({"properties": {"a": {"$ref": "#/$defs/none"}}}, "resolves to nothing"),
+        ({"$ref": "#"}, "refers to itself without end"),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            checks.with_schema(GenerateParams(query="How hot?", json_schema=bad))
+        assert refused.value.field == "json_schema" and problem in refused.value.message
+    tree = {"type": "object", "properties": {"children": {"items": {"$ref": "#"}}}}
+    assert checks.with_schema(GenerateParams(query="q", json_schema=tree)).history
 
 
 def test_an_answer_outside_its_schema_is_withheld_with_the_reason() -> None:
     schema = {"type": "object", "required": ["temperature_c"]}
-    assert checks.check_json('```json\n{"temperature_c": 80}\n```', schema).verdict == "pass"
+    text, decision = checks.check_json('```json\n{"temperature_c": 80}\n```', schema)
+    assert (text, decision.verdict) == ('{"temperature_c": 80}', "pass")  # the fence taken off
     for text, problem in (
         ("About 80 degrees.", "not JSON"),
         ('{"temp": "secret words"}', "'required' at $"),
@@ -224,7 +248,7 @@ async def test_the_core_flags_and_never_caches_an_injected_question(gateway) -> 
     assert ("prompt_injection", "detected", "flag") in [
         (d.check, d.verdict, d.action) for d in answer.guardrails
     ]
-    assert answer.cache_status == "miss" and len(llms["triton.local:8001"].prompts) == 2
+    assert answer.cache_status == "bypass" and len(llms["triton.local:8001"].prompts) == 2
 
 
 async def test_the_core_removes_a_marker_naming_no_source_shown(gateway) -> None:  # noqa: F811
