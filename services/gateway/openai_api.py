@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Annotated, Any, Literal
@@ -96,6 +97,7 @@ _ERROR_KIND: dict[grpc.StatusCode, tuple[str, str]] = {
     grpc.StatusCode.ABORTED: ("server_error", "aborted"),
 }
 _FINISH = {"stop": "stop", "length": "length"}
+_HISTORY = re.compile(r"history\[(\d+)\](.*)")
 _STATUS = "ragmesh.status"  # the request's key for a stream's own ending status
 
 
@@ -287,8 +289,12 @@ def _in_openai_terms(error: RagmeshError, request: ChatRequest) -> RagmeshError:
         field = "model"
     elif field == "json_schema":
         field = "response_format.json_schema.schema"
-    elif field.startswith("history"):
-        field = "messages"  # its turns are numbered after empty ones are left out
+    elif (turn := _HISTORY.match(field)) is not None:
+        # history[j] is the j-th kept turn: empty ones and those past MAX_TURNS are left out
+        *earlier, _ = request.messages
+        kept = [i for i, m in enumerate(earlier) if m.text().strip()][-MAX_TURNS:]
+        j = int(turn.group(1))
+        field = f"messages[{kept[j]}]{turn.group(2)}" if j < len(kept) else "messages"
     if field == error.field:
         return error
     error.message = f"{field}:{error.message.partition(':')[2]}"

@@ -17,7 +17,7 @@ from services.common.errors import Aborted, InvalidArgument, rpc_status
 from services.contract.prompt import Source, Turn, build_prompt
 from services.control.policy import Guardrails, Policy, PolicyError
 from services.gateway import checks, observe
-from services.gateway.openai_api import ChatRequest, _params, error_body
+from services.gateway.openai_api import ChatRequest, _in_openai_terms, _params, error_body
 from services.gateway.retrieval_client import Chunk, Found
 from services.gateway.values import Answer, Call, GenerateParams, Guardrail
 from services.guardrails.citations import CitationFilter
@@ -320,3 +320,18 @@ def test_the_span_holds_the_prompt_only_where_the_tenant_opts_in() -> None:
     assert "gen_ai.input.messages" not in quiet.attributes
     messages = json.loads(opted_in.attributes["gen_ai.input.messages"])
     assert messages[0]["parts"][0]["content"] == "Mail [REDACTED:email]: how hot should tea be?"
+
+
+def test_an_injected_earlier_turn_is_named_by_its_openai_message_index() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": ""},  # empty: left out of the history
+        {"role": "user", "content": INJECTION},
+        {"role": "user", "content": "And tea?"},
+    ]
+    request = ChatRequest.model_validate({"model": "auto", "messages": messages})
+    params = _params(request, [])
+    with pytest.raises(InvalidArgument) as refused:
+        checks.check_injection(params, Guardrails(prompt_injection="block"))
+    error = _in_openai_terms(refused.value, request)
+    assert error.field == "messages[2].content" and error.message.startswith("messages[2]")
