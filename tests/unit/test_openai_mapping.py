@@ -259,7 +259,8 @@ def test_an_error_names_the_field_the_client_sent() -> None:
     for native, field in (
         ("query", "messages[1].content"),
         ("tier", "model"),
-        ("history[0].role", "messages"),
+        ("history[0].role", "messages[0].role"),
+        ("history[5].content", "messages"),  # no such turn: the list as a whole
     ):
         error = openai_api._in_openai_terms(
             InvalidArgument(f"{native}: bad", field=native), request
