@@ -1,8 +1,11 @@
 """The prompt-injection rules: one family name and one regex each, with the words that gate
 it (services/guardrails/injection.py runs them; its docstring says what each family
-catches and how well). Patterns run over the lowercased text unless `cased`.
+catches and how well). Patterns run over the lowercased text unless `cased`. A rule is
+`asked` when a question may name its words without being one (injection.py's `_asked`):
+every family's but `prompt_exfiltration`'s, whose attacks are questions themselves.
 """
 
+# ruff: noqa: RUF001 (the Russian rules spell Cyrillic letters that look Latin, on purpose)
 from __future__ import annotations
 
 import re
@@ -13,47 +16,55 @@ from dataclasses import dataclass
 class Rule:
     """A regex over the lowercased text (over the text as written if `cased`), run only when
     the text has a word of each gate, and, with `lead`, matched only where a lead word (a
-    word a match starts with) occurs."""
+    word a match starts with) occurs. `asked`: a match that a question frames ("how do I
+    ...", "what does ... mean?") is a mention, not a command."""
 
     family: str
     pattern: re.Pattern[str]
     gates: tuple[frozenset[str], ...]
     lead: frozenset[str]
     cased: bool
+    asked: bool
 
 
 def rule(family: str, pattern: str, *gates: str, lead: str = "", cased: bool = False) -> Rule:
     words = tuple(frozenset(g.split()) for g in (*gates, lead) if g)
-    return Rule(family, re.compile(pattern), words, frozenset(lead.split()), cased)
+    if not words:
+        raise ValueError(f"a {family} rule needs a gate or a lead: {pattern[:40]!r}")
+    asked = family != "prompt_exfiltration"
+    return Rule(family, re.compile(pattern), words, frozenset(lead.split()), cased, asked)
 
 
 def gap(most: int) -> str:
-    """Up to `most` characters, none of which ends a sentence."""
-    return rf"[^.!?\n]{{0,{most}}}?"
+    """Up to `most` characters, none of which ends a sentence: no '.', '!' or '?', and a line
+    break only inside a paragraph ("Ignore\nprevious\ninstructions", a line wrapped at 80
+    columns)."""
+    return rf"(?:[^.!?\n]|\n(?![ \t]*\n)){{0,{most}}}?"
 
 
 _OVERRIDE = (
     r"\b(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|bypass|override|"
     r"overrule|overlook|neglect|abandon|discard|circumvent|set aside|put aside|"
-    r"pay no (?:attention|heed|mind) to|stop (?:following|obeying)|"
+    r"pay no (?:attention|heed|mind) to|never ?mind|stop (?:following|obeying)|"
     r"(?:do not|don't|no longer) (?:follow|obey|adhere to|comply with))\b"
 )
 _OVERRIDE_G = (
     "ignore ignoring disregard disregarding forget forgetting skip bypass override overrule "
-    "overlook neglect abandon discard circumvent aside attention heed mind following obeying "
-    "follow obey adhere comply"
+    "overlook neglect abandon discard circumvent aside attention heed mind nevermind "
+    "following obeying follow obey adhere comply"
 )
 _OVERRIDE_L = (
     "ignore ignoring disregard disregarding forget forgetting skip bypass override overrule "
-    "overlook neglect abandon discard circumvent set put pay stop do don no"
+    "overlook neglect abandon discard circumvent set put pay never nevermind stop do don no"
 )
 _QUALIFIER = (
-    r"\b(?:previous|previously|prior|above|earlier|preceding|foregoing|former|original|"
-    r"initial|your|system|safety|ethical|moral|content|developer(?:s|'s|s')?|programmed|hidden)\b"
+    r"\b(?:(?:previous|previously|prior|above|earlier|preceding|foregoing|former|original|"
+    r"initial|your|system|safety|ethical|moral|content|developer(?:s|'s|s')?|programmed|"
+    r"hidden)\b|prev\b\.?)"  # "prev." ends no sentence
 )
 _QUALIFIER_G = (
     "previous previously prior above earlier preceding foregoing former original initial "
-    "your system safety ethical moral content developer developers programmed hidden"
+    "your system safety ethical moral content developer developers programmed hidden prev"
 )
 _RULES_N = (
     r"\b(?:instructions?|directions?|directives?|guidelines?|rules|prompts?|orders|"
@@ -124,6 +135,24 @@ _MODES = r"(?:developer|god|admin|sudo|unrestricted|unfiltered|jailbreak|dan|evi
 _MODES_G = "developer god admin sudo unrestricted unfiltered jailbreak dan evil chaos opposite"
 _URL = r"(?:https?://|www\.|[\w.+-]+@[\w-]+\.[\w.]+)"
 _NOT_L = "do don never"
+# "your rules for rounding floats", "your instructions for installing Python": a topic
+# follows, so the words name advice, not the prompt (unless the topic is the chat itself).
+_TOPIC = (
+    r"(?!\s+(?:for|on|about|regarding)\s+(?!(?:(?:this|the|our|these|that|my)\s+(?:chat|"
+    r"conversation|session|assistant|model|ai|bot|chatbot)|you|answering|responding|replying|"
+    r"(?:the\s+)?users?|questions?|requests?|prompts?)\b)\w)(?!\s+of\s+thumb\b)"
+)
+# "the original prompt text used by input()": a participle names whose prompt it is.
+_WHOSE = (
+    r"(?!(?:\s+(?:text|string))?\s+(?:used|shown|printed|displayed|passed|returned|produced|"
+    r"written|defined|set)\s+(?:by|in|from|with)\s+(?!(?:you|your|the\s+(?:developers?|"
+    r"assistant|model|ai|system|operator|creators?))\b))"
+)
+# "developer mode in VS Code", "evil mode in Emacs": the mode of a named tool.
+_TOOL_MODE = (
+    r"(?!\s+(?:in|on|of|for|with)\s+(?!(?:which|this|the\s+(?:chat|conversation|session|"
+    r"assistant|ai|model)|you|your|chatgpt|gpt|here|now|where|every|all|any)\b)[\w\"'`])"
+)
 
 RULES: tuple[Rule, ...] = (
     rule(
@@ -150,18 +179,25 @@ RULES: tuple[Rule, ...] = (
     ),
     rule(
         "override_instructions",
-        _OVERRIDE + r"\s+(?:all|everything|anything)\s+(?:that\s+)?"
-        r"(?:you(?:'ve| have)?(?: been| were)?|i(?:'ve| have)?)\s+(?:told|said|given)\b",
+        _OVERRIDE + r"\s+(?:about\s+)?(?:(?:all|everything|anything)\s+(?:that\s+)?"
+        r"(?:you(?:'ve| have)?(?: been| were)?|i(?:'ve| have)?)\s+(?:told|said|given)"
+        r"|what(?:ever)?\s+(?:you(?:'ve| have)?\s+(?:been|were)\s+(?:told|given|taught)|"
+        r"(?:i|we|they)\s+told\s+you))\b",
         _OVERRIDE_G,
-        "all everything anything",
-        "told said given",
+        "all everything anything what whatever",
+        "told said given taught",
         lead=_OVERRIDE_L,
     ),
     rule(
         "override_instructions",
-        _OVERRIDE + r"\s+(?:all\s+|everything\s+)?(?:(?:of\s+)?(?:the|this|that)\s+)?"
-        r"(?:(?:text|content|stuff|prompt|message)\s+)?(?:above|before)\b"
-        r"(?!\s+(?:line|a|the|\d)\b)",
+        _OVERRIDE + r"\s+(?:(?:all\s+|everything\s+)?(?:(?:of\s+)?(?:the|this|that)\s+)?"
+        r"(?:(?:text|content|stuff|prompt|message)\s+)?above"
+        # "before" alone is "previously" ("I tried to override that before"): what came before
+        r"|(?:all|everything|anything)\s+(?:(?:of\s+)?(?:the\s+)?(?:text|content|stuff|prompt|"
+        r"messages?)\s+|(?:that\s+)?(?:came|was\s+(?:said|written))\s+)?before"
+        r"|(?:the\s+)?(?:text|content|stuff|prompt|messages?)\s+before)\b"
+        r"(?=\s*(?:$|[^\w\s]|(?:and|then|instead|now|completely|entirely|please|or|but|so|"
+        r"this\s+(?:message|point|sentence|request|prompt))\b))",  # not "the above steps"
         _OVERRIDE_G,
         "above before",
         lead=_OVERRIDE_L,
@@ -223,11 +259,42 @@ RULES: tuple[Rule, ...] = (
         "desobedece disobbedisci desobedeça viola",
     ),
     rule(
+        "override_instructions",
+        r"\b(?:(?:про)?игнорируй(?:те)?|игнорировать|забудь(?:те)?|забыть|отбрось(?:те)?|"
+        r"отмени(?:те)?|пропусти(?:те)?|нарушь(?:те)?|обойди(?:те)?|не\s+(?:обращай(?:те)?\s+"
+        r"внимания\s+на|следуй(?:те)?|подчиняйся|подчиняйтесь))\b"
+        + gap(40)
+        + r"\b(?:инструкци(?:я|и|й|ям|ями|ях|ю)|указани(?:я|й|ям|ями|е)|правил(?:а|ам|ами)?|"
+        r"ограничени(?:я|й|ям)|директив(?:ы|ам)?|промпт(?:а|ы)?|установк(?:и|у))\b",
+        "инструкция инструкции инструкций инструкциям инструкциями инструкциях инструкцию "
+        "указания указаний указаниям указаниями указание правил правила правилам правилами "
+        "ограничения ограничений ограничениям директив директивы директивам промпт промпта "
+        "промпты установки установку",
+        lead="игнорируй игнорируйте проигнорируй проигнорируйте игнорировать забудь забудьте "
+        "забыть отбрось отбросьте отмени отмените пропусти пропустите нарушь нарушьте обойди "
+        "обойдите не",
+    ),
+    rule(
+        "override_instructions",
+        r"(?:忽略|无视|無視|忘记|忘記|忘掉|抛开|拋開|跳过|跳過|不要理会|不要理會|别管|別管|不要遵守|"
+        r"不再遵守)"
+        + gap(20)
+        + r"(?:之前|以前|先前|前面|上面|上述|原来|原來|原有|原始|所有|全部|一切|"
+        r"你的|您的|系统|系統)"
+        + gap(10)
+        + r"(?:指令|指示|提示|规则|規則|设定|設定|命令|说明|說明|限制|要求)",
+        "之前 以前 先前 前面 上面 上述 原来 原來 原有 原始 所有 全部 一切 你的 您的 系统 系統",
+        "指令 指示 提示 规则 規則 设定 設定 命令 说明 說明 限制 要求",
+        lead="忽略 无视 無視 忘记 忘記 忘掉 抛开 拋開 跳过 跳過 不要 别管 別管 不再",
+    ),
+    rule(
         "prompt_exfiltration",
         _SHOW
         + gap(30)
-        + rf"\b(?:your\s+(?:{_SECRET}\s+){{0,3}}(?:system\s+)?{_PROMPT_N}"
-        + rf"|(?:the|its)\s+(?:{_SECRET}\s+){{1,3}}(?:system\s+)?{_PROMPT_N}"
+        + rf"\b(?:your\s+(?:(?:{_SECRET}\s+){{1,3}}(?:system\s+)?|system\s+){_PROMPT_N}"
+        + r"|your\s+pre-?prompt|your\s+prompt\b"
+        + rf"|your\s+(?:instructions|message|guidelines|directives|rules)\b{_TOPIC}"
+        + rf"|(?:the|its)\s+(?:{_SECRET}\s+){{1,3}}(?:system\s+)?{_PROMPT_N}\b{_WHOSE}"
         + r"|its\s+system\s+prompt)\b",
         "your the its",
         "prompt instructions message guidelines directives rules preprompt",
@@ -311,7 +378,65 @@ RULES: tuple[Rule, ...] = (
         lead="révèle montre affiche donne répète dis revela muestra dime repite imprime dame "
         "mostra rivela ripeti mostre revele",
     ),
-    rule("role_hijack", r"\bDAN\b", lead="dan", cased=True),
+    rule(
+        "prompt_exfiltration",
+        r"\b(?:reveal|print|repeat|show|display|output|give me|share|disclose|leak|dump|"
+        r"recite|write out|copy|expose|paste|echo|send)\b"
+        + gap(30)
+        + r"\byour\s+(?:(?:full|complete|entire|exact|whole|current|own|internal)\s+)?"
+        r"(?:configuration|config|settings|setup|parameters|instructions|prompt|rules|"
+        r"guidelines|directives|context)\s+(?:verbatim|word[- ]for[- ]word|word[- ]by[- ]word|"
+        r"character[- ]for[- ]character|exactly as|in full|in (?:its|their) entirety|unedited|"
+        r"unredacted|without (?:any )?(?:redactions?|changes|omissions|summari[sz]ing))\b",
+        "your",
+        "configuration config settings setup parameters instructions prompt rules guidelines "
+        "directives context",
+        "verbatim word character exactly full entirety unedited unredacted without",
+        lead="reveal print repeat show display output give share disclose leak dump recite "
+        "write copy expose paste echo send",
+    ),
+    rule(
+        "prompt_exfiltration",
+        r"\b(?:покажи(?:те)?|выведи(?:те)?|раскрой(?:те)?|повтори(?:те)?|напиши(?:те)?|"
+        r"скажи(?:те)?|распечатай(?:те)?|процитируй(?:те)?)\b"
+        + gap(30)
+        + r"\b(?:сво[йиюё]|тво[йиюё]|ваш[иуа]?)\s+(?:(?:системн(?:ый|ые|ую|ое)|скрыт(?:ые|ый|ую)|"
+        r"исходн(?:ый|ые|ую)|начальн(?:ый|ые|ую))\s+)?(?:промпт|подсказк[уи]|инструкци[июй]|"
+        r"правила|указания|настройки)\b",
+        "свой свои свою своё твой твои твою твоё ваш ваши вашу ваша",
+        lead="покажи покажите выведи выведите раскрой раскройте повтори повторите напиши "
+        "напишите скажи скажите распечатай распечатайте процитируй процитируйте",
+    ),
+    # Chinese has no spaces: its gates and leads are the text's pairs of characters
+    # (injection._words), and its full-width stops read as ASCII ones (injection._lower).
+    rule(
+        "prompt_exfiltration",
+        r"(?:输出|輸出|显示|顯示|告诉我|告訴我|打印|泄露|洩露|透露|重复|重複|展示|给我看|給我看|"
+        r"说出|說出|列出|复述|複述)"
+        + gap(20)
+        + r"(?:你的|您的)\s*(?:系统|系統|初始|隐藏|隱藏|原始)?\s*(?:提示词|提示詞|提示|指令|"
+        r"消息|设定|設定|规则|規則)",
+        "你的 您的",
+        lead="输出 輸出 显示 顯示 告诉 告訴 打印 泄露 洩露 透露 重复 重複 展示 给我 給我 说出 "
+        "說出 列出 复述 複述",
+    ),
+    rule(
+        "role_hijack",
+        r"(?:\b(?i:you(?:'re|\s+are|\s+will\s+be|'ll\s+be)(?:\s+now)?|act(?:ing)?\s+as|"
+        r"play(?:ing)?\s+as|roleplay\s+as|pretend\s+to\s+be|become|be)\s+(?:(?i:an?|the)\s+)?"
+        r"DAN\b"
+        r"|\b(?i:as|called|named|known\s+as|switch\s+to|switch\s+into|hi|hello|hey|dear|"
+        r"enable|activate|interface|interfaz|interfaccia|interfața|modo|mode)\s+DAN\b"
+        r"|\bDAN\s+(?i:mode|interface|persona|jailbreak|prompt)\b"
+        r"|(?<![^\n])DAN\s*:"
+        r"|(?<![Aa] )(?<![Aa]n )(?<![Tt]he )\bDAN(?:,\s+(?i:which|who)\b|\s+(?i:has|can|will|"
+        r"doesn't|does\s+not|never|must)\b))",
+        "dan",
+        lead="you act acting play playing roleplay pretend become be as called named known "
+        "switch hi hello hey dear enable activate interface interfaz interfaccia interfața "
+        "modo mode dan",
+        cased=True,
+    ),
     rule("role_hijack", r"\bdo anything now\b", "anything", "now", lead="do"),
     rule(
         "role_hijack",
@@ -331,7 +456,7 @@ RULES: tuple[Rule, ...] = (
         r"\b(?:you|assistant|ai|model|chatbot|chatgpt|gpt|llm)\b"
         + gap(30)
         + r"\b(?:developer|god|admin|sudo|unrestricted|unfiltered|jailbreak|dan|evil|chaos|"
-        r"opposite)\s+mode\b",
+        r"opposite)\s+mode\b" + _TOOL_MODE,
         "mode",
         _MODES_G,
         lead="you assistant ai model chatbot chatgpt gpt llm",
@@ -339,6 +464,7 @@ RULES: tuple[Rule, ...] = (
     rule(
         "role_hijack",
         rf"\b{_MODES}\s+mode\b"
+        + _TOOL_MODE
         + gap(40)
         + r"\b(?:you (?:will |must |can |should |now )?(?:answer|respond|reply|ignore|say|"
         r"output|generate|have no)|respond|answer|reply)\b",
@@ -348,7 +474,7 @@ RULES: tuple[Rule, ...] = (
     ),
     rule(
         "role_hijack",
-        r"\b(?:jailbreak|unrestricted|unfiltered|uncensored|evil|chaos)\s+mode\b",
+        r"\b(?:jailbreak|unrestricted|unfiltered|uncensored|evil|chaos)\s+mode\b" + _TOOL_MODE,
         "mode",
         lead="jailbreak unrestricted unfiltered uncensored evil chaos",
     ),
@@ -395,7 +521,9 @@ RULES: tuple[Rule, ...] = (
         "new_instructions",
         r"\b(?:new|updated|revised|real|actual|true|additional|secret|hidden|override|"
         r"priority|urgent|admin)\s+(?:system\s+)?(?:instructions?|directives?|rules|orders|"
-        r"task|policy|prompt)(?:\s+for\s+(?:the\s+)?(?:assistant|ai|model|llm|chatbot|you))?\s*:",
+        r"task|policy|prompt)(?:\s+for\s+(?:the\s+)?(?:assistant|ai|model|llm|chatbot|you))?\s*:"
+        r"(?!\s*(?:syntax|keyword|key|field|directive|block|section|option|parameter|module|"
+        r"statement|tag|header|entry)s?\b)",  # "the `new task:` syntax" names a key
         "instruction instructions directive directives rules orders task policy prompt",
         lead="new updated revised real actual true additional secret hidden override priority "
         "urgent admin",
@@ -407,7 +535,7 @@ RULES: tuple[Rule, ...] = (
         r"\s+|never\s+|not\s+)?(?:respond|answer|reply|act|be|obey|follow|ignore|say|speak|"
         r"talk|pretend|output|write|refuse|behave|end|start|begin|use|call|address|add|include"
         r"|recommend)|(?:respond|answer|reply|act|always|only|never|ignore|pretend|speak|talk"
-        r"|behave)\b)",
+        r"|behave)\b(?![^.!?\n]{0,200}\?))",
         "now here point moment",
         "on onwards",
         lead="from",
@@ -424,11 +552,24 @@ RULES: tuple[Rule, ...] = (
         "new_instructions",
         r"\b(?:above|previous|prior|preceding|earlier|original|old)\s+(?:instructions|prompt|"
         r"rules|text|directions)\s+(?:was|were|is|are)\s+(?:just\s+|only\s+|all\s+)?(?:a\s+)?"
-        r"(?:fake|wrong|void|null|outdated|cancell?ed|obsolete|test|joke|mistake|invalid|false|"
-        r"revoked|deprecated|no longer valid)\b",
-        "fake wrong void null outdated canceled cancelled obsolete test joke mistake invalid "
-        "false revoked deprecated valid",
+        r"(?:fake|void|null|cancell?ed|test|joke|revoked|no longer valid)\b",
+        # not "wrong", "outdated", "invalid": a user says so of a tutorial's instructions
+        "fake void null canceled cancelled test joke revoked valid",
         lead="above previous prior preceding earlier original old",
+    ),
+    rule(
+        "new_instructions",
+        r"\b(?:all\s+(?:of\s+)?)?your\s+(?:(?:previous|prior|earlier|original|current|old|"
+        r"existing)\s+)?(?:instructions|rules|guidelines|directives|orders|restrictions|"
+        r"constraints|programming|guardrails|limitations)\s+(?:are|were|have\s+been|has\s+been|"
+        r"is)\s+(?:now\s+|hereby\s+|officially\s+)?(?:cancell?ed|void|null|revoked|lifted|"
+        r"suspended|overridden|rescinded|nullified|invalidated|deactivated|disabled|terminated|"
+        r"no\s+longer\s+(?:valid|in\s+effect|active|in\s+force|applicable))\b",
+        "instructions rules guidelines directives orders restrictions constraints programming "
+        "guardrails limitations",
+        "cancelled canceled void null revoked lifted suspended overridden rescinded nullified "
+        "invalidated deactivated disabled terminated longer",
+        lead="all your",
     ),
     # Delimiters start with punctuation, which the regex engine skips to by itself.
     rule(
@@ -448,7 +589,11 @@ RULES: tuple[Rule, ...] = (
     rule(
         "fake_delimiter",
         r"##{0,5}[ \t]*(?:system|assistant)[ \t]*(?:prompt|message)?[ \t]*:"
-        r"|\n[ \t]*(?:system|assistant)[ \t]*(?:prompt|message)?[ \t]*:",
+        r"|\n[ \t]*(?:system|assistant)[ \t]*(?:prompt|message)?[ \t]*:"
+        # at the very start, where "System: Ubuntu 22.04" opens many a question: with an order
+        r"|\A[ \t]*system[ \t]*(?:prompt|message)?[ \t]*:[ \t]*(?:you|your|the assistant|"
+        r"assistant|ignore|disregard|forget|new|from now|always|never|do not|don't|respond|"
+        r"answer|reply|override|act|pretend)\b",
         "system assistant systemprompt systemmessage assistantprompt assistantmessage",
     ),
     rule(
@@ -503,8 +648,11 @@ RULES: tuple[Rule, ...] = (
     ),
     rule(
         "document_command",
-        r"\bwhoever\s+(?:is\s+)?(?:reads?|reading|summari[sz]es|summari[sz]ing|processes|"
-        r"processing)\s+this\b",
+        r"\bwhoever\s+(?:is\s+)?(?:(?:reads?|reading|summari[sz]es|summari[sz]ing|processes|"
+        r"processing)\s+this\b|(?:answers?|answering|responds?\s+to|responding\s+to|handles|"
+        r"handling)\s+(?:(?:the|this|these|any)\s+)?(?:questions?|queries|requests?|users?)\b"
+        + gap(40)
+        + r"[:,])",
         lead="whoever",
     ),
     rule(
@@ -618,6 +766,16 @@ RULES: tuple[Rule, ...] = (
         "link links url urls hyperlink hyperlinks image images markdown markdowns pixel pixels "
         "banner banners ad ads advert adverts advertisement advertisements",
         lead="include add append insert embed put render show display output place",
+    ),
+    rule(
+        "document_command",
+        r"\b(?:correct|right|only|true|real|proper|official)\s+(?:answer|response|reply)\s+to\s+"
+        r"(?:any|all)\s+(?:[\w-]+\s+){0,3}?(?:questions?|queries|requests?|prompts?)\s+"
+        r"(?:is|are|will\s+be|should\s+be|must\s+be)\b",
+        "answer response reply",
+        "any all",
+        "question questions queries request requests prompt prompts",
+        lead="correct right only true real proper official",
     ),
     rule(
         "document_command",
