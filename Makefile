@@ -158,6 +158,10 @@ bench-inference: install ## embedder with/without dynamic batching; LLM through 
 	$(BIN)/python -m loadtest.bench_embedder
 	$(BIN)/python -m loadtest.bench_llm
 
+.PHONY: eval
+eval: install ## each tier scored on the eval set: a table, CSV and JSON in build/eval; EVAL_ARGS="--tiers economy --limit 20"
+	$(BIN)/python -m loadtest.eval $(EVAL_ARGS)
+
 .PHONY: fmt
 fmt: install ## format the code
 	$(BIN)/ruff format .

@@ -59,6 +59,26 @@ def _held_back(text: str, stops: list[str]) -> int:
     return best
 
 
+class _Loop:
+    """Whether an answer has started going round: an n-gram of its tokens seen a third
+    time (`ngram` 0: never)."""
+
+    def __init__(self, ngram: int) -> None:
+        self.ngram = ngram
+        self.tokens: list[int] = []
+        self.seen: dict[tuple[int, ...], int] = {}
+
+    def closes(self, token: int) -> bool:
+        if not self.ngram:
+            return False
+        self.tokens.append(token)
+        if len(self.tokens) < self.ngram:
+            return False
+        gram = tuple(self.tokens[-self.ngram :])
+        self.seen[gram] = self.seen.get(gram, 0) + 1
+        return self.seen[gram] >= 3
+
+
 class TritonPythonModel:
     """Decoupled model: one or more responses per request, always ending with FINAL."""
 
@@ -75,6 +95,13 @@ class TritonPythonModel:
         n_threads = int(param(self.model_config, "n_threads", "2"))
         reuse = param(self.model_config, "reuse_kv_prefix", "false").strip().lower()
         self.reuse_prefix = reuse in ("1", "true", "yes")
+        # Repetition control (chosen on `make eval`'s question set): llama.cpp's repeat
+        # penalty over the last 64 tokens, and a stop when an n-gram of the answer comes back
+        # a third time (0: off).
+        self.repeat_penalty = float(param(self.model_config, "repeat_penalty", "1.0"))
+        self.loop_ngram = int(param(self.model_config, "loop_ngram", "0"))
+        if not self.repeat_penalty > 0 or self.loop_ngram < 0:
+            raise pb_utils.TritonModelException("repeat_penalty must be > 0, loop_ngram >= 0")
         model_path = param(self.model_config, "model_path") or _default_model_path()
         started = time.monotonic()
         self.llama = llama_cpp.Llama(
@@ -147,8 +174,14 @@ class TritonPythonModel:
         reason = "length"
         first_token_s = 0.0
         tokens = self.llama.generate(
-            prompt, top_k=top_k, top_p=top_p, min_p=0.0, temp=temperature, repeat_penalty=1.0
+            prompt,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=0.0,
+            temp=temperature,
+            repeat_penalty=self.repeat_penalty,
         )
+        loop = _Loop(self.loop_ngram)
         try:
             for token in tokens:
                 if sender.is_cancelled():
@@ -160,6 +193,9 @@ class TritonPythonModel:
                 completion += 1
                 if completion == 1:
                     first_token_s = time.monotonic() - started
+                if loop.closes(token):
+                    reason = "loop"
+                    break
                 last = completion >= max_tokens
                 checked = len(answer)
                 answer += decoder.decode(self.llama.detokenize([token]), final=last)
@@ -181,7 +217,7 @@ class TritonPythonModel:
             answer += decoder.decode(b"", final=True)  # a dangling partial character
         # The client's finish_reason: end of sequence and stop words are a natural "stop";
         # max_tokens, also where the context window lowered it, is "length".
-        finish = "stop" if reason in ("eos", "stop") else reason
+        finish = "stop" if reason in ("eos", "stop", "loop") else reason
         if reason == "cancelled":
             sender.send(flags=FINAL)  # nobody reads a response any more
         else:
