@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from services.guardrails.grounding import _NO_ANSWER  # the gateway's own "no answer" test
+from services.guardrails.grounding import NO_ANSWER  # the gateway's own "no answer" test
 
 _MARKUP = re.compile(r"[`*]")
 _LETTER_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")
@@ -52,7 +52,7 @@ def refuses(text: str) -> bool:
     """The answer says its sources hold no answer: the pattern the gateway's groundedness
     check leaves out (services/guardrails/grounding.py), which also matches the economy
     tier's refusal, "The sources do not contain an answer to this question."."""
-    return bool(_NO_ANSWER.search(text))
+    return bool(NO_ANSWER.search(text))
 
 
 def looped(text: str) -> bool:

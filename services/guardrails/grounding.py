@@ -22,7 +22,8 @@ from services.guardrails.citations import CITATION
 
 SUPPORT_SHARE = 0.6
 MIN_TERMS = 3
-_NO_ANSWER = re.compile(
+# A sentence that says the sources hold no answer (the eval scores refusals with it too).
+NO_ANSWER = re.compile(
     r"\b(sources?|context|documents?)\b.{0,40}\b(do(es)?n['\u2019]?t|do(es)? not|never)\b"
     r".{0,20}\b(contain|say|mention|cover|answer|include)|\bI (do not|don['\u2019]t) know\b",
     re.IGNORECASE,
@@ -52,7 +53,7 @@ def groundedness(answer: str, sources: Sequence[Source]) -> Grounding:
     claims = supported = 0
     for sentence in split_sentences(CITATION.sub("", answer)):
         terms = set(content_terms(sentence))
-        if len(terms) < MIN_TERMS or _NO_ANSWER.search(sentence):
+        if len(terms) < MIN_TERMS or NO_ANSWER.search(sentence):
             continue
         claims += 1
         best = max((len(terms & known) for known in source_terms), default=0)
