@@ -97,8 +97,14 @@ browser: ## install Debian's chromium for the topology page test
 redis: ## install Debian's redis-server for the mesh's shared store
 	command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
+# Debian's LibreOffice Writer (no GUI), which makes the tests' PDF and DOCX files: real files
+# of a real office tool, not ones written here (needs root and apt).
+.PHONY: office
+office: ## install Debian's LibreOffice Writer for the document parsing tests
+	command -v soffice >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libreoffice-writer-nogui; }
+
 .PHONY: test
-test: install browser ## run lint, types, unit and integration tests
+test: install browser office ## run lint, types, unit and integration tests
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy services loadtest
@@ -159,7 +165,7 @@ bench-inference: install ## embedder with/without dynamic batching; LLM through 
 	$(BIN)/python -m loadtest.bench_llm
 
 .PHONY: eval
-eval: install ## each tier scored on the eval set: a table, CSV and JSON in build/eval; EVAL_ARGS="--tiers economy --limit 20"
+eval: install ## each tier scored on the eval set: a table, CSV and JSON in build/eval; EVAL_ARGS="--tiers economy --limit 20", or --retrieval (dense vs hybrid search)
 	$(BIN)/python -m loadtest.eval $(EVAL_ARGS)
 
 .PHONY: fmt

@@ -187,7 +187,7 @@ def ingest(mesh: Mesh, folder: Path) -> None:
     client = Client(mesh.edge_target, mesh.config.mesh.demo_key)
     started = time.perf_counter()
     documents = [read_document(p) for p in harvest(folder)]
-    chunks = sum(client.ingest([d], progress=False)[1] for d in documents)
+    chunks = sum(client.ingest([d], progress=False).complete().chunks for d in documents)
     client.close()
     print(
         f"ingested the sample corpus: {len(documents)} documents, {chunks} chunks "

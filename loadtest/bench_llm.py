@@ -6,17 +6,21 @@ Same prompt and settings both ways: a ~300-token RAG prompt in the gateway's for
 64 tokens, the `standard` model's ChatML template and system message. (a) runs llama_cpp
 directly in a `.venv-models` subprocess (the main venv has no llama_cpp), (b) streams through
 Triton's gRPC API from a tritonserver this benchmark starts on free ports with only
-`standard` loaded. Rounds interleave (a) and (b); each round changes the start of the prompt so
-llama.cpp's KV prefix cache cannot skip the prompt on either side. Prints a table; asserts
-nothing.
+`standard` loaded. Rounds interleave (a) and (b); each round changes the start of the user's
+text so that, on both sides, only the chat template's head is reused from llama.cpp's KV cache
+(as the model does). For (b) the model's own log gives a third figure, its time to first token
+inside the python-backend stub: what (b) adds over it is Triton's part (gRPC, the stub's IPC),
+and what it adds over (a) is the stub's. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import queue
+import re
 import statistics
 import subprocess
 import tempfile
@@ -53,7 +57,8 @@ SOURCES = (
 QUESTION = "Explain in detail what functools.lru_cache does and how to use it."
 
 # Runs in .venv-models: loads the GGUF once, then answers one JSON request per stdin line with
-# one JSON timing line on stdout. Same template and sampling as the `standard` model.
+# one JSON timing line on stdout. Same template, sampling and KV reuse (the head, evaluated
+# once) as the `standard` model.
 WORKER = r"""
 import importlib.util, json, sys, time
 from pathlib import Path
@@ -70,10 +75,12 @@ def toks(text, special):
 
 head = toks(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n", True)
 tail = toks("<|im_end|>\n<|im_start|>assistant\n", True)
+llama.eval(head)
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     started = time.perf_counter()
+    llama.n_tokens = len(head)
     prompt = head + toks(req["text"], False) + tail
     first = last = None
     n, pieces = 0, []
@@ -121,7 +128,8 @@ def system_message() -> str:
 
 
 def rag_prompt(nonce: str) -> str:
-    """The gateway's prompt; the nonce leads so no KV prefix survives between rounds."""
+    """The gateway's prompt; the nonce leads the user's text so that only the template's head
+    is a KV prefix shared between rounds."""
     sources = [Source("python-docs", f"functools:{i}", t) for i, t in enumerate(SOURCES, 1)]
     return f"[{nonce}] {build_prompt(QUESTION, sources)}"
 
@@ -174,11 +182,27 @@ class InProcess:
 
 
 @contextmanager
-def tritonserver(data_dir: Path) -> Iterator[str]:
-    """Triton alone, as the mesh starts it, on free ports; yields the gRPC target."""
+def tritonserver(data_dir: Path) -> Iterator[tuple[str, Path]]:
+    """Triton alone, as the mesh starts it, on free ports; yields the gRPC target and the
+    folder of its log."""
     config = isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1), data_dir)
-    with Mesh(config, planes=("triton",)):
-        yield f"127.0.0.1:{config.triton.grpc_port}"
+    with Mesh(config, planes=("triton",)) as mesh:
+        yield f"127.0.0.1:{config.triton.grpc_port}", mesh.run_dir / "logs"
+
+
+# The `standard` model's line for each request; the tag is the sha256 of its text, 12 digits.
+_LOGGED = re.compile(r"standard request ([0-9a-f]{12}): .*? first token ([0-9.]+)s")
+
+
+def logged_ttft_ms(logs: Path, texts: list[str]) -> list[float]:
+    """The time to first token each text's request logged inside the model, in ms (the
+    stub's own clock, from the start of prompt evaluation), for the texts found."""
+    found: dict[str, float] = {}
+    for path in logs.glob("*.log"):
+        for match in _LOGGED.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            found[match[1]] = float(match[2]) * 1000
+    tags = (hashlib.sha256(text.encode("utf-8")).hexdigest()[:12] for text in texts)
+    return [found[tag] for tag in tags if tag in found]
 
 
 class ThroughTriton:
@@ -239,13 +263,17 @@ def median(samples: list[Sample], field: str) -> float:
     return float(statistics.median(float(getattr(s, field)) for s in samples))
 
 
-def report(direct: list[Sample], triton: list[Sample], max_tokens: int) -> None:
-    print(f"\n{'':12} {'TTFT ms':>9} {'tok/s':>8} {'tokens':>7} {'prompt':>7}   (medians)")
+def report(
+    direct: list[Sample], triton: list[Sample], inside: list[float], max_tokens: int
+) -> None:
+    print(f"\n{'':16} {'TTFT ms':>9} {'tok/s':>8} {'tokens':>7} {'prompt':>7}   (medians)")
     for name, samples in (("in-process", direct), ("triton gRPC", triton)):
         print(
-            f"{name:12} {median(samples, 'ttft_ms'):9.1f} {median(samples, 'tokens_per_s'):8.1f} "
+            f"{name:16} {median(samples, 'ttft_ms'):9.1f} {median(samples, 'tokens_per_s'):8.1f} "
             f"{median(samples, 'tokens'):7.0f} {median(samples, 'prompt_tokens'):7.0f}"
         )
+    if inside:
+        print(f"{'  its model log':16} {statistics.median(inside):9.1f}   ({len(inside)} found)")
     ttft_delta = median(triton, "ttft_ms") - median(direct, "ttft_ms")
     rate_direct = median(direct, "tokens_per_s")
     rate_loss = 100 * (1 - median(triton, "tokens_per_s") / rate_direct) if rate_direct else 0.0
@@ -262,7 +290,8 @@ def main() -> None:
     parser.add_argument("--n-threads", type=int, default=2, help="as the model's config")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as data, tritonserver(Path(data)) as target:
+    texts: list[str] = []
+    with tempfile.TemporaryDirectory() as data, tritonserver(Path(data)) as (target, logs):
         direct_side = InProcess(args.n_ctx, args.n_threads)
         triton_side = ThroughTriton(target)
         try:
@@ -273,6 +302,7 @@ def main() -> None:
             triton: list[Sample] = []
             for i in range(args.rounds):
                 text = rag_prompt(f"round {i}")
+                texts.append(text)
                 # Alternate who goes first so drift (thermal, page cache) hits both alike.
                 order = (direct_side, triton_side) if i % 2 == 0 else (triton_side, direct_side)
                 for side in order:
@@ -287,7 +317,8 @@ def main() -> None:
         finally:
             triton_side.close()
             direct_side.close()
-    report(direct, triton, args.max_tokens)
+        inside = logged_ttft_ms(logs, texts)
+    report(direct, triton, inside, args.max_tokens)
 
 
 if __name__ == "__main__":

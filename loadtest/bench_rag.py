@@ -166,7 +166,7 @@ def main() -> None:
         started = time.perf_counter()
         # One document a call: each call has the gateway's 30 s budget, which a batch of
         # eight can overrun while the CPU is busy with other work.
-        chunks = sum(client.ingest([d], progress=False)[1] for d in documents)
+        chunks = sum(client.ingest([d], progress=False).complete().chunks for d in documents)
         client.close()
         print(
             f"ingested {len(documents)} documents, {chunks} chunks in "

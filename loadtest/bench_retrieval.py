@@ -4,14 +4,18 @@
 
 For each size, writes synthetic chunks through the real MilvusStore into a fresh Milvus Lite
 file, then times top-10 searches on Milvus alone (`hot_index: false`) and through HotStore
-(`hot_index: true`: the in-process index, loaded from Milvus), and scores both against
-exact search done here with numpy.
+(`hot_index: true`: the in-process index, loaded from Milvus), by vector and hybrid (vector
+and BM25, fused), and scores the searches by vector against exact search done here with numpy
+(a hybrid search ranks otherwise by design: `make eval EVAL_ARGS=--retrieval` scores it).
 
 Embedding 100k texts through Triton would take hours on this machine, so the vectors are
 made up but shaped like a corpus: unit vectors of the embedder's dimension (384) clustered
-in areas, topics and documents of 8 chunks; queries are chunks moved off their place. Three
-tenants hold 80, 15 and 5% of the chunks (queries likewise), every document has `lang` and
-`source` metadata, and a quarter of the queries filter on one of them. Milvus Lite takes
+in areas, topics and documents of 8 chunks; queries are chunks moved off their place. A
+chunk's text is 90 words drawn from a vocabulary of 20,000 by Zipf's law (the i-th most
+frequent word with probability proportional to 1/i, as in English text); a query's words
+are 4 of its chunk's. Three tenants hold 80, 15 and 5% of the chunks (queries likewise),
+every document has `lang` and `source` metadata, and a quarter of the queries filter on
+one of them. Milvus Lite takes
 about half a second a search at 100k, so it gets `--milvus-queries` of the queries.
 Load time is Milvus's ingest (writes, then flush) and, for the hot index, its load from
 Milvus at start. Memory: for Milvus Lite (in this process), the resident growth over the
@@ -42,14 +46,15 @@ TENANTS = (("acme", 0.80), ("globex", 0.15), ("initech", 0.05))
 METADATA = {"lang": ("en", "de", "fr"), "source": ("handbook", "tickets", "wiki")}
 FILTERED = 0.25
 WRITE_BATCH = 256  # documents per Milvus upsert
-WORDS = ("retrieval", "gateway", "tenant", "chunk", "index", "vector", "replica", "region")
-
-Search = Callable[[str, np.ndarray, int, dict[str, str]], list[StoredChunk]]
+VOCABULARY = 20_000
+CHUNK_WORDS = 90
+QUERY_WORDS = 4
 
 
 @dataclass
 class Corpus:
     vectors: np.ndarray  # (chunks, DIM), unit rows; chunk i belongs to document i // 8
+    words: np.ndarray  # (chunks, CHUNK_WORDS), word numbers
     tenants: np.ndarray  # tenant index of each document
     metadata: list[dict[str, str]]  # of each document
 
@@ -60,6 +65,10 @@ class Query:
     vector: np.ndarray
     filters: dict[str, str]
     truth: set[tuple[str, int]]  # exact top 10: (document id, chunk index)
+    text: str  # a hybrid search's words
+
+
+Search = Callable[[Query, int], list[StoredChunk]]
 
 
 @dataclass
@@ -69,7 +78,7 @@ class Row:
     load_s: float
     p50_ms: float
     p99_ms: float
-    recall: float
+    recall: float | None  # None: hybrid, not scored against the vectors' exact ranking
     memory: str
 
 
@@ -82,8 +91,10 @@ def make_corpus(chunks: int, rng: np.random.Generator) -> Corpus:
     noise = unit(rng.standard_normal((documents * CHUNKS_PER_DOCUMENT, DIM)))
     vectors = unit(np.repeat(centers, CHUNKS_PER_DOCUMENT, axis=0) + 0.5 * noise)
     shares = [share for _, share in TENANTS]
+    zipf = 1 / np.arange(1, VOCABULARY + 1)
     return Corpus(
         vectors=vectors,
+        words=rng.choice(VOCABULARY, (len(vectors), CHUNK_WORDS), p=zipf / zipf.sum()),
         tenants=rng.choice(len(TENANTS), documents, p=shares),
         metadata=[
             {key: values[rng.integers(len(values))] for key, values in METADATA.items()}
@@ -96,7 +107,11 @@ def document_id(document: int) -> str:
     return f"doc-{document:06d}"
 
 
-def ingest(store: MilvusStore, corpus: Corpus, rng: np.random.Generator) -> float:
+def text(words: np.ndarray) -> str:
+    return " ".join(f"w{w}" for w in words.tolist())
+
+
+def ingest(store: MilvusStore, corpus: Corpus) -> float:
     """Writes every document as version 1, a batch of documents per call; returns seconds."""
     started = time.perf_counter()
     for t, (tenant, _) in enumerate(TENANTS):
@@ -107,7 +122,10 @@ def ingest(store: MilvusStore, corpus: Corpus, rng: np.random.Generator) -> floa
                     document_id=document_id(d),
                     title=f"Document {d}",
                     metadata=corpus.metadata[d],
-                    chunks=[" ".join(rng.choice(WORDS, 90)) for _ in range(CHUNKS_PER_DOCUMENT)],
+                    chunks=[
+                        text(corpus.words[d * CHUNKS_PER_DOCUMENT + i])
+                        for i in range(CHUNKS_PER_DOCUMENT)
+                    ],
                     vectors=corpus.vectors[d * CHUNKS_PER_DOCUMENT : (d + 1) * CHUNKS_PER_DOCUMENT],
                 )
                 for d in owned[start : start + WRITE_BATCH].tolist()
@@ -137,18 +155,19 @@ def make_queries(corpus: Corpus, count: int, rng: np.random.Generator) -> list[Q
         best = rows[np.argsort(-(corpus.vectors[rows] @ vector))[:10]]
         truth = {(document_id(r // CHUNKS_PER_DOCUMENT), r % CHUNKS_PER_DOCUMENT) for r in best}
         tenant = TENANTS[corpus.tenants[document]][0]
-        queries.append(Query(tenant, vector, filters, truth))
+        words = text(rng.choice(corpus.words[anchor], QUERY_WORDS, replace=False))
+        queries.append(Query(tenant, vector, filters, truth, words))
     return queries
 
 
 def measure(search: Search, queries: list[Query]) -> tuple[float, float, float]:
     """Search p50 and p99 in ms, and mean recall@10 against exact search."""
     for q in queries[:5]:  # warm-up
-        search(q.tenant, q.vector, 10, q.filters)
+        search(q, 10)
     samples, recalls = [], []
     for q in queries:
         started = time.perf_counter()
-        found = search(q.tenant, q.vector, 10, q.filters)
+        found = search(q, 10)
         samples.append((time.perf_counter() - started) * 1000)
         got = {(c.document_id, c.chunk_index) for c in found}
         recalls.append(len(got & q.truth) / len(q.truth))
@@ -163,10 +182,12 @@ def run_size(chunks: int, queries: int, milvus_queries: int, work: Path) -> list
     rss_before = rss_mib()
     store = MilvusStore(str(work / f"milvus-{chunks}.db"), "", "bench", DIM)
     try:
-        ingest_s = ingest(store, corpus, rng)
+        ingest_s = ingest(store, corpus)
         rss_milvus = rss_mib()
         print(f"  written and flushed in {ingest_s:.1f} s; Milvus Lite alone searches", flush=True)
-        milvus = measure(store.search, asked[:milvus_queries])
+        milvus = measure(
+            lambda q, k: store.search(q.tenant, q.vector, k, q.filters), asked[:milvus_queries]
+        )
         print("  loading the hot index from Milvus", flush=True)
         hot = HotStore(store, DIM)
         started = time.perf_counter()
@@ -175,7 +196,8 @@ def run_size(chunks: int, queries: int, milvus_queries: int, work: Path) -> list
         assert hot.index is not None
         arrays_mib, index_mib = hot.index.nbytes / 2**20, hot.index.footprint() / 2**20
         print(f"  loaded {hot.index.rows} rows in {load_s:.1f} s; hot index searches", flush=True)
-        fast = measure(hot.search, asked)
+        fast = measure(lambda q, k: hot.search(q.tenant, q.vector, k, q.filters), asked)
+        hybrid = measure(lambda q, k: hot.search(q.tenant, q.vector, k, q.filters, q.text), asked)
     finally:
         store.close()
     return [
@@ -185,8 +207,9 @@ def run_size(chunks: int, queries: int, milvus_queries: int, work: Path) -> list
             chunks,
             load_s,
             *fast,
-            f"{index_mib:.0f} MiB, of which vectors and filter columns {arrays_mib:.0f} MiB",
+            f"{index_mib:.0f} MiB, of which vectors, filter columns and BM25 {arrays_mib:.0f} MiB",
         ),
+        Row("hot-hybrid", chunks, load_s, *hybrid[:2], None, "the same index"),
     ]
 
 
@@ -206,9 +229,10 @@ def main() -> None:
     heads = ("chunks", "load s", "p50 ms", "p99 ms", "recall@10")
     print(f"{'design':12} " + " ".join(f"{h:>9}" for h in heads) + "  memory")
     for r in rows:
+        recall = "-" if r.recall is None else f"{r.recall:.3f}"
         print(
             f"{r.design:12} {r.chunks:>9} {r.load_s:>9.1f} {r.p50_ms:>9.1f} {r.p99_ms:>9.1f} "
-            f"{r.recall:>9.3f}  {r.memory}"
+            f"{recall:>9}  {r.memory}"
         )
     print(
         "load s: milvus-lite = writing the chunks and flushing; hot-index = its load from "

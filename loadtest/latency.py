@@ -80,7 +80,7 @@ def main() -> None:
         client = Client(mesh.edge_target, key)
         documents = [read_document(p) for p in harvest(Path(data) / "corpus")]
         started = time.perf_counter()
-        _, chunks, _ = client.ingest(documents, progress=False)
+        chunks = client.ingest(documents, progress=False).complete().chunks
         print(
             f"ingested {len(documents)} documents, {chunks} chunks in "
             f"{time.perf_counter() - started:.1f}s"

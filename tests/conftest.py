@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -187,3 +189,26 @@ def _http(mesh: Mesh, method: str, path: str, key: str | None, body: bytes | Non
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def office_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lighthouses.pdf (three pages, one heading atop each) and baking.docx (headings two
+    deep, a table), made by LibreOffice Writer (`make office`) from their HTML sources in
+    tests/fixtures/documents: files a real office tool wrote, not we."""
+    soffice = shutil.which("soffice")
+    if soffice is None:
+        pytest.fail("LibreOffice is not installed: `make office` installs it")
+    out = tmp_path_factory.mktemp("office")
+    profile = f"-env:UserInstallation={(out / 'profile').as_uri()}"
+    sources = Path(__file__).parent / "fixtures" / "documents"
+    convert = [soffice, profile, "--headless", "--infilter=HTML (StarWriter)", "--convert-to"]
+    for name, target in (("lighthouses", "pdf"), ("baking", "docx:MS Word 2007 XML")):
+        source = str(sources / f"{name}.html")
+        subprocess.run(
+            [*convert, target, "--outdir", str(out), source],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return out

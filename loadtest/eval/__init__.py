@@ -1,6 +1,7 @@
 """The RAG evaluation: how well each tier answers the sample corpus's questions (issue 18).
 
     python -m loadtest.eval [--tiers economy,standard] [--limit N] [--out build/eval]
+    python -m loadtest.eval --retrieval   # retrieval alone: dense against hybrid
 
 Starts an isolated one-region mesh (free ports, a fresh data directory), ingests the sample
 corpus (services/client/sample_corpus.py), then asks every question of
@@ -26,6 +27,10 @@ tier by tier, and prints one column of figures per tier:
 
 Writes rows.csv (one row per question and tier, the answer included), summary.csv and
 eval.json under --out. tests/integration/test_eval_gate.py runs a short form in `make test`.
+
+`--retrieval` asks no tier: it ranks the set's questions and the held-out identifier
+questions (tests/fixtures/identifier_set.jsonl) by vector alone and hybrid, side by side,
+and writes retrieval.json (loadtest/eval/retrieval.py).
 
 Libraries. The figures are our own short functions, after a look at the maintained offline
 ones: pytrec_eval (trec_eval's `success@k` is our recall@k) needs scipy, and ranks

@@ -1,19 +1,23 @@
 """Runs the evaluation: `python -m loadtest.eval [--tiers economy,standard] [--limit N]
-[--out build/eval]` (`make eval`). The package's docstring says what it measures."""
+[--out build/eval]` (`make eval`); with `--retrieval`, retrieval alone, dense against hybrid
+(loadtest/eval/retrieval.py). The package's docstring says what it measures."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
 
-from loadtest.eval import report
+from loadtest.eval import report, retrieval
 from loadtest.eval.asking import Asker, ask_all
 from loadtest.eval.corpus import ingest, sample_documents
-from loadtest.eval.questions import EVAL_SET, load, subset
+from loadtest.eval.questions import EVAL_SET, IDENTIFIER_SET, Question, load, subset
 from services.config.mesh import MeshConfig
 from services.config.regions import first
+from services.control.registry import key_digest
 from services.supervisor.launcher import ROOT, Mesh, isolated
 
 
@@ -34,6 +38,17 @@ def main(argv: list[str] | None = None) -> None:
         help="chunks retrieved and scored for recall@k; 0: the gateway's default_top_k",
     )
     parser.add_argument("--max-tokens", type=int, default=0, help="0: the gateway's default")
+    parser.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="retrieval alone, dense against hybrid, on the set and --identifiers; no tiers",
+    )
+    parser.add_argument(
+        "--identifiers",
+        type=Path,
+        default=IDENTIFIER_SET,
+        help="the held-out identifier questions (JSONL) of --retrieval",
+    )
     args = parser.parse_args(argv)
     tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
     questions = subset(load(args.set), args.limit)
@@ -50,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
             f"ingested the sample corpus: {len(documents)} documents, {chunks} chunks "
             f"in {seconds:.1f} s"
         )
+        if args.retrieval:
+            sets = {"eval": questions, "identifier": load(args.identifiers)}
+            _compare_retrieval(mesh, key, sets, args.out)
+            return
         print(
             f"{len(questions)} questions ({sum(q.answerable for q in questions)} answerable), "
             f"tiers {', '.join(tiers)}, top_k {k}, through Envoy (gRPC GenerateStream), "
@@ -75,6 +94,32 @@ def main(argv: list[str] | None = None) -> None:
     }
     report.write(args.out, rows, summaries, meta)
     print(f"\nwrote {args.out}/rows.csv, summary.csv and eval.json")
+
+
+def _compare_retrieval(mesh: Mesh, key: str, sets: dict[str, list[Question]], out: Path) -> None:
+    """Prints retrieval's table, dense against hybrid, and writes retrieval.json under out."""
+    api_keys = mesh.config.gateway.api_keys
+    tenant = next(t for t, digest in api_keys.items() if digest == key_digest(key))
+    target = f"127.0.0.1:{mesh.regions[0].config.retrieval.port}"
+    print(
+        f"retrieval at {target}, tenant {tenant}: {', '.join(retrieval.MODES)}, "
+        f"top {retrieval.DEPTH}, {retrieval.PASSES} timed passes"
+    )
+    searcher = retrieval.Searcher(target, tenant)
+    try:
+        rows = retrieval.measure(searcher, sets)
+    finally:
+        searcher.close()
+    summaries = retrieval.summarise(rows)
+    print()
+    print(retrieval.table(summaries))
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "summary": [dataclasses.asdict(s) for s in summaries],
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+    (out / "retrieval.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}/retrieval.json")
 
 
 if __name__ == "__main__":

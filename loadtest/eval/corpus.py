@@ -25,7 +25,9 @@ def ingest(target: str, key: str, documents: list[pb.Document]) -> tuple[int, fl
     started = time.perf_counter()
     client = Client(target, key)
     try:
-        chunks = sum(client.ingest([document], progress=False)[1] for document in documents)
+        chunks = sum(
+            client.ingest([document], progress=False).complete().chunks for document in documents
+        )
     finally:
         client.close()
     return chunks, time.perf_counter() - started

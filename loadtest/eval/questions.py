@@ -19,6 +19,9 @@ from pathlib import Path
 from services.supervisor.launcher import ROOT
 
 EVAL_SET = ROOT / "tests" / "fixtures" / "eval_set.jsonl"
+# Held out from tuning retrieval: questions that each name an exact identifier of the sample
+# corpus (`itertools.zip_longest`, `base64.b32hexencode`), none of them in EVAL_SET.
+IDENTIFIER_SET = ROOT / "tests" / "fixtures" / "identifier_set.jsonl"
 STYLES = ("natural", "identifier")
 
 

@@ -1,7 +1,7 @@
 """The `ragmesh` command: run the mesh, ingest, ask, search, status; tenants, keys, usage.
 
 ragmesh up                      run the local mesh in the foreground
-ragmesh ingest docs/ notes.md   ingest txt, md and html files
+ragmesh ingest docs/ a.pdf      ingest pdf, docx, html, md and txt files
 ragmesh ask "how do I parse JSON?" [--stream]
 ragmesh search "json decoder"
 ragmesh status
@@ -23,13 +23,14 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from ragmesh.v1 import gateway_pb2 as pb
 
 from services.cli import admin, common
-from services.client.files import find_files, read_document
+from services.client.files import MEDIA_TYPES, find_files, read_document
 from services.client.gateway import Client
 from services.common.errors import http_status
 from services.config.mesh import MeshConfig
@@ -85,11 +86,35 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    documents = [read_document(p) for p in find_files([Path(p) for p in args.paths])]
-    if not documents:
-        sys.exit("no txt, md or html files found")
-    done, chunks, version = _client(args).ingest(documents, progress=not args.quiet)
-    print(f"ingested {done} documents as {chunks} chunks; corpus version {version}")
+    """Sends each file's bytes; a file that cannot be read here or by the server is told
+    by its path, the others ingested all the same; exit 1 if any file was not."""
+    paths = list(find_files([Path(p) for p in args.paths]))
+    if not paths:
+        sys.exit(f"no {', '.join(sorted(MEDIA_TYPES))} files found")
+    sent: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+
+    def documents() -> Iterator[pb.Document]:
+        for path in paths:
+            try:
+                document = read_document(path)
+            except OSError as exc:
+                failed.append((path, exc.strerror or str(exc)))
+                continue
+            sent.append(path)
+            yield document
+
+    stored = _client(args).ingest(documents(), total=len(paths), progress=not args.quiet)
+    failed += [(sent[n], why) for n, why in stored.failed]
+    for path, why in failed:
+        print(f"not ingested: {path}: {why}")
+    print(
+        f"ingested {stored.documents} documents as {stored.chunks} chunks; "
+        f"corpus version {stored.corpus_version or '-'}"
+        + (f"; {len(failed)} of {len(paths)} files failed" if failed else "")
+    )
+    if failed:
+        sys.exit(1)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -191,7 +216,9 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--top-k", type=int, default=0)
     search.set_defaults(run=cmd_search)
-    ingest = commands.add_parser("ingest", help="ingest txt, md and html files or folders")
+    ingest = commands.add_parser(
+        "ingest", help="ingest pdf, docx, html, md and txt files or folders (exit 1 if any fails)"
+    )
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(run=cmd_ingest)

@@ -8,7 +8,7 @@ call's status back as one of these classes (`from_status`).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -17,6 +17,11 @@ from google.rpc import error_details_pb2, status_pb2
 from services.common.redaction import redact
 
 ERROR_DOMAIN = "ragmesh.dev"
+# A status goes back in trailers, and gRPC clients refuse trailers past 8 KiB
+# (grpc.max_metadata_size): InvalidArgument.of keeps its message and its field violations
+# (base64 in grpc-status-details-bin) within these.
+MAX_MESSAGE_CHARS = 1000
+MAX_VIOLATION_BYTES = 3000
 
 
 class RagmeshError(Exception):
@@ -38,9 +43,43 @@ class RagmeshError(Exception):
 
 
 class InvalidArgument(RagmeshError):
-    """INVALID_ARGUMENT: the request is malformed; `field` names the offending field."""
+    """INVALID_ARGUMENT: the request is malformed; `field` names the offending field.
+
+    `violations`, (field, description) pairs, name each of several (one per document of an
+    ingest that cannot be read); `field` is then the first's."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str = "",
+        reason: str = "",
+        violations: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        first = violations[0][0] if violations else ""
+        super().__init__(message, field=field or first, reason=reason)
+        self.violations = [(redact(f), redact(d)) for f, d in violations]
+
+    @classmethod
+    def of(cls, violations: Sequence[tuple[str, str]]) -> InvalidArgument:
+        """One error for several (field, description) pairs: those that fit in
+        MAX_VIOLATION_BYTES, the message joining them ("field: description; ...") within
+        MAX_MESSAGE_CHARS and saying how many more there are."""
+        kept: list[tuple[str, str]] = []
+        size = 0
+        for field, description in violations:
+            size += len(field.encode()) + len(description.encode())
+            if kept and size > MAX_VIOLATION_BYTES:
+                break
+            kept.append((field, description))
+        message = "; ".join(f"{f}: {d}" for f, d in kept)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "…"
+        if len(kept) < len(violations):
+            message += f"; and {len(violations) - len(kept)} more not listed"
+        return cls(message, violations=kept)
 
 
 class Unauthenticated(RagmeshError):
@@ -160,14 +199,22 @@ def http_status(code: grpc.StatusCode) -> int:
 
 
 def rpc_status(error: RagmeshError) -> status_pb2.Status:
-    """The error as a google.rpc.Status; a BadRequest field violation when a field is named."""
+    """The error as a google.rpc.Status; a BadRequest with its field violations (or the one
+    field it names)."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message)
-    if error.field:
+    violations = error.violations if isinstance(error, InvalidArgument) else []
+    if not violations and error.field:
+        violations = [(error.field, error.message)]
+    if violations:
         detail = any_pb2.Any()
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.message
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in violations
+                ]
+            )
         )
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status.details.append(detail)
     if error.reason:
         detail = any_pb2.Any()
@@ -220,6 +267,20 @@ _BY_CODE: dict[grpc.StatusCode, type[RagmeshError]] = {
 _FIELD_FIRST = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
 
 
+def field_violations(trailers: Iterable[tuple[str, str | bytes]] | None) -> list[tuple[str, str]]:
+    """The (field, description) pairs of the google.rpc.BadRequest in a failed call's
+    `grpc-status-details-bin` trailer; [] without one."""
+    found: list[tuple[str, str]] = []
+    for key, value in trailers or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                found += [(v.field, v.description) for v in bad.field_violations]
+    return found
+
+
 def from_status(
     code: grpc.StatusCode,
     details: str,
@@ -227,15 +288,19 @@ def from_status(
     *,
     timeout: str = "",
     passed: Collection[grpc.StatusCode] = (),
+    trailers: Iterable[tuple[str, str | bytes]] | None = None,
 ) -> RagmeshError:
     """The error for a call to `server` that failed with status `code` and `details`.
 
     A code in `passed` (a ragmesh plane's verdict on the request itself) keeps its class and
     message, and the field its message starts with where it names one (the planes' messages
-    do). Else DEADLINE_EXCEEDED is DeadlineExceeded(`timeout`, default "<server> timed
-    out"), and anything else the server's failure: Unavailable("<server> unavailable: CODE").
+    do); INVALID_ARGUMENT keeps every field violation of its `trailers` too. Else
+    DEADLINE_EXCEEDED is DeadlineExceeded(`timeout`, default "<server> timed out"), and
+    anything else the server's failure: Unavailable("<server> unavailable: CODE").
     """
     kind = _BY_CODE.get(code) if code in passed else None
+    if kind is InvalidArgument and (violations := field_violations(trailers)):
+        return InvalidArgument(details or code.name, violations=violations)
     if kind is not None:
         message = details or code.name
         field = message.split(":", 1)[0] if code in _FIELD_FIRST else ""

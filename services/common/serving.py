@@ -23,8 +23,9 @@ from services.config.telemetry import TelemetryConfig
 LOGGER = logging.getLogger(__name__)
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
-# Generous limits: documents up to the gateway's own size limit must fit in one message.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Generous limits: a document up to the gateway's own size limit (MAX_CONTENT_BYTES, 20 MiB of
+# a file's content) must fit in one message.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -13,6 +13,11 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # would take a superscript two or an Arabic-Indic digit, which Triton cannot parse).
 MODEL_VERSION = re.compile(r"[0-9]{1,18}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The most `max_content_bytes` may be: a document's content travels whole in one request,
+# as base64 in JSON (4/3 of it, 26.7 MiB) under Envoy's 32 MiB body limit
+# (services/edge/render.py MAX_REQUEST_BYTES) and in one gRPC message of at most 32 MiB
+# (services/common/serving.py MAX_MESSAGE_BYTES); tests/unit/test_config.py holds them so.
+MAX_CONTENT_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +39,10 @@ class TierConfig:
     tokenizer: str = ""
     # Tokens the model adds around the prompt (its chat template), counted in its window.
     template_tokens: int = 0
+    # Each source cut to its this many sentences most relevant to the question before the
+    # model reads it (services/contract/relevance.py), for a small model that reads a long
+    # prompt slowly and loses the thread in it; 0: whole chunks.
+    source_sentences: int = 0
     # The tier that answers, marked degraded, when this one is down; empty: none.
     fallback: str = ""
     # An OpenAI-compatible server's API root (vLLM, NIM, llama.cpp's server, OpenAI), e.g.
@@ -60,6 +69,9 @@ class TierConfig:
             0 <= self.template_tokens < self.context_tokens,
             "gateway.tiers.template_tokens",
             "must be 0..context_tokens-1",
+        )
+        require(
+            0 <= self.source_sentences <= 100, "gateway.tiers.source_sentences", "must be 0..100"
         )
         require(self.connect_timeout_s > 0, "gateway.tiers.connect_timeout_s", "must be positive")
         require(0 <= self.retries <= 5, "gateway.tiers.retries", "must be 0..5")
@@ -139,7 +151,10 @@ class GatewayConfig:
     default_max_tokens: int = 256
     max_max_tokens: int = 2048
     max_query_chars: int = 2000
+    # A document's `text`, UTF-8 bytes; and a file's `content` (PDF, DOCX, ...), checked
+    # before it is parsed: at most MAX_CONTENT_BYTES.
     max_document_bytes: int = 1_000_000
+    max_content_bytes: int = MAX_CONTENT_BYTES
     max_documents_per_request: int = 100
     # A request's budget: the client's deadline, at most this (and this without one).
     request_timeout_s: float = 30.0
@@ -207,6 +222,11 @@ class GatewayConfig:
         )
         require(self.max_query_chars > 0, "gateway.max_query_chars", "must be positive")
         require(self.max_document_bytes > 0, "gateway.max_document_bytes", "must be positive")
+        require(
+            0 < self.max_content_bytes <= MAX_CONTENT_BYTES,
+            "gateway.max_content_bytes",
+            f"must be 1..{MAX_CONTENT_BYTES} (one document must fit one request)",
+        )
         require(self.request_timeout_s > 0, "gateway.request_timeout_s", "must be positive")
         require(self.write_timeout_s > 0, "gateway.write_timeout_s", "must be positive")
         require(self.retrieval_timeout_s > 0, "gateway.retrieval_timeout_s", "must be positive")

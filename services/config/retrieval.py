@@ -29,10 +29,15 @@ class RetrievalConfig:
     milvus_token: str = ""
     collection: str = "ragmesh_chunks"
     # Search an in-process copy of the chunk rows (services/retrieval/hot_index.py), loaded
-    # from Milvus at start; Milvus stays the store of record (docs/retrieval.md). About 2.5 KiB
-    # a chunk (384 float32s, text, metadata): 242 MiB at 100k chunks. Off: every search goes
-    # to Milvus, for a Milvus server other programs write to or a corpus too big for memory.
+    # from Milvus at start; Milvus stays the store of record (docs/retrieval.md). About 2.9 KiB
+    # a chunk (384 float32s, text, metadata, BM25 entries): 282 MiB at 100k chunks (`make
+    # bench-retrieval`). Off: every search goes to Milvus, by vector alone, for a Milvus
+    # server other programs write to or a corpus too big for memory.
     hot_index: bool = True
+    # Search ranks by vector and by BM25 over the query's words and fuses the two rankings
+    # (reciprocal rank fusion; services/retrieval/hot_index.py), unless a request says
+    # otherwise (SearchRequest.hybrid). BM25 runs in the hot index: needs hot_index.
+    hybrid: bool = True
     triton_target: str = "127.0.0.1:8001"
     embedder_model: str = "embedder"
     embedding_dim: int = 384
@@ -65,6 +70,12 @@ class RetrievalConfig:
         require(bool(self.milvus_uri), "retrieval.milvus_uri", "must not be empty")
         require(bool(self.corpus_log), "retrieval.corpus_log", "must not be empty")
         require(isinstance(self.hot_index, bool), "retrieval.hot_index", "must be true or false")
+        require(isinstance(self.hybrid, bool), "retrieval.hybrid", "must be true or false")
+        require(
+            self.hot_index or not self.hybrid,
+            "retrieval.hybrid",
+            "needs hot_index: true (BM25 runs in the hot index); set hybrid: false without it",
+        )
         require(
             self.replication_interval_s > 0, "retrieval.replication_interval_s", "must be positive"
         )

@@ -31,6 +31,8 @@ _CONVERSATION_LINE = "Conversation so far:"
 ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 _ANSWER_LINE = "Answer:"
 _SUSPECT = ' suspect="injection"'
+_PAGE = ' page="{}"'
+_HEADING = ' heading="{}"'
 _SOURCES_BLOCK_RE = re.compile(r"<sources>(.*)</sources>", re.DOTALL)
 _SOURCE_RE = re.compile(r'<source id="(\d+)"([^>]*)>(.*?)</source>', re.DOTALL)
 _ATTR_RE = re.compile(r'([A-Za-z_][\w-]*)="([^"]*)"')
@@ -45,6 +47,10 @@ class Source:
     text: str
     # Flagged at ingest as a likely prompt injection and kept by policy: fenced as suspect.
     suspect: bool = False
+    page: int = 0  # the PDF page the chunk is on, shown as page="n"; 0: none
+    # The headings the chunk sits under, outermost first (services/retrieval/parsing.py's
+    # HEADING_SEPARATOR between), shown as heading="..."; "": none.
+    heading: str = ""
 
 
 class Turn(NamedTuple):
@@ -73,7 +79,9 @@ def build_prompt(question: str, sources: Sequence[Source], history: Sequence[Tur
     turns (if any), then the question."""
     fenced = "".join(
         f'<source id="{n}" document="{html.escape(s.document_id)}" '
-        f'chunk="{html.escape(s.chunk_id)}"{_SUSPECT if s.suspect else ""}>\n'
+        f'chunk="{html.escape(s.chunk_id)}"{_PAGE.format(s.page) if s.page else ""}'
+        f"{_HEADING.format(html.escape(s.heading)) if s.heading else ''}"
+        f"{_SUSPECT if s.suspect else ''}>\n"
         f"{html.escape(s.text, quote=False)}\n</source>\n"
         for n, s in enumerate(sources, start=1)
     )
@@ -126,5 +134,8 @@ def parse_prompt(prompt: str) -> tuple[str, dict[int, Source]]:
             attrs = {k: html.unescape(v) for k, v in _ATTR_RE.findall(match.group(2))}
             text = _fenced_text(match.group(3))
             document, chunk = attrs.get("document", ""), attrs.get("chunk", "")
-            sources[number] = Source(document, chunk, text, attrs.get("suspect") == "injection")
+            page = int(attrs["page"]) if attrs.get("page", "").isdigit() else 0
+            suspect = attrs.get("suspect") == "injection"
+            heading = attrs.get("heading", "")
+            sources[number] = Source(document, chunk, text, suspect, page, heading)
     return question, sources

@@ -23,7 +23,7 @@ delay retrieval for game days; it is inert until its runtime keys are set throug
 port (``chaos.<region>.retrieval.delay_percent``, ``...delay_ms``).
 
 Access logs go to stdout as JSON and never carry bodies, ``x-api-key`` or ``authorization``.
-Requests are capped at 8 MiB (413 beyond). A Lua filter before the transcoder
+Requests are capped at 32 MiB (413 beyond). A Lua filter before the transcoder
 (``request_guard.lua``), the request guard, answers INVALID_ARGUMENT at the edge for
 what the request itself gets wrong, so that no client mistake reaches a gateway as a reset,
 a hang or an INTERNAL: a gRPC content type other than protobuf, a gRPC request without
@@ -57,8 +57,9 @@ OPENAI_PATHS = ("/v1/chat/completions", "/v1/embeddings", "/v1/models")
 # the request, or answered 503 (a stream answers its status with its first event). Never a
 # client's mistake, a 429, a 500 or a 504.
 OPENAI_RETRY_ON = "connect-failure,refused-stream,reset,retriable-status-codes"
-# The transcoder buffers a JSON request whole before sending it on as one gRPC message.
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# The transcoder buffers a JSON request whole before sending it on as one gRPC message: a
+# document's content of gateway.max_content_bytes (20 MiB at most) is 26.7 MiB of base64.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"

@@ -161,7 +161,14 @@ def screen_sources(
     action = rails.document_injection
     kept = [c for c in chunks if not c.injection] if action == "drop" else list(chunks)
     sources = [
-        Source(c.document_id, c.chunk_id, c.text, suspect=bool(c.injection) and action == "fence")
+        Source(
+            c.document_id,
+            c.chunk_id,
+            c.text,
+            suspect=bool(c.injection) and action == "fence",
+            page=c.page,
+            heading=c.heading,
+        )
         for c in kept
     ]
     if not flagged:

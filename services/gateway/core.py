@@ -589,17 +589,27 @@ class GatewayCore:
         return price.cost(progress.input_tokens, progress.output_tokens)
 
     async def ingest(self, call: Call, documents: list[Document]) -> Written:
+        """Sends the documents to retrieval, which parses, chunks and stores them whole.
+
+        Raises InvalidArgument for a count outside 1..max_documents_per_request, and with a
+        field violation for each document over its size limit (`documents[i].text` over
+        max_document_bytes of UTF-8, `documents[i].content` over max_content_bytes),
+        checked before admission; retrieval's own refusals, each violation kept.
+        """
         limit = self.config.max_documents_per_request
         if not 1 <= len(documents) <= limit:
             raise InvalidArgument(f"documents: must hold 1..{limit} documents", field="documents")
+        violations = []
         for i, document in enumerate(documents):
-            size = len(document.text.encode())
-            if size > self.config.max_document_bytes:
-                name = f"documents[{i}].text"
-                raise InvalidArgument(
-                    f"{name}: {size} bytes, over the limit of {self.config.max_document_bytes}",
-                    field=name,
-                )
+            for name, size, most in (
+                ("text", len(document.text.encode()), self.config.max_document_bytes),
+                ("content", len(document.content), self.config.max_content_bytes),
+            ):
+                if size > most:
+                    why = f"document {document.id!r}: {size:,} bytes, over the limit of {most:,}"
+                    violations.append((f"documents[{i}].{name}", why))
+        if violations:
+            raise InvalidArgument.of(violations)
         await self._admit_call(call)
         written = await self._retrieval.upsert(call.tenant, documents, call.remaining())
         self._cache.saw_version(call.tenant, written.corpus_version)  # no stale early hits
@@ -699,4 +709,6 @@ def _citation(n: int, chunk: Chunk) -> Citation:
         chunk_id=chunk.chunk_id,
         score=chunk.score,
         snippet=snippet,
+        page=chunk.page,
+        heading=chunk.heading,
     )

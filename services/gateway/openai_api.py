@@ -22,8 +22,8 @@ Mapping (docs/openai.md has the table):
 - ragmesh's own fields, sent as the SDK's `extra_body`: `top_k`, `filters`,
   `skip_retrieval`, `bypass_cache`, `priority`, `model_version`.
 - The answer carries `citations` (the native Citation: index, document_id, chunk_id, score,
-  snippet) and `ragmesh` (tier, region, cache status, degradation, routing, trace id,
-  corpus version, cost), top-level fields the SDK keeps (`completion.model_extra`); a
+  snippet, page, heading) and `ragmesh` (tier, region, cache status, degradation, routing,
+  trace id, corpus version, cost), top-level fields the SDK keeps (`completion.model_extra`); a
   stream carries them on the chunk with `finish_reason`.
 
 Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the HTTP
@@ -332,6 +332,8 @@ def _extension(answer: Answer, call: Call, region: str) -> dict[str, Any]:
                 "chunk_id": c.chunk_id,
                 "score": c.score,
                 "snippet": c.snippet,
+                "page": c.page,
+                "heading": c.heading,
             }
             for c in answer.citations
         ],

@@ -32,7 +32,8 @@ _PASSED_THROUGH = frozenset(
 @dataclass(frozen=True)
 class Chunk:
     """A retrieved chunk; `score` is the cosine similarity to the query (-1..1);
-    `injection` the rule the ingest scan found the chunk's text to match, "" for clean."""
+    `injection` the rule the ingest scan found the chunk's text to match, "" for clean;
+    `page` the PDF page it is on (0: none), `heading` its heading path ("": none)."""
 
     document_id: str
     chunk_id: str  # "<document_id>#<index>"
@@ -40,6 +41,8 @@ class Chunk:
     text: str
     title: str
     metadata: dict[str, str]
+    page: int = 0
+    heading: str = ""
     injection: str = ""
 
 
@@ -100,14 +103,26 @@ class RetrievalClient:
             metadata = (*telemetry.traceparent().items(), *extra)
             return await method(request, timeout=max(timeout_s, 0.001), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            details = exc.details() or ""
-            raise from_status(exc.code(), details, "retrieval", passed=_PASSED_THROUGH) from exc
+            raise from_status(
+                exc.code(),
+                exc.details() or "",
+                "retrieval",
+                passed=_PASSED_THROUGH,
+                trailers=exc.trailing_metadata(),
+            ) from exc
 
     async def upsert(self, tenant: str, documents: list[Document], timeout_s: float) -> Written:
         request = pb.UpsertRequest(
             tenant=tenant,
             documents=[
-                pb.Document(id=d.id, title=d.title, text=d.text, metadata=d.metadata)
+                pb.Document(
+                    id=d.id,
+                    title=d.title,
+                    text=d.text,
+                    metadata=d.metadata,
+                    content=d.content,
+                    media_type=d.media_type,
+                )
                 for d in documents
             ],
         )
@@ -135,7 +150,15 @@ class RetrievalClient:
         reply = await self._call(self._stub.Search, request, timeout_s, extra)
         chunks = [
             Chunk(
-                c.document_id, c.chunk_id, c.score, c.text, c.title, dict(c.metadata), c.injection
+                c.document_id,
+                c.chunk_id,
+                c.score,
+                c.text,
+                c.title,
+                dict(c.metadata),
+                c.page,
+                c.heading,
+                c.injection,
             )
             for c in reply.chunks
         ]

@@ -27,7 +27,7 @@ from services.common.errors import (
     Unavailable,
     rpc_status,
 )
-from services.contract.documents import Document
+from services.contract.documents import from_message
 from services.contract.prompt import Turn
 from services.control.usage import check_query
 from services.gateway.control import Control
@@ -57,6 +57,8 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
                 chunk_id=c.chunk_id,
                 score=c.score,
                 snippet=c.snippet,
+                page=c.page,
+                heading=c.heading,
             )
             for c in answer.citations
         ],
@@ -234,10 +236,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def IngestDocuments(
         self, request: pb.IngestDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.IngestDocumentsResponse:
-        documents = [
-            Document(id=d.id, title=d.title, text=d.text, metadata=dict(d.metadata))
-            for d in request.documents
-        ]
+        documents = [from_message(d) for d in request.documents]
         call = self._call(context, self._core.config.write_timeout_s)
         result = await self._core.ingest(call, documents)
         return pb.IngestDocumentsResponse(
@@ -260,18 +259,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self._call(context), request.query, request.top_k, dict(request.filters)
         )
         return pb.SearchResponse(
-            hits=[
-                pb.SearchHit(
-                    document_id=c.document_id,
-                    chunk_id=c.chunk_id,
-                    score=c.score,
-                    text=c.text,
-                    title=c.title,
-                    metadata=c.metadata,
-                    injection=c.injection,
-                )
-                for c in found.chunks
-            ],
+            hits=[pb.SearchHit(**dataclasses.asdict(c)) for c in found.chunks],
             corpus_version=found.corpus_version,
         )
 

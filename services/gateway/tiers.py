@@ -12,6 +12,7 @@ from services.common import tokens
 from services.common.errors import InvalidArgument
 from services.config.gateway import MODEL_VERSION, GatewayConfig, TierConfig
 from services.contract.prompt import Source, Turn, build_prompt, plain_prompt
+from services.contract.relevance import compact
 from services.gateway.breaker import Breaker
 from services.gateway.upstream import UpstreamLLM
 from services.triton.client import TritonClient
@@ -94,7 +95,8 @@ class Tier:
         """The prompt with as much of the conversation (`history`, oldest first) and as many
         of the best sources as leave `max_tokens` for the answer in the tier's window
         (counted with the model's tokenizer and template); not `grounded` (a request that
-        skips retrieval): the conversation and the question alone.
+        skips retrieval): the conversation and the question alone. A tier with
+        `source_sentences` reads each source cut to its most relevant sentences.
 
         What gives way, in order: the oldest user and assistant turns, then the sources,
         lowest-ranked first, then the system turns, oldest first; the question is never cut.
@@ -110,7 +112,12 @@ class Tier:
                 f"window of {window} tokens",
                 field="max_tokens",
             )
-        kept = list(sources) if grounded else []
+        if not grounded:
+            kept = []
+        elif self.config.source_sentences:
+            kept = compact(question, sources, self.config.source_sentences)
+        else:
+            kept = list(sources)
         turns = list(history)
         template = self.config.template_tokens
         while True:

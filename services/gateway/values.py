@@ -75,6 +75,8 @@ class Citation:
     chunk_id: str
     score: float
     snippet: str
+    page: int = 0  # the PDF page the chunk is on; 0: none
+    heading: str = ""  # the path of the headings above it; "": none
 
 
 @dataclass(frozen=True)

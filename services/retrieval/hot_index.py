@@ -2,9 +2,9 @@
 
 Rows live per tenant, each tenant in its own dense float32 matrix of unit vectors, so a
 search reads its tenant's rows and no other's. Beside each vector the index keeps the
-rest of the row (document, chunk index, title, text, metadata, injection verdict), so a
-search never waits on Milvus. Deleting a row moves the last row into its place: the matrix
-has no holes.
+rest of the row (document, chunk index, title, text, metadata, injection verdict, page,
+heading path), so a search never waits on Milvus. Deleting a row moves the last row into
+its place: the matrix has no holes.
 
 Search scores inner products, equal to cosine on unit vectors. The candidates are the
 tenant's rows whose metadata equal every filter. Up to EXACT_ROWS candidates are all
@@ -12,6 +12,12 @@ scored (exact search). Above that an inverted file narrows them: the tenant's ro
 clustered (spherical k-means), and only the clusters nearest the query are scored, as many
 as hold PROBE_FRACTION of the candidates (at least PROBE_MIN_ROWS). Clusters are trained
 again each time the tenant has doubled; rows added between go to their nearest cluster.
+
+Beside its vectors each tenant keeps a BM25 index of its rows (services/retrieval/lexical.py).
+A hybrid search ranks the candidates twice, by vector (as above) and by BM25 for the query's
+words, each to FUSION_DEPTH rows, and fuses the two rankings by reciprocal rank
+(services/retrieval/fusion.py). Whichever way a row is ranked, its score is its cosine to the
+query, so a score means the same in either search.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ from dataclasses import replace
 
 import numpy as np
 
+from services.retrieval import fusion
+from services.retrieval.lexical import Lexicon, row_text
 from services.retrieval.store import StoredChunk
 
 EXACT_ROWS = 20_000
 PROBE_FRACTION = 1 / 16
 PROBE_MIN_ROWS = 8_192
+# Rows each ranking hands to the fusion: MAX_TOP_K (services/retrieval/core.py). Past rank
+# 100, 1 / (60 + rank) changes little: a row there counts less than half of one at rank 1.
+FUSION_DEPTH = 100
 _KMEANS_ITERATIONS = 8
 _KMEANS_SAMPLE_PER_LIST = 64
 _MIN_CAPACITY = 64
@@ -73,6 +84,7 @@ class Partition:
         self.vectors = np.empty((_MIN_CAPACITY, dim), dtype=np.float32)
         self.lists = np.zeros(_MIN_CAPACITY, dtype=np.int32)  # cluster of each row
         self.rows: list[StoredChunk] = []
+        self.lexicon = Lexicon()
         self.documents: dict[str, list[int]] = {}  # rows of each document
         self.values: dict[str, np.ndarray] = {}  # metadata key: value code of each row
         self.codes: dict[str, dict[str, int]] = {}  # metadata key: value: code
@@ -97,6 +109,7 @@ class Partition:
         for i, row in enumerate(rows, start):
             self.documents.setdefault(row.document_id, []).append(i)
         self.rows.extend(rows)
+        self.lexicon.add([row_text(r.title, r.text) for r in rows])
         self.size = end
 
     def remove(self, document_id: str) -> None:
@@ -108,6 +121,8 @@ class Partition:
     def _remove_row(self, row: int) -> None:
         """Moves the last row into `row`; removing in descending order keeps this valid."""
         last = self.size - 1
+        gone, kept = self.rows[row], self.rows[last]
+        self.lexicon.remove(row, row_text(gone.title, gone.text), row_text(kept.title, kept.text))
         if row != last:
             for column in (self.vectors, self.lists, *self.values.values()):
                 column[row] = column[last]
@@ -173,25 +188,40 @@ class Partition:
         probed = chosen[lists]
         return probed if mask is None else mask & probed
 
-    def search(self, query: np.ndarray, top_k: int, filters: dict[str, str]) -> list[StoredChunk]:
-        mask = self.probe(query, self.candidates(filters))
-        if mask is None:
-            where, scores = np.arange(self.size), _scores(self.vectors[: self.size], query)
+    def nearest(self, query: np.ndarray, k: int, mask: np.ndarray | None) -> np.ndarray:
+        """The k rows (of those `mask` keeps; None: all) nearest `query`, nearest first."""
+        mask = self.probe(query, mask)
+        where = np.arange(self.size) if mask is None else np.flatnonzero(mask)
+        vectors = self.vectors[: self.size] if mask is None else self.vectors[where]
+        return where[top(_scores(vectors, query), k)]
+
+    def search(
+        self, query: np.ndarray, top_k: int, filters: dict[str, str], text: str = ""
+    ) -> list[StoredChunk]:
+        """The top_k rows whose metadata equal every filter: nearest `query` first, or with
+        `text`, the query's words, in the fused order of the nearest and the BM25 best."""
+        mask = self.candidates(filters)
+        if text:
+            depth = max(top_k, FUSION_DEPTH)
+            bm25 = self.lexicon.scores(text, mask)
+            matched = np.flatnonzero(bm25)
+            rankings = [self.nearest(query, depth, mask), matched[top(bm25[matched], depth)]]
+            rows = np.array(fusion.rrf([r.tolist() for r in rankings])[:top_k], dtype=np.int64)
         else:
-            where = np.flatnonzero(mask)
-            scores = _scores(self.vectors[where], query)
-        best = top(scores, top_k)
+            rows = self.nearest(query, top_k, mask)
+        scores = _scores(self.vectors[rows], query)
         return [
             replace(self.rows[row], score=min(score, 1.0), metadata=dict(self.rows[row].metadata))
-            for row, score in zip(where[best].tolist(), scores[best].tolist(), strict=True)
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
     @property
     def nbytes(self) -> int:
-        """The numpy arrays' bytes; the rows' Python objects (text and all) come on top."""
+        """The numpy arrays' and the BM25 index's bytes; the rows' Python objects (text and
+        all) come on top."""
         columns = [self.vectors, self.lists, *self.values.values()]
         centroids = 0 if self.centroids is None else self.centroids.nbytes
-        return sum(int(c.nbytes) for c in columns) + centroids
+        return sum(int(c.nbytes) for c in columns) + centroids + self.lexicon.nbytes
 
 
 def _scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -236,12 +266,13 @@ class HotIndex:
             partition.train(force=True)
 
     def search(
-        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str]
+        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str], text: str = ""
     ) -> list[StoredChunk]:
+        """Partition.search in the tenant's partition; none of another's rows."""
         partition = self._tenants.get(tenant)
         if partition is None:
             return []
-        return partition.search(unit(vector), top_k, filters)
+        return partition.search(unit(vector), top_k, filters, text)
 
     @property
     def rows(self) -> int:
@@ -266,6 +297,6 @@ class HotIndex:
             total += size(partition.rows) + size(partition.documents)
             for row in partition.rows:
                 total += size(row) + size(row.__dict__) + size(row.text) + size(row.title)
-                total += size(row.document_id) + size(row.metadata)
+                total += size(row.document_id) + size(row.metadata) + size(row.heading)
             total += sum(size(rows) for rows in partition.documents.values())
         return total

@@ -3,9 +3,9 @@
 HotStore is a VectorStore, as MilvusStore is. Every write goes to Milvus first and reaches the hot
 index only once Milvus took it, so what a search can return is always acknowledged data.
 Searches run on the hot index alone (docs/retrieval.md, "Retrieval at size": Milvus Lite
-scans every row in Python on each search). `load` fills the index from Milvus at start;
-until it has, and after a failed write whose effect on Milvus could not be read back,
-search goes to Milvus.
+scans every row in Python on each search), hybrid ones too (BM25 beside the vectors).
+`load` fills the index from Milvus at start; until it has, and after a failed write whose
+effect on Milvus could not be read back, search goes to Milvus, by vector alone.
 Tenant versions are cached beside the index. Like MilvusStore it is not thread-safe: the
 retrieval core calls it from one worker thread.
 """
@@ -84,7 +84,7 @@ class HotStore:
             raise
         if self._index is not None:
             for d in documents:
-                self._index.replace_document(tenant, _rows(d), d.vectors)
+                self._index.replace_document(tenant, d.rows(), d.vectors)
 
     def delete_version(self, tenant: str, document_ids: list[str], version: int) -> None:
         try:
@@ -106,11 +106,13 @@ class HotStore:
         return deleted
 
     def search(
-        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str]
+        self, tenant: str, vector: np.ndarray, top_k: int, filters: dict[str, str], text: str = ""
     ) -> list[StoredChunk]:
+        """HotIndex.search, hybrid with `text`; while the index is not loaded or not trusted,
+        Milvus's search by vector alone."""
         if self._index is None:
             return self._milvus.search(tenant, vector, top_k, filters)
-        return self._index.search(tenant, vector, top_k, filters)
+        return self._index.search(tenant, vector, top_k, filters, text)
 
     def close(self) -> None:
         self._milvus.close()
@@ -129,20 +131,9 @@ class HotStore:
             self._index = None
 
 
-def _rows(document: DocumentRows) -> list[StoredChunk]:
-    """The rows MilvusStore.replace_documents writes for `document` (score 0)."""
-    return [
-        StoredChunk(
-            document.document_id, i, 0.0, text, document.title, document.metadata, injection
-        )
-        for i, (text, injection) in enumerate(
-            zip(document.chunks, document.injections, strict=True)
-        )
-    ]
-
-
 def _add(index: HotIndex, rows: list[ScannedRow]) -> None:
-    """Adds a batch of scanned rows by tenant; equal metadata and titles share one object."""
+    """Adds a batch of scanned rows by tenant; equal metadata, titles and headings share one
+    object."""
     by_tenant: defaultdict[str, list[ScannedRow]] = defaultdict(list)
     for row in rows:
         by_tenant[row.tenant].append(row)
@@ -152,6 +143,7 @@ def _add(index: HotIndex, rows: list[ScannedRow]) -> None:
             replace(
                 r.chunk,
                 title=shared.setdefault(r.chunk.title, r.chunk.title),
+                heading=shared.setdefault(r.chunk.heading, r.chunk.heading),
                 metadata=shared.setdefault(
                     tuple(sorted(r.chunk.metadata.items())), r.chunk.metadata
                 ),

@@ -6,7 +6,7 @@ import grpc
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
-from services.contract.documents import Document
+from services.contract.documents import from_message
 from services.retrieval.core import RetrievalCore
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -25,10 +25,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     async def Upsert(
         self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertResponse:
-        documents = [
-            Document(id=d.id, title=d.title, text=d.text, metadata=dict(d.metadata))
-            for d in request.documents
-        ]
+        documents = [from_message(d) for d in request.documents]
         result = await self._core.upsert(request.tenant, documents, _remaining(context))
         return pb.UpsertResponse(
             documents=result.documents, chunks=result.chunks, corpus_version=str(result.version)
@@ -44,7 +41,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchResponse:
         chunks, version, vector = await self._core.search(
-            request.tenant, request.query, request.top_k, dict(request.filters), _remaining(context)
+            request.tenant,
+            request.query,
+            request.top_k,
+            dict(request.filters),
+            _remaining(context),
+            hybrid=request.hybrid if request.HasField("hybrid") else None,
         )
         return pb.SearchResponse(
             chunks=[
@@ -56,6 +58,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                     title=c.title,
                     metadata=c.metadata,
                     injection=c.injection,
+                    page=c.page,
+                    heading=c.heading,
                 )
                 for c in chunks
             ],

@@ -7,7 +7,9 @@ call, then deletes the older versions' chunks of that document, so a document is
 never half old and half new, and writing the same version twice changes nothing.
 Per-tenant corpus versions live in a second collection. Milvus is the store of record;
 services/retrieval/hot_store.py keeps an in-process index of it for fast search. Each row
-keeps its chunk's injection verdict inside its metadata JSON (services/retrieval/verdicts.py).
+keeps its chunk's injection verdict inside its metadata JSON (services/retrieval/verdicts.py),
+and beside it, for the same reasons, where the chunk is in its document: PAGE_KEY and
+HEADING_KEY (services/retrieval/parsing.py), absent where it has none.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from services.retrieval import verdicts
 
 LOGGER = logging.getLogger(__name__)
+PAGE_KEY = f"{verdicts.RESERVED_PREFIX}page"
+HEADING_KEY = f"{verdicts.RESERVED_PREFIX}heading"
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,15 @@ class StoredChunk:
     title: str
     metadata: dict[str, str]
     injection: str = ""  # the ingest scan's verdict: a rule's name, "" for clean
+    page: int = 0  # the PDF page the chunk is on; 0: none
+    heading: str = ""  # the path of the headings above it; "": none
 
 
 @dataclass(frozen=True)
 class DocumentRows:
-    """One document's chunks, their vectors and their injection verdicts, as one corpus
-    version writes them. Without verdicts (a log entry from before the ingest scan), the
-    chunks are scanned here."""
+    """One document's chunks, their vectors, their injection verdicts, pages and heading
+    paths, as one corpus version writes them. Without verdicts (a log entry from before the
+    ingest scan), the chunks are scanned here; without pages or headings, they have none."""
 
     document_id: str
     title: str
@@ -51,14 +57,43 @@ class DocumentRows:
     chunks: list[str]
     vectors: np.ndarray
     injections: list[str] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+    headings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.injections:
             object.__setattr__(self, "injections", verdicts.scan(self.chunks))
-        elif len(self.injections) != len(self.chunks):
-            raise ValueError(
-                f"{len(self.injections)} injection verdicts for {len(self.chunks)} chunks"
-            )
+        object.__setattr__(self, "pages", self.pages or [0] * len(self.chunks))
+        object.__setattr__(self, "headings", self.headings or [""] * len(self.chunks))
+        counts = {
+            "injection verdicts": len(self.injections),
+            "pages": len(self.pages),
+            "heading paths": len(self.headings),
+        }
+        for name, count in counts.items():
+            if count != len(self.chunks):
+                raise ValueError(f"{count} {name} for {len(self.chunks)} chunks")
+
+    def rows(self) -> list[StoredChunk]:
+        """The chunks as stored (score 0)."""
+        places = zip(self.chunks, self.injections, self.pages, self.headings, strict=True)
+        return [
+            StoredChunk(self.document_id, i, 0.0, text, self.title, self.metadata, rule, page, path)
+            for i, (text, rule, page, path) in enumerate(places)
+        ]
+
+
+def row_metadata(
+    metadata: dict[str, str], injection: str, page: int, heading: str
+) -> dict[str, str]:
+    """A chunk row's metadata JSON: the document's metadata, the chunk's verdict, its page
+    and heading path where it has them."""
+    row = verdicts.stored(metadata, injection)
+    if page:
+        row[PAGE_KEY] = str(page)
+    if heading:
+        row[HEADING_KEY] = heading
+    return row
 
 
 @dataclass(frozen=True)
@@ -191,7 +226,8 @@ class MilvusStore:
             schema.add_field("chunk_index", DataType.INT64)
             schema.add_field("title", DataType.VARCHAR, max_length=1024)
             schema.add_field("text", DataType.VARCHAR, max_length=65_535)
-            # The document's metadata and the chunk's injection verdict (verdicts.KEY).
+            # The document's metadata, the chunk's injection verdict (verdicts.KEY), page
+            # and heading path (PAGE_KEY, HEADING_KEY).
             schema.add_field("metadata", DataType.JSON)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
             index = self._client.prepare_index_params()
@@ -248,20 +284,18 @@ class MilvusStore:
         """`replace_document` for many documents of one version: one upsert, one delete."""
         rows = [
             {
-                "id": row_id(tenant, d.document_id, version, i),
+                "id": row_id(tenant, d.document_id, version, c.chunk_index),
                 "tenant": tenant,
                 "document_id": d.document_id,
                 "version": version,
-                "chunk_index": i,
+                "chunk_index": c.chunk_index,
                 "title": d.title,
-                "text": text,
-                "metadata": verdicts.stored(d.metadata, injection),
+                "text": c.text,
+                "metadata": row_metadata(d.metadata, c.injection, c.page, c.heading),
                 "vector": vector.tolist(),
             }
             for d in documents
-            for i, (text, vector, injection) in enumerate(
-                zip(d.chunks, d.vectors, d.injections, strict=True)
-            )
+            for c, vector in zip(d.rows(), d.vectors, strict=True)
         ]
         self._client.upsert(self._chunks, rows)
         ids = ", ".join(literal(d.document_id) for d in documents)
@@ -353,6 +387,7 @@ def _scanned(row: dict[str, Any]) -> ScannedRow:
 def _chunk(hit: dict[str, Any]) -> StoredChunk:
     entity = hit["entity"]
     metadata, injection = verdicts.split(entity.get("metadata"), entity["text"])
+    page = metadata.pop(PAGE_KEY, "0")
     return StoredChunk(
         document_id=entity["document_id"],
         chunk_index=int(entity["chunk_index"]),
@@ -361,4 +396,6 @@ def _chunk(hit: dict[str, Any]) -> StoredChunk:
         title=entity["title"],
         metadata=metadata,
         injection=injection,
+        page=int(page) if page.isdigit() else 0,
+        heading=metadata.pop(HEADING_KEY, ""),
     )

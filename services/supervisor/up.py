@@ -23,8 +23,13 @@ def seed(mesh: Mesh) -> None:
             return
         paths = harvest(mesh.data_dir / "corpus")
         print(f"ingesting the sample corpus: {len(paths)} documents from Python's docstrings")
-        done, chunks, version = client.ingest([read_document(p) for p in paths])
-        print(f"ingested {done} documents as {chunks} chunks (corpus version {version})")
+        stored = client.ingest([read_document(p) for p in paths], total=len(paths))
+        for n, why in stored.failed:
+            print(f"not ingested: {paths[n]}: {why}")
+        print(
+            f"ingested {stored.documents} documents as {stored.chunks} chunks "
+            f"(corpus version {stored.corpus_version})"
+        )
     finally:
         client.close()
 

@@ -33,6 +33,7 @@ def core(tmp_path: Path, name: str, hot: bool, primary: str = "") -> RetrievalCo
         corpus_log=str(tmp_path / f"{name}-log.db"),
         embedding_dim=DIM,
         hot_index=hot,
+        hybrid=hot,
         primary_target=primary,
     )
     store = MilvusStore(config.milvus_uri, "", config.collection, DIM)

@@ -26,18 +26,20 @@ pytestmark = pytest.mark.integration
 
 TIER = "economy"
 # Measured on this gate's 26 questions (18 answerable: every fourth of the set; all 8
-# unanswerable), three times, alike (the economy tier is deterministic): recall@k 1.0,
-# correctness 0.611 (11 of 18), citation precision 0.967, refusal 0.25 (2 of 8: the economy
-# tier refuses only where no source sentence shares a term with the question), no loops.
+# unanswerable), 2026-12-01 (hybrid search, sections kept whole, sentences scored with the
+# embedder): recall@k 1.0, correctness 0.889 (16 of 18), citation precision 1.0, refusal
+# 0.625 (5 of 8), no loops. The economy tier is deterministic; the floors sit one answer
+# under, since the gate's tenant holds only the documents its questions need and a change
+# of corpus moves BM25's statistics (the whole set's run gives 15 of 18 and 3 of 8 here).
 FLOORS = {
     "recall_at_k": 0.95,
-    "correct": 0.55,
+    "correct": 0.83,
     "citation_precision": 0.9,
-    "refusal_unanswerable": 0.2,
+    "refusal_unanswerable": 0.5,
 }
-# The standard tier's smoke: questions it answered right in one sentence, 3 of 3 in each of
-# three runs (about 3.2 s an answer, 3 s of it to the first token); 2 of 3 is the floor.
-SMOKE = ("csv-delimiter", "random-period", "threading-timer")
+# The standard tier's smoke: questions it answered right in one short sentence in both
+# full `make eval` runs of 2026-12-01 (1.3 to 1.8 s an answer); 2 of 3 is the floor.
+SMOKE = ("textwrap-width", "string-hexdigits", "heapq-nsmallest")
 SMOKE_CORRECT = 0.6
 
 

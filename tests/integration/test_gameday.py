@@ -1,11 +1,11 @@
 """The game days, short form: load through Envoy while a region loses a part of itself.
 
-`make gameday` runs the full form and prints the table; these assert the counts.
+`make gameday` runs the full form and prints the table; these assert the counts. They run
+on the session's event loop, not asyncio.run's, which would leave the main thread without a
+current loop for every test after them.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
@@ -15,21 +15,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.gameday]
 
 
 @pytest.fixture(scope="module")
-def day(regions) -> GameDay:
+async def day(regions) -> GameDay:
     day = GameDay(regions, SHORT)
-    asyncio.run(day.seed())
+    await day.seed()
     return day
 
 
-def _play(day: GameDay, name: str) -> Outcome:
-    outcome = asyncio.run(day.play(name))
+async def _play(day: GameDay, name: str) -> Outcome:
+    outcome = await day.play(name)
     print(table([outcome]))
     assert outcome.phase("before") and outcome.phase("during") and outcome.phase("after")
     return outcome
 
 
-def test_killing_a_gateway_fails_no_request_and_traffic_returns(day):
-    outcome = _play(day, "gateway-kill")
+async def test_killing_a_gateway_fails_no_request_and_traffic_returns(day):
+    outcome = await _play(day, "gateway-kill")
     assert outcome.failed == 0
     assert outcome.returned_after_s is not None and outcome.returned_after_s <= 15.0
     during = outcome.phase("during")
@@ -37,16 +37,16 @@ def test_killing_a_gateway_fails_no_request_and_traffic_returns(day):
     assert len(failed_over) > len(during) / 2
 
 
-def test_killing_retrieval_fails_no_request(day):
-    assert _play(day, "retrieval-kill").failed == 0
+async def test_killing_retrieval_fails_no_request(day):
+    assert (await _play(day, "retrieval-kill")).failed == 0
 
 
-def test_killing_triton_fails_no_request(day):
-    assert _play(day, "triton-kill").failed == 0
+async def test_killing_triton_fails_no_request(day):
+    assert (await _play(day, "triton-kill")).failed == 0
 
 
-def test_slow_retrieval_degrades_within_the_budget(day):
-    outcome = _play(day, "retrieval-slow")
+async def test_slow_retrieval_degrades_within_the_budget(day):
+    outcome = await _play(day, "retrieval-slow")
     assert outcome.failed == 0
     during = outcome.phase("during")
     # For corpus_version_fresh_s after the fault an exact hit is served before retrieval is
@@ -58,14 +58,14 @@ def test_slow_retrieval_degrades_within_the_budget(day):
     assert max(s.latency_s for s in during) < budget
 
 
-def test_kill_9_during_an_ingest_loses_no_acknowledged_document(day):
-    outcome = _play(day, "ingest-kill")
+async def test_kill_9_during_an_ingest_loses_no_acknowledged_document(day):
+    outcome = await _play(day, "ingest-kill")
     assert len(outcome.acknowledged) == SHORT.documents
     assert outcome.missing == {r.name: 0 for r in day.mesh.regions}
     assert outcome.failed == 0
 
 
-def test_killing_the_store_fails_no_request_and_loses_no_count(day):
-    outcome = _play(day, "store-kill")
+async def test_killing_the_store_fails_no_request_and_loses_no_count(day):
+    outcome = await _play(day, "store-kill")
     assert outcome.failed == 0
     assert outcome.store_caught_up

@@ -14,6 +14,7 @@ import pytest
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from store_cores import DIM, core
 
+from services.common.errors import FailedPrecondition
 from services.retrieval.hot_index import unit
 from services.retrieval.hot_store import HotStore
 from services.retrieval.store import DocumentRows, MilvusStore
@@ -160,3 +161,47 @@ async def test_a_replica_with_the_hot_index_answers_like_one_without(tmp_path: P
     finally:
         for replica in replicas:
             await replica.close()
+
+
+async def test_hybrid_search_follows_the_log_at_a_replica_and_a_restart(tmp_path: Path):
+    # The stand-in embedder gives every text one vector: the words alone order the chunks.
+    def upsert(seq, tenant, document, version, chunks):
+        stored = pb.StoredDocument(
+            id=document,
+            title=document,
+            chunks=chunks,
+            vectors=np.ones((len(chunks), DIM), dtype=np.float32).tobytes(),
+        )
+        return pb.LogEntry(seq=seq, tenant=tenant, version=version, upsert=stored)
+
+    filler = [f"filler chunk {i}" for i in range(4)]
+    entries = [
+        upsert(1, "acme", "a", 1, [*filler, "old_name is here"]),
+        upsert(2, "acme", "b", 2, ["only_in_b"]),
+        upsert(3, "globex", "g", 1, ["new_name new_name", "only_in_b"]),
+        upsert(4, "acme", "a", 3, [*filler, "new_name is here"]),
+        pb.LogEntry(seq=5, tenant="acme", version=4, delete_document_id="b"),
+    ]
+    replica = core(tmp_path, "hot", True, "primary:1")
+    try:
+        await replica.recover()
+        await replica.replicate(entries, 5)
+        for _ in range(2):  # as applied, then as loaded from Milvus after a restart
+            found, version, _ = await replica.search("acme", "new_name", 2, {}, 5.0)
+            assert (found[0].document_id, found[0].text) == ("a", "new_name is here")
+            assert version == 4
+            for words in ("old_name", "only_in_b"):
+                found, _, _ = await replica.search("acme", words, 10, {}, 5.0)
+                assert words not in " ".join(c.text for c in found)
+            await replica.close()
+            replica = core(tmp_path, "hot", True, "primary:1")
+            await replica.recover()
+    finally:
+        await replica.close()
+    cold = core(tmp_path, "cold", False)
+    try:
+        with pytest.raises(FailedPrecondition):
+            await cold.search("acme", "new_name", 2, {}, 5.0, hybrid=True)
+        assert (await cold.search("acme", "new_name", 2, {}, 5.0))[0] == []
+    finally:
+        await cold.close()

@@ -3,11 +3,14 @@ import pytest
 
 from services.common.errors import (
     HTTP_STATUS,
+    MAX_MESSAGE_CHARS,
+    MAX_VIOLATION_BYTES,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
     Unauthenticated,
     Unavailable,
+    field_violations,
     from_status,
     http_status,
     rpc_status,
@@ -69,6 +72,37 @@ def test_status_details_name_the_field():
     # The one builder: a stream's error event carries the same status as the trailer.
     assert rpc_status(InvalidArgument("top_k: bad", field="top_k")) == status
     assert not rpc_status(Unavailable("down")).details
+
+
+def test_one_error_carries_a_violation_per_document_and_a_plane_passes_them_on():
+    violations = [
+        ("documents[0].content", "document 'a': is an encrypted PDF that needs a password"),
+        ("documents[2].media_type", "document 'c': 'image/gif' is not one of ..."),
+    ]
+    error = InvalidArgument.of(violations)
+    assert error.field == "documents[0].content"
+    assert error.message == "; ".join(f"{f}: {d}" for f, d in violations)
+    trailers = [("grpc-status-details-bin", status_details(error))]
+    assert field_violations(trailers) == violations
+    passed = from_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        error.message,
+        "retrieval",
+        passed=PASSED,
+        trailers=trailers,
+    )
+    assert isinstance(passed, InvalidArgument) and passed.violations == violations
+    assert rpc_status(passed) == rpc_status(error)
+
+
+def test_many_violations_fit_the_trailers_gRPC_takes_and_say_how_many_are_left_out():
+    violations = [(f"documents[{i}].content", "x" * 200) for i in range(100)]
+    error = InvalidArgument.of(violations)
+    assert 0 < len(error.violations) < 100
+    assert sum(len(f) + len(d) for f, d in error.violations) <= MAX_VIOLATION_BYTES
+    assert error.message.endswith(f"; and {100 - len(error.violations)} more not listed")
+    assert len(error.message) < MAX_MESSAGE_CHARS + 50
+    assert len(status_details(error)) * 4 / 3 + len(error.message) < 8 * 1024
 
 
 PASSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}

@@ -12,6 +12,7 @@ from services.config.loading import ConfigError
 from services.config.mesh import MeshConfig
 from services.config.retrieval import RetrievalConfig
 from services.retrieval.chunking import Chunker, _sentence_bounds, sentences
+from services.retrieval.parsing import MARKDOWN, Section, parse
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,23 @@ def test_headings_list_items_and_code_prompts_stay_pieces_of_their_own():
         "## json.loads",
         "Parse.",
     ]
+
+
+def test_a_chunk_never_crosses_a_page_or_a_heading(chunker):
+    source = "".join(
+        f"## Part {p}\n\n" + " ".join(f"Fact {p}.{i} is told here." for i in range(p * 12)) + "\n\n"
+        for p in range(4)
+    )
+    sections = parse(source.encode(), MARKDOWN).sections
+    placed = small(chunker, 40, 10).placed(sections)
+    for chunk in placed:
+        heading = sections[chunk.section].heading
+        own = (f"## {heading}", f"Fact {heading[-1]}.")
+        assert all(line.startswith(own) for line in chunk.text.split("\n")), chunk
+    assert [c.text for c in placed if c.section == 0] == ["## Part 0"]  # a heading alone
+    assert {c.section for c in placed} == {0, 1, 2, 3}
+    pages = [Section("A sentence ends on", page=1), Section("the next page. Page two.", page=2)]
+    assert chunker.placed(pages) == [("A sentence ends on", 0), ("the next page.\nPage two.", 1)]
 
 
 def test_the_deciding_characters_give_uniseg_s_own_boundaries():

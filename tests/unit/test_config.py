@@ -1,7 +1,10 @@
 import pytest
 
+from services.common.serving import MAX_MESSAGE_BYTES
+from services.config.gateway import MAX_CONTENT_BYTES
 from services.config.loading import ConfigError
 from services.config.mesh import MeshConfig
+from services.edge.render import MAX_REQUEST_BYTES
 from services.supervisor.launcher import ROOT
 
 
@@ -23,9 +26,20 @@ def test_environment_overrides_a_field(monkeypatch):
         ({"gateway": {"prot": 1}}, "gateway: unknown field(s) prot"),
         ({"gateway": {"api_keys": {"t": "not-a-digest"}}}, "gateway.api_keys.t"),
         ({"retrieval": {"overlap_tokens": 500}}, "retrieval.overlap_tokens"),
+        ({"gateway": {"max_content_bytes": MAX_CONTENT_BYTES + 1}}, "gateway.max_content_bytes"),
+        ({"retrieval": {"hot_index": False}}, "retrieval.hybrid"),  # BM25 lives there
         ({"bogus": {}}, "unknown section(s) bogus"),
     ],
 )
 def test_bad_config_names_the_field(data, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(").replace(")", r"\)")):
         MeshConfig.from_dict(data)
+
+
+def test_a_document_of_the_largest_content_fits_one_request_over_json_and_grpc():
+    """Its base64 in a JSON body under Envoy's limit, and its bytes in one gRPC message;
+    with room for the rest of the request (id, title, metadata: under 64 KiB)."""
+    assert MeshConfig.from_dict({}).gateway.max_content_bytes == MAX_CONTENT_BYTES
+    base64_bytes = -(-MAX_CONTENT_BYTES // 3) * 4
+    assert base64_bytes + 64 * 1024 <= MAX_REQUEST_BYTES
+    assert MAX_CONTENT_BYTES + 64 * 1024 <= MAX_MESSAGE_BYTES

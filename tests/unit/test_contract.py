@@ -23,6 +23,8 @@ TRICKY = [
     Source("empty", "empty#3", ""),
     Source("文档", "文档#4", "绿茶用八十度的水冲泡。Привет, мир! مرحبا 👋"),
     Source("new\nline id", "tab\tid", "   padded   "),
+    Source("manual", "manual#5", "From a PDF's third page.", suspect=True, page=3),
+    Source("doc", "doc#6", "Under headings.", heading='Guide > "Install" & <b>run</b>'),
 ]
 
 

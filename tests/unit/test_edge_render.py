@@ -370,7 +370,7 @@ def test_public_listener_transcodes_the_public_services(config: MeshConfig) -> N
         < names.index("envoy.filters.http.lua")
         < names.index("envoy.filters.http.grpc_json_transcoder")
     )
-    assert _filter(manager, "envoy.filters.http.buffer")["max_request_bytes"] == 8 * 1024 * 1024
+    assert _filter(manager, "envoy.filters.http.buffer")["max_request_bytes"] == 32 * 1024 * 1024
     transcoder = _filter(manager, "envoy.filters.http.grpc_json_transcoder")
     # The tenants' API and the admin API; never an internal one (Retrieval).
     assert transcoder["services"] == PUBLIC_SERVICES == ["ragmesh.v1.Gateway", "ragmesh.v1.Admin"]
@@ -604,6 +604,9 @@ def test_schema_of_documents_descends_into_document(descriptor_set: Path) -> Non
         "title": "scalar",
         "text": "scalar",
         "metadata": "map",
+        "content": "scalar",  # bytes: base64 in JSON
+        "media_type": "scalar",
+        "mediaType": "scalar",
     }
     # Only messages a body can hold; map entries are no messages of their own.
     assert not any(name.endswith("Entry") for name in schema.messages)

@@ -16,6 +16,7 @@ import extractive
 from extractive import REFUSAL, Source, answer, parse_prompt
 
 from services.contract import prompt
+from services.contract.text import split_sentences
 
 
 def build_prompt(question: str, texts: list[str]) -> str:
@@ -186,7 +187,7 @@ def test_sentences_of_scripts_without_spaces_are_split_and_shortened() -> None:
     matched by character bigrams; a sentence too long for the budget is cut by characters
     when it has no spaces to cut at (one CJK character: one token here)."""
     text = "绿茶用八十度的水冲泡。沸水会让绿茶变苦！要泡多久？两到三分钟。"
-    assert extractive.split_sentences(text) == [
+    assert split_sentences(text) == [
         "绿茶用八十度的水冲泡。",
         "沸水会让绿茶变苦！",
         "要泡多久？",
@@ -217,4 +218,35 @@ def test_headings_give_context_and_code_is_not_an_answer() -> None:
         "## json.dumps\nSerialize an object to a JSON formatted string."
     )
     parts = answer("What does json.loads do?", [Source(1, text)], count_tokens=words).parts
-    assert "".join(parts).startswith("Deserialize a JSON document to a Python object. [1]")
+    assert "".join(parts).startswith(
+        "json.loads: Deserialize a JSON document to a Python object. [1]"
+    )
+
+
+def test_a_sentence_that_says_its_heading_is_not_prefixed() -> None:
+    text = "## heapq.nlargest\nUse heapq.nlargest to find the n largest elements."
+    said = answer("How do I find the n largest elements?", [Source(1, text)]).text
+    assert said == "Use heapq.nlargest to find the n largest elements. [1]"
+
+
+def test_sources_far_in_meaning_are_no_answer() -> None:
+    """Shared words are not enough when the best sentence's cosine is under the floor."""
+    question, sources = parse_prompt(build_prompt("Which port does the gateway listen on?", CORPUS))
+
+    def cosines(value: float):
+        return lambda said: [value] * len(said)
+
+    far = answer(question, sources, similarity=cosines(0.2), min_similarity=0.38)
+    assert far.text == REFUSAL and far.finish_reason == "stop"
+    near = answer(question, sources, similarity=cosines(0.6), min_similarity=0.38)
+    assert near.text.startswith("The gateway listens on port 8443. [2]")
+
+
+def test_the_heading_path_in_the_fence_names_what_the_sentence_is_about() -> None:
+    chunk = prompt.Source(
+        "p", "p#9", "Find the n largest elements.", heading="heapq > heapq.nlargest"
+    )
+    question, sources = parse_prompt(prompt.build_prompt("n largest elements?", [chunk]))
+    assert sources[0].heading == "heapq > heapq.nlargest"
+    said = answer(question, sources).text
+    assert said == "heapq.nlargest: Find the n largest elements. [1]"

@@ -13,7 +13,6 @@ from services.guardrails.injection import detect
 from services.retrieval import verdicts
 from services.retrieval.core import _rows
 from services.retrieval.hot_index import HotIndex, unit
-from services.retrieval.hot_store import _rows as hot_rows
 from services.retrieval.store import DocumentRows, _chunk
 
 DIM = 8
@@ -92,7 +91,7 @@ def _put(index, tenant, document, texts, rng):
     rows = DocumentRows(
         document, "title", {"lang": "en"}, texts, unit(rng.random((len(texts), DIM)))
     )
-    index.replace_document(tenant, hot_rows(rows), rows.vectors)
+    index.replace_document(tenant, rows.rows(), rows.vectors)
 
 
 def test_the_hot_index_searches_rows_with_their_verdicts():

@@ -12,9 +12,13 @@ from services.gateway.tiers import Tier, Tiers
 TEMPLATE = 37
 
 
-def _tier(context_tokens: int, tokenizer: str = SMOLLM2_TOKENIZER) -> Tier:
+def _tier(context_tokens: int, tokenizer: str = SMOLLM2_TOKENIZER, sentences: int = 0) -> Tier:
     config = TierConfig(
-        model="m", context_tokens=context_tokens, tokenizer=tokenizer, template_tokens=TEMPLATE
+        model="m",
+        context_tokens=context_tokens,
+        tokenizer=tokenizer,
+        template_tokens=TEMPLATE,
+        source_sentences=sentences,
     )
     return Tier("small", config, endpoints=[], count=tokens.counter(tokenizer))
 
@@ -31,6 +35,23 @@ def test_sources_are_trimmed_lowest_rank_first_and_question_kept():
     assert 'document="d1"' in fitted.prompt and 'document="d2"' not in fitted.prompt
     assert fitted.sources == 2  # a third would need 777 tokens of the 768 left
     assert fitted.prompt.endswith("Question: what is it?\nAnswer:")
+
+
+def test_a_tier_with_source_sentences_reads_the_relevant_ones_under_the_same_numbers():
+    """The small model reads each source's best sentences: a few hundred tokens, not the
+    whole chunks, and [n] still names the n-th source."""
+    filler = " ".join(f"Unrelated remark number {i} about the weather." for i in range(30))
+    sources = [
+        Source("json", "json#3", f"## json.loads\n{filler} Deserialize a JSON document. {filler}"),
+        Source("other", "other#0", f"{filler} It rains."),
+    ]
+    whole = _tier(2048).prompt("How do I deserialize JSON?", sources, max_tokens=256)
+    fitted = _tier(2048, sentences=2).prompt("How do I deserialize JSON?", sources, 256)
+    assert fitted.sources == 2 and whole.sources == 2
+    assert tokens.bound(fitted.prompt) * 5 < tokens.bound(whole.prompt)
+    assert '<source id="1" document="json" chunk="json#3">\n## json.loads\n' in fitted.prompt
+    assert "Deserialize a JSON document." in fitted.prompt
+    assert '<source id="2" document="other" chunk="other#0">' in fitted.prompt
 
 
 @pytest.mark.parametrize(
@@ -104,3 +125,15 @@ def test_tiers_from_yaml_mappings_and_default_must_exist():
     assert config.tiers["premium"] == TierConfig(model="ensemble", target="gpu:8001")
     with pytest.raises(ValueError, match=r"gateway\.default_tier"):
         GatewayConfig(tiers={"economy": {"model": "economy"}}, default_tier="standard")
+
+
+@pytest.mark.parametrize(
+    ("tier", "field"),
+    [
+        ({"model": "m", "source_sentences": -1}, "source_sentences"),
+        ({"model": "m", "source_sentences": 101}, "source_sentences"),
+    ],
+)
+def test_source_sentences_out_of_range_name_the_field(tier, field):
+    with pytest.raises(ValueError, match=rf"gateway\.tiers\.(x\.)?{field}"):
+        GatewayConfig(tiers={"x": tier}, default_tier="x")

@@ -1,34 +1,29 @@
 """Grounded extractive answering: read the gateway's RAG prompt, answer with cited sentences.
 
-Standard library only, apart from the prompt's format (services.contract.prompt, standard
-library only too): unit tests import it without Triton or a tokenizer, and it reads prompts
-with the parser that sits beside the gateway's own builder. Deterministic: the same prompt
-always gives the same answer.
+Standard library only, apart from the prompt's format and the sentence scoring
+(services.contract.prompt and .relevance, standard library only too): unit tests import it
+without Triton or a tokenizer, and it reads prompts with the parser that sits beside the
+gateway's own builder. Deterministic: the same prompt always gives the same answer.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from services.contract import prompt as prompt_format
-from services.contract.text import content_terms, split_sentences
+from services.contract import relevance
 
 REFUSAL = "The sources do not contain an answer to this question."
 MAX_SENTENCES = 3
 # A sentence after the best one is only added if it scores at least this fraction of the best.
 RELATIVE_CUTOFF = 0.5
-# Small additive prior for higher-ranked sources (lower id); below any single term's IDF (>= ln 2).
-SOURCE_PRIOR = 0.05
 
 TokenCounter = Callable[[str], int]
 
 _SIMPLE_TOKEN_RE = re.compile(r"[^\W_]+|[^\w\s]")
 _SEGMENT_RE = re.compile(r"\S+\s*")
-_CODE_RE = re.compile(r"^\s*(?:>>>|\.\.\.\s|\$ )")
-MAX_SENTENCE_WORDS = 60
 
 
 @dataclass(frozen=True)
@@ -39,15 +34,7 @@ class Source:
     text: str
     document: str = ""
     chunk: str = ""
-
-
-@dataclass(frozen=True)
-class _Sentence:
-    source_id: int
-    rank: int
-    order: int
-    text: str
-    terms: frozenset[str]
+    heading: str = ""  # the heading path it sits under ("json > json.loads"); "": none
 
 
 def simple_token_count(text: str) -> int:
@@ -61,56 +48,8 @@ def parse_prompt(prompt: str) -> tuple[str, list[Source]]:
     A prompt not in that format is answered as a bare question with no sources.
     """
     question, numbered = prompt_format.parse_prompt(prompt)
-    sources = [Source(n, s.text, s.document_id, s.chunk_id) for n, s in numbered.items()]
+    sources = [Source(n, s.text, s.document_id, s.chunk_id, s.heading) for n, s in numbered.items()]
     return question, sources
-
-
-def _candidates(text: str) -> list[tuple[str, str]]:
-    """(sentence, heading above it) for the prose of a chunk; headings and code are context,
-    not answers, and long run-on lines are cut into pieces of MAX_SENTENCE_WORDS words."""
-    found: list[tuple[str, str]] = []
-    heading = ""
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            heading = line.strip().lstrip("#").strip()
-            continue
-        if _CODE_RE.match(line):
-            continue
-        for sentence in split_sentences(line):
-            words = sentence.split()
-            for i in range(0, len(words), MAX_SENTENCE_WORDS):
-                found.append((" ".join(words[i : i + MAX_SENTENCE_WORDS]), heading))
-    return found
-
-
-def _rank_sentences(question: str, sources: Sequence[Source]) -> list[tuple[float, _Sentence]]:
-    q_terms = set(content_terms(question))
-    if not q_terms or not sources:
-        return []
-    ordered = sorted(sources, key=lambda s: s.id)
-    sentences: list[_Sentence] = []
-    seen_text: set[str] = set()
-    for rank, source in enumerate(ordered):
-        for order, (sentence, heading) in enumerate(_candidates(source.text)):
-            key = sentence.lower()
-            if key in seen_text:
-                continue
-            seen_text.add(key)
-            # The heading's terms count too: "## json.loads" says what its sentences are about.
-            terms = frozenset(content_terms(f"{heading} {sentence}"))
-            sentences.append(_Sentence(source.id, rank, order, sentence, terms))
-    n = len(sentences)
-    df: dict[str, int] = {}
-    for s in sentences:
-        for term in s.terms & q_terms:
-            df[term] = df.get(term, 0) + 1
-    scored: list[tuple[float, _Sentence]] = []
-    for s in sentences:
-        overlap = sum(math.log(1.0 + n / df[t]) for t in s.terms & q_terms)
-        if overlap > 0:
-            scored.append((overlap + SOURCE_PRIOR / (s.rank + 1), s))
-    scored.sort(key=lambda item: (-item[0], item[1].rank, item[1].order))
-    return scored
 
 
 def segments(text: str) -> list[str]:
@@ -145,15 +84,14 @@ def truncate_segments(
     return kept
 
 
-def _shortened(sentence: _Sentence, max_tokens: int, count_tokens: TokenCounter) -> str:
-    """The sentence's leading words and its citation, within max_tokens where possible; in
-    a script without spaces (Chinese, Japanese, Thai) its leading characters."""
-    marker = f" [{sentence.source_id}]"
+def _shortened(sentence: str, marker: str, max_tokens: int, count_tokens: TokenCounter) -> str:
+    """The sentence's leading words and its citation `marker`, within max_tokens where
+    possible; in a script without spaces (Chinese, Japanese, Thai) its leading characters."""
 
     def fits(text: str) -> bool:
         return count_tokens(text + " …" + marker) <= max_tokens
 
-    words = sentence.text.split()
+    words = sentence.split()
     while len(words) > 1 and not fits(" ".join(words)):
         words.pop()
     text = " ".join(words)
@@ -187,12 +125,25 @@ def answer(
     count_tokens: TokenCounter = simple_token_count,
     stop_words: Iterable[str] = (),
     max_sentences: int = MAX_SENTENCES,
+    similarity: relevance.Similarity | None = None,
+    min_similarity: float = -1.0,
 ) -> Extract:
-    """Answer with the best 1-3 cited source sentences, as streaming deltas.
+    """Answer with the best 1-3 cited source sentences (services.contract.relevance), as
+    streaming deltas; a sentence under a heading it does not repeat is said after it
+    ("heapq.nlargest: Find the n largest elements in a dataset. [1]"), so the answer names
+    what the sentence is about.
+
+    `similarity` (the cosines of sentences to the question) orders the sentences by meaning
+    too; when even the best one's cosine is under `min_similarity`, the sources are taken
+    not to answer the question (REFUSAL).
 
     The deltas concatenate to the answer text; their token total never exceeds max_tokens.
     """
-    scored = _rank_sentences(question, sources)
+    ordered = sorted(sources, key=lambda s: s.id)
+    texts, headings = [s.text for s in ordered], [s.heading for s in ordered]
+    scored = relevance.rank(question, texts, similarity, headings)
+    if scored and max(s.similarity for _, s in scored) < min_similarity:
+        scored = []
     cut = False  # max_tokens shortened or dropped a sentence
     if not scored:
         text = REFUSAL
@@ -203,13 +154,15 @@ def answer(
         for score, sentence in scored[:max_sentences]:
             if picked and score < RELATIVE_CUTOFF * best:
                 break
-            piece = f"{sentence.text} [{sentence.source_id}]"
+            said = sentence.said
+            marker = f" [{ordered[sentence.source].id}]"
+            piece = said + marker
             cost = count_tokens(piece)
             if max_tokens is not None and used + cost > max_tokens:
                 cut = True
                 if picked:
                     break
-                piece = _shortened(sentence, max_tokens, count_tokens)
+                piece = _shortened(said, marker, max_tokens, count_tokens)
                 cost = count_tokens(piece)
             picked.append(piece)
             used += cost
