@@ -2,7 +2,7 @@
 
     python -m loadtest.latency --requests 200 [--tier economy]
 
-The default tier, economy, answers in microseconds, so the figures are the request path
+The default tier, economy, has no LLM, so the figures are the request path
 itself: edge, gateway, query embedding, Milvus search. `--tier standard` adds the CPU LLM.
 Requests skip the answer cache (`bypass_cache`), except in the last run, which repeats
 the questions to time cache hits.

@@ -88,30 +88,30 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     """Sends each file's bytes; a file that cannot be read here or by the server is told
     by its path, the others ingested all the same; exit 1 if any file was not."""
-    paths = list(find_files([Path(p) for p in args.paths]))
-    if not paths:
+    files = list(find_files([Path(p) for p in args.paths]))
+    if not files:
         sys.exit(f"no {', '.join(sorted(MEDIA_TYPES))} files found")
     sent: list[Path] = []
     failed: list[tuple[Path, str]] = []
 
     def documents() -> Iterator[pb.Document]:
-        for path in paths:
+        for path, name in files:
             try:
-                document = read_document(path)
+                document = read_document(path, name)
             except OSError as exc:
                 failed.append((path, exc.strerror or str(exc)))
                 continue
             sent.append(path)
             yield document
 
-    stored = _client(args).ingest(documents(), total=len(paths), progress=not args.quiet)
+    stored = _client(args).ingest(documents(), total=len(files), progress=not args.quiet)
     failed += [(sent[n], why) for n, why in stored.failed]
     for path, why in failed:
         print(f"not ingested: {path}: {why}")
     print(
         f"ingested {stored.documents} documents as {stored.chunks} chunks; "
         f"corpus version {stored.corpus_version or '-'}"
-        + (f"; {len(failed)} of {len(paths)} files failed" if failed else "")
+        + (f"; {len(failed)} of {len(files)} files failed" if failed else "")
     )
     if failed:
         sys.exit(1)

@@ -21,17 +21,21 @@ MEDIA_TYPES = {
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
 
 
-def document_id(path: Path) -> str:
-    return _ID_UNSAFE.sub("-", path.stem).strip("-")[:128] or "document"
+def document_id(name: Path) -> str:
+    """The id of a file found as `name` (relative to the folder it was found in): its
+    folders and stem joined by ".", so that sub/notes.md and other/notes.md differ."""
+    joined = ".".join((*name.parent.parts, name.stem))
+    return _ID_UNSAFE.sub("-", joined).strip("-")[:128] or "document"
 
 
-def read_document(path: Path) -> pb.Document:
-    """The file's bytes as `content`, its media type by suffix (text/plain for another).
+def read_document(path: Path, name: Path | None = None) -> pb.Document:
+    """The file's bytes as `content`, its media type by suffix (text/plain for another),
+    its id from `name` (its path in the folder it was found in; its file name by default).
     A plain text file's title is its name; the other formats name their own, or get their
-    id, the name, where they do not (OSError where the file cannot be read)."""
+    id where they do not (OSError where the file cannot be read)."""
     media_type = MEDIA_TYPES.get(path.suffix.lower(), "text/plain")
     return pb.Document(
-        id=document_id(path),
+        id=document_id(name or Path(path.name)),
         title=path.stem if media_type == "text/plain" else "",
         content=path.read_bytes(),
         media_type=media_type,
@@ -39,11 +43,13 @@ def read_document(path: Path) -> pb.Document:
     )
 
 
-def find_files(paths: list[Path]) -> Iterator[Path]:
-    """The given files, and the files of MEDIA_TYPES' suffixes under the given folders,
+def find_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
+    """(path, name) of the given files (name: the file's name), and of the files of
+    MEDIA_TYPES' suffixes under the given folders (name: the path under the folder),
     sorted."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_TYPES)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_TYPES)
+            yield from ((p, p.relative_to(path)) for p in found)
         else:
-            yield path
+            yield path, Path(path.name)

@@ -61,15 +61,19 @@ Similarity = Callable[[list[str]], list[float]]
 
 
 def candidates(text: str, heading: str = "") -> list[tuple[str, str]]:
-    """(sentence, heading above it) for the prose of a text, in order; headings and
-    interactive code (>>>, ..., $) are context, not answers. `heading` is the path of the
-    headings the text sits under ("json > json.loads"), its innermost the first sentences'
-    heading."""
+    """(sentence, heading above it) for the prose of a text, in order; headings ("# ..." or
+    a line that is one of `heading`'s) and interactive code (>>>, ..., $) are context, not
+    answers. `heading` is the path of the headings the text sits under ("json >
+    json.loads"), its innermost the first sentences' heading."""
     found: list[tuple[str, str]] = []
-    heading = heading.rsplit(HEADING_SEPARATOR, 1)[-1].strip()
+    path = [h.strip() for h in heading.split(HEADING_SEPARATOR)]
+    named = {h.casefold() for h in path if h}
+    heading = path[-1]
     for line in text.splitlines():
         if line.lstrip().startswith("#"):
             heading = _HEADING_RE.sub("", line).strip()
+            continue
+        if line.strip().casefold() in named:  # a heading as a line of its own (HTML, DOCX)
             continue
         if _CODE_RE.match(line):
             continue

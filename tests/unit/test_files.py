@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import grpc
 from ragmesh.v1 import gateway_pb2 as pb
 
@@ -23,9 +25,20 @@ def test_a_folder_walk_finds_the_types_the_server_parses(tmp_path):
     for name in ("a.md", "sub/b.txt", "sub/c.PDF", "d.docx", "e.htm", "f.bin", "g.doc"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert [f.name for f in find_files([tmp_path])] == ["a.md", "d.docx", "e.htm", "b.txt", "c.PDF"]
+    found = list(find_files([tmp_path, tmp_path / "sub" / "b.txt"]))
+    names = ["a.md", "d.docx", "e.htm", "sub/b.txt", "sub/c.PDF", "b.txt"]
+    assert [str(name) for _, name in found] == names
+    assert [path for path, _ in found][-1] == tmp_path / "sub" / "b.txt"
     assert set(MEDIA_TYPES.values()) == set(SUPPORTED)
-    assert document_id(tmp_path / "weird name (1).txt") == "weird-name-1"
+    assert document_id(Path("weird name (1).txt")) == "weird-name-1"
+
+
+def test_files_of_one_name_in_two_folders_get_two_ids(tmp_path):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "notes.md").write_text("# Notes")
+    ids = [read_document(path, name).id for path, name in find_files([tmp_path])]
+    assert ids == ["x.notes", "y.notes"]
 
 
 class _Refusal(grpc.RpcError):

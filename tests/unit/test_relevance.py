@@ -78,3 +78,13 @@ def test_a_chunk_without_its_heading_line_takes_its_heading_path() -> None:
     assert best[0][1].said == "json.loads: Deserialize a JSON document."
     kept = relevance.compact("deserialize JSON", sources, 1)
     assert kept[0].text == "## json.loads\nDeserialize a JSON document."
+
+
+def test_a_heading_kept_as_a_line_of_its_section_is_no_answer():
+    """HTML and DOCX sections start with their heading as a plain line: context, as a
+    Markdown "# ..." line is, never a sentence to quote."""
+    text = "Quokka diet\n\nQuokkas eat leaves and grasses.\n\n# Water\n\nThey rarely drink."
+    assert relevance.candidates(text, "Quokka feeding rota > Quokka diet") == [
+        ("Quokkas eat leaves and grasses.", "Quokka diet"),
+        ("They rarely drink.", "Water"),
+    ]
