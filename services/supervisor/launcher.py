@@ -40,10 +40,36 @@ def resolve(path: str) -> Path:
     return p if p.is_absolute() or "://" in path else ROOT / p
 
 
+# Ports for meshes on free ports come from below the kernel's ephemeral range, from which
+# outgoing connections take their source ports: a port the kernel handed out as free there
+# could be a connection's by the time its process binds it (a test mesh's Envoy, started
+# last, lost its listener so, and the edge's address answered for another server). Room is
+# left under the range for port_stride's second region (at most 5,000 above).
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_MAX_STRIDE = 5000
+_handed_out: set[int] = set()
+
+
+def _port_range() -> tuple[int, int]:
+    """[low, high) to draw from: 10,000 up to 5,000 under the ephemeral range (Linux's
+    default 32768: 10,000 to 27,768)."""
+    try:
+        ephemeral = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default low bound
+    return 10000, max(ephemeral - _MAX_STRIDE, 11000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 that binds now, outside the ephemeral range, never handed out
+    before by this process."""
+    low, high = _port_range()
+    for _ in range(10_000):
+        port = random.randrange(low, high)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {low}..{high - 1}")
 
 
 def _bindable(port: int) -> bool:
@@ -85,7 +111,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
         control = dataclasses.replace(
             config.control, redis_url="", redis_port=free_port(), policy_file=str(policy)
         )
-        stride = random.randrange(1000, 5000)
+        stride = random.randrange(1000, _MAX_STRIDE)
         shifted = [
             p + i * stride
             for p in (
@@ -101,7 +127,8 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
             )
             for i in range(1, regions)
         ]
-        if all(p < 65536 and _bindable(p) for p in shifted):
+        if all(p < 65536 and p not in _handed_out and _bindable(p) for p in shifted):
+            _handed_out.update(shifted)
             break
     mesh = dataclasses.replace(config.mesh, data_dir=str(data_dir), port_stride=stride)
     return dataclasses.replace(
