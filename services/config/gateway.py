@@ -56,6 +56,14 @@ class TierConfig:
     # An upstream's failures before its first token: tried again this many times (while
     # the request's deadline allows), then the fallback tier.
     retries: int = 1
+    # A stream whose model fails or stalls after tokens went out goes on from the text
+    # already sent, on the tier's next endpoint (another replica of the same model: the next
+    # region's Triton), at most this many times, within the request's deadline; 0: it ends
+    # with its error. Only a model that takes `assistant_prefix` (the `standard` model) can.
+    continuations: int = 0
+    # Seconds a started stream may go without a token before it counts as failed (stalled,
+    # and continued where it may); 0: no limit but the request's deadline.
+    inter_token_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         require(bool(self.model), "gateway.tiers.model", "must not be empty")
@@ -75,6 +83,12 @@ class TierConfig:
         )
         require(self.connect_timeout_s > 0, "gateway.tiers.connect_timeout_s", "must be positive")
         require(0 <= self.retries <= 5, "gateway.tiers.retries", "must be 0..5")
+        require(0 <= self.continuations <= 3, "gateway.tiers.continuations", "must be 0..3")
+        require(
+            self.inter_token_timeout_s >= 0,
+            "gateway.tiers.inter_token_timeout_s",
+            "must be >= 0 (0: no limit)",
+        )
         if self.base_url:
             _check_upstream(self)
         else:
@@ -102,6 +116,11 @@ def _check_upstream(tier: TierConfig) -> None:
     require(not tier.target, "gateway.tiers.target", "must be empty for an upstream (base_url)")
     require(not tier.version, "gateway.tiers.version", "must be empty for an upstream (base_url)")
     require(
+        not tier.continuations,
+        "gateway.tiers.continuations",
+        "must be 0 for an upstream (base_url): the OpenAI API continues no answer",
+    )
+    require(
         tier.api_key_env == "" or bool(_ENV_NAME.fullmatch(tier.api_key_env)),
         "gateway.tiers.api_key_env",
         "must be an environment variable's name (letters, digits, _), not a key",
@@ -116,7 +135,12 @@ def _default_tiers() -> dict[str, TierConfig]:
     return {
         # 37: the ChatML frame and system prompt of triton_models/cpu/standard/1/model.py.
         "standard": TierConfig(
-            model="standard", tokenizer=SMOLLM2_TOKENIZER, template_tokens=37, fallback="economy"
+            model="standard",
+            tokenizer=SMOLLM2_TOKENIZER,
+            template_tokens=37,
+            fallback="economy",
+            continuations=1,
+            inter_token_timeout_s=5.0,
         ),
         "economy": TierConfig(model="economy", context_tokens=8192, tokenizer=MINILM_TOKENIZER),
     }

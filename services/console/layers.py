@@ -21,6 +21,8 @@ REQUEST = "ragmesh_request_duration_seconds"
 # Calls that ended well, or with a status the caller brought on itself: not failures.
 _NOT_FAILED = ("OK", *sorted(code.name for code in CALLER_CODES))
 TTFT = "ragmesh_time_to_first_token_seconds"
+CONTINUATIONS = "ragmesh_stream_continuations"
+GAP = "ragmesh_stream_continuation_added_seconds"
 EDGE_TIME = "envoy_cluster_upstream_rq_time"
 # The calls that answer questions: what latency budgets are about (ingest is bulk work).
 READS = {"gateway": ("Generate", "GenerateStream", "Search"), "retrieval": ("Search",)}
@@ -92,6 +94,11 @@ def _gateway(d: Scrape | None, latest: Scrape | None, span: float) -> dict[str, 
     hits = d.total("ragmesh_cache_lookups_total", kind="answer", result="hit") if d else 0.0
     misses = d.total("ragmesh_cache_lookups_total", kind="answer", result="miss") if d else 0.0
     node["cache_hit_ratio"] = hits / (hits + misses) if hits + misses else None
+    # Streams continued on another endpoint after their model failed or stalled, and the
+    # gap each left in its stream (services/gateway/generation.py).
+    continued = d.total(f"{CONTINUATIONS}_total") if d else 0.0
+    node["continuations_per_s"] = _rate(continued, span)
+    node["continuation_gap_p95_ms"] = _ms(0.95, d.buckets(GAP) if d else [], 1000.0)
     breakers = []
     for (name, labels), value in sorted((latest.samples if latest else {}).items()):
         if name == "ragmesh_breaker_state":

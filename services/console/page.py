@@ -151,6 +151,9 @@ def _metrics(node: dict[str, Any]) -> list[Line]:
     if "breakers" in node:  # the gateway
         hit = node.get("cache_hit_ratio")
         lines.append((f"cache {NONE}" if hit is None else f"cache hit {100 * hit:.0f}%", "", ""))
+        rate, gap = node.get("continuations_per_s"), node.get("continuation_gap_p95_ms")
+        went_on = f"continued {NONE}" if rate is None else f"continued {rate:.2f}/s"
+        lines.append((f"{went_on} · gap p95 {_ms(gap)}", "", ""))
         for breaker in node["breakers"]:
             name, state = str(breaker["name"]), str(breaker["state"])
             name = name if len(name) <= 22 else name[:21] + "…"  # leave room for the state
@@ -293,7 +296,7 @@ def render_svg(view: dict[str, Any]) -> str:
     edge, telemetry = view.get("edge") or {}, view.get("telemetry") or {}
     detail: list[Line] = [(str(d), "", "") for d in telemetry.get("detail") or []]
     breakers = [len((r.get("gateway") or {}).get("breakers") or []) for r in regions]
-    rows = _rows(_card_h(4 + max(breakers, default=0)), _card_h(len(detail)))
+    rows = _rows(_card_h(5 + max(breakers, default=0)), _card_h(len(detail)))
     cols = [(r, LABEL_W + i * COL_W) for i, r in enumerate(regions)]
     width = LABEL_W + max(len(cols), 1) * COL_W + 8
     edge_x = LABEL_W + 36 + NODE_W // 2 + max(len(cols) - 1, 0) * COL_W // 2  # columns' middle

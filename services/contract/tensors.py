@@ -48,7 +48,12 @@ OUTPUTS = (
     Tensor("completion_tokens", "INT32"),
     Tensor("finish_reason", "BYTES"),
 )
-INPUT = {t.name: t for t in INPUTS}
+# Beyond the ensemble's: the text the assistant's turn already holds, which the model goes
+# on from (a stream continued on another replica after its model failed; the way llama.cpp,
+# vLLM and TensorRT-LLM continue a prefix). Only a model that can continue declares it (the
+# `standard` model); the tensor names of the tiers' shared contract stay the ensemble's.
+ASSISTANT_PREFIX = Tensor("assistant_prefix", "BYTES", optional=True)
+INPUT = {t.name: t for t in (*INPUTS, ASSISTANT_PREFIX)}
 OUTPUT = {t.name: t for t in OUTPUTS}
 
 

@@ -59,6 +59,7 @@ from services.gateway.values import (
     CacheMatch,
     Call,
     Citation,
+    Continuation,
     Dependency,
     GenerateParams,
     Guardrail,
@@ -529,10 +530,12 @@ class GatewayCore:
         parts: list[str] = []
         markers: CitationFilter | None = None
         served, version, shown, last, prompt, budget = plan.tier, plan.version, 0, None, "", 0
+        continued: tuple[Continuation, ...] = ()
         async for step in generation.generate(
             call, plan.chain, plan.version, params, prompt_sources, plan.max_tokens, stream
         ):
             served, shown, last = step.tier, step.fitted.sources, step.delta
+            continued = step.continued
             prompt, budget = step.fitted.prompt, step.fitted.max_tokens
             progress.tier, progress.model = served.name, served.config.model
             progress.input_tokens = max(last.prompt_tokens, 0) or progress.input_tokens
@@ -580,6 +583,7 @@ class GatewayCore:
             routing=plan.route,
             cost_usd=self._cost(served.name, progress),
             guardrails=_marker_check(markers, shown),
+            continuations=continued,
         )
 
     def _cost(self, tier: str, progress: _Progress) -> float:
@@ -658,8 +662,9 @@ class GatewayCore:
 
 
 def _from_cache(answer: Answer, match: CacheMatch, plan: Plan, sources: _Sources) -> Answer:
-    """A cached answer as this request's: free, routed as this one, and degraded where its
-    sources are (retrieval down: the cached answer stands in)."""
+    """A cached answer as this request's: free, routed as this one, degraded where its
+    sources are (retrieval down: the cached answer stands in), and never continued (no
+    stream of this request's was)."""
     reason = f"{sources.degraded_reason}: answer from cache" if sources.degraded_reason else ""
     if reason:
         metrics.DEGRADED.labels("retrieval").inc()
@@ -670,6 +675,7 @@ def _from_cache(answer: Answer, match: CacheMatch, plan: Plan, sources: _Sources
         cost_usd=0.0,
         routing=plan.route,
         cache_match=match,
+        continuations=(),
     )
 
 

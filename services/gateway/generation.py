@@ -2,13 +2,21 @@
 
 An endpoint that fails before its first delta costs the client nothing: the next one is
 tried while the deadline allows, then the next tier (the answer says which). One that fails
-after it has streamed ends the response with UNAVAILABLE (DEADLINE_EXCEEDED when the
-request's own deadline cut it), never with a clean end. The request's own mistakes (a prompt
-that cannot fit, a pinned version not served) raise at once: no other endpoint is tried.
+after it has streamed, or goes the tier's `inter_token_timeout_s` without a token (stalled),
+is continued where its tier allows (`continuations`): the tier's next endpoint is asked the
+same prompt with the text already streamed as the start of the assistant's turn
+(`assistant_prefix`), and only what follows is streamed, so the client reads one answer.
+Otherwise, or when no endpoint is left, the response ends with UNAVAILABLE
+(DEADLINE_EXCEEDED when the request's own deadline cut it), never with a clean end. The
+request's own mistakes (a prompt that cannot fit, a pinned version not served) raise at
+once: no other endpoint is tried.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -19,23 +27,27 @@ from opentelemetry.trace import StatusCode
 from services.common import telemetry
 from services.common.errors import BreakerOpen, DeadlineExceeded, Unavailable
 from services.contract.prompt import Source
+from services.gateway import metrics
 from services.gateway.breaker import Attempt, unguarded
 from services.gateway.tiers import Endpoint, Fitted, Tier
-from services.gateway.values import Call, GenerateParams
+from services.gateway.values import Call, Continuation, GenerateParams
 from services.triton.llm import Delta, Sampling
 
 # An attempt on a model needs at least this much time left to be worth starting.
 MIN_ATTEMPT_S = 0.05
+STALLED = "stalled:"  # how a stall's error begins
 _TRACER = trace.get_tracer("ragmesh.gateway")
 
 
 @dataclass(frozen=True)
 class Served:
-    """A delta, the tier that produced it and the prompt it was asked with."""
+    """A delta (its counts over the whole answer, continuations included), the tier that
+    produced it, the prompt it was asked with, and the continuations so far."""
 
     tier: Tier
     fitted: Fitted
     delta: Delta
+    continued: tuple[Continuation, ...] = ()
 
 
 async def generate(
@@ -59,21 +71,93 @@ async def generate(
             history=params.history,
         )
         asked = version if tier is chain[0] else tier.config.version
+        sent = _Sent(tier.name)
         for endpoint in tier.endpoints:
             try:
                 # A pinned version (a canary, say) bypasses the breakers: its failures say
                 # nothing about the version the tier's other traffic gets.
                 with _guard(endpoint, params) as attempt:
                     async for delta in _attempt(
-                        call, tier, endpoint, asked, fitted, params, stream, attempt
+                        call, tier, endpoint, asked, sent.go_on(fitted), params, stream, attempt
                     ):
-                        yield Served(tier, fitted, delta)
+                        yield Served(tier, fitted, sent.add(delta, endpoint), sent.continued)
                     return
             except BreakerOpen as exc:
                 errors.append(exc.message)
             except _Failed as failed:
                 errors.append(f"{endpoint.breaker.name}: {failed.message}")
+            except _Cut as cut:
+                if not sent.may_go_on(tier, call):
+                    raise cut.error from cut
+                sent.cut(endpoint, cut.reason)
+        if sent.text:  # cut, and no endpoint left to go on
+            raise Unavailable(f"generation failed after it started: {'; '.join(errors)}")
     raise Unavailable("no model could answer: " + "; ".join(errors))
+
+
+class _Sent:
+    """What one tier has streamed of the answer, over its endpoints: the text, the counts of
+    the parts before the current one, and the continuations."""
+
+    def __init__(self, tier: str) -> None:
+        self._tier = tier
+        self.text = ""
+        self.prompt_tokens = self.completion_tokens = 0  # the finished parts'
+        self.continued: tuple[Continuation, ...] = ()
+        self._last: Delta | None = None
+        self._last_at = 0.0  # when the last delta came
+        self._source = ""
+        self._reason = ""
+
+    def go_on(self, fitted: Fitted) -> Fitted:
+        """The prompt for the next endpoint: as fitted, its answer the rest of the tokens."""
+        if not self.text:
+            return fitted
+        left = max(fitted.max_tokens - self.completion_tokens, 1)
+        return dataclasses.replace(fitted, max_tokens=left, prefix=self.text)
+
+    def add(self, delta: Delta, endpoint: Endpoint) -> Delta:
+        """The delta with counts over the whole answer; the first after a cut closes its
+        Continuation record (and is counted in the metrics)."""
+        now = time.monotonic()
+        if self._source and delta.text:
+            added = now - self._last_at
+            record = Continuation(
+                self._source, endpoint.llm.target, self._reason, self.completion_tokens, added
+            )
+            self.continued = (*self.continued, record)
+            self._source = ""
+            why = "stalled" if self._reason.startswith(STALLED) else "failed"
+            metrics.CONTINUATIONS.labels(self._tier, why).inc()
+            metrics.CONTINUATION_SECONDS.observe(added)
+        self._last, self._last_at = delta, now
+        self.text += delta.text
+        if not self.continued and not self._source:
+            return delta  # one part: its counts as they are (-1: the model reports none)
+        return dataclasses.replace(
+            delta,
+            prompt_tokens=_plus(self.prompt_tokens, delta.prompt_tokens),
+            completion_tokens=_plus(self.completion_tokens, delta.completion_tokens),
+        )
+
+    def may_go_on(self, tier: Tier, call: Call) -> bool:
+        """Whether a cut stream may be continued: its tier continues, it has continuations
+        left and the request time for another attempt."""
+        done = len(self.continued) + bool(self._source)
+        return done < tier.config.continuations and call.remaining_s() >= MIN_ATTEMPT_S
+
+    def cut(self, endpoint: Endpoint, reason: str) -> None:
+        """The current part ended by a failure: its counts kept, a continuation awaited."""
+        if self._last is not None:
+            self.prompt_tokens += max(self._last.prompt_tokens, 0)
+            self.completion_tokens += max(self._last.completion_tokens, 0)
+        self._last = None
+        self._source, self._reason = endpoint.llm.target, reason
+
+
+def _plus(before: int, count: int) -> int:
+    """A running count over the parts; -1 (none reported) stays -1."""
+    return before + count if count >= 0 else count
 
 
 class _Failed(Exception):
@@ -82,6 +166,16 @@ class _Failed(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class _Cut(Exception):
+    """An endpoint failed after its first delta: `error` is what the client gets unless the
+    stream is continued."""
+
+    def __init__(self, error: Unavailable | DeadlineExceeded, reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason  # the endpoint's own error
 
 
 def _guard(endpoint: Endpoint, params: GenerateParams) -> AbstractContextManager[Attempt]:
@@ -98,8 +192,9 @@ async def _attempt(
     stream: bool,
     attempt: Attempt,
 ) -> AsyncIterator[Delta]:
-    """One endpoint's deltas; its verdict on `attempt`. Raises _Failed for a failure before
-    the first delta, Unavailable or DeadlineExceeded for one after it."""
+    """One endpoint's deltas (going on from `fitted.prefix` where it holds the answer so far);
+    its verdict on `attempt`. Raises _Failed for a failure before the first delta, _Cut for
+    one after it, a stall past the tier's inter_token_timeout_s included."""
     if call.remaining() < MIN_ATTEMPT_S:
         raise DeadlineExceeded("the request's deadline passed")
     span = _chat_span(tier, endpoint.llm.target, params, fitted.max_tokens)
@@ -107,16 +202,28 @@ async def _attempt(
     sampling = Sampling(
         fitted.max_tokens, params.temperature, params.top_p, params.stop, params.seed, params.user
     )
+    deltas = endpoint.llm.stream(
+        tier.config.model,
+        version,
+        fitted.prompt,
+        sampling,
+        stream=stream,
+        timeout_s=call.remaining(),
+        headers=telemetry.triton_traceparent(span),
+        prefix=fitted.prefix,
+    )
+    stall_s = tier.config.inter_token_timeout_s
     try:
-        async for delta in endpoint.llm.stream(
-            tier.config.model,
-            version,
-            fitted.prompt,
-            sampling,
-            stream=stream,
-            timeout_s=call.remaining(),
-            headers=telemetry.triton_traceparent(span),
-        ):
+        while True:
+            try:
+                if last is None or not stall_s:
+                    delta = await anext(deltas)
+                else:
+                    delta = await asyncio.wait_for(anext(deltas), stall_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise Unavailable(f"{STALLED} no token for {stall_s:g} s") from exc
             if last is None:
                 attempt.succeeded()
             last = delta
@@ -131,10 +238,12 @@ async def _attempt(
             attempt.failed()
         if last is not None:
             kind = DeadlineExceeded if late else Unavailable
-            raise kind(f"generation failed after it started: {exc.message}") from exc
+            error = kind(f"generation failed after it started: {exc.message}")
+            raise _Cut(error, exc.message) from exc
         call.remaining()
         raise _Failed(exc.message) from exc
     finally:
+        await deltas.aclose()
         _end_chat(span, last)
 
 

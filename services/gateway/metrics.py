@@ -73,3 +73,15 @@ RETRIEVAL_TOP_SCORE = Histogram(
     "Cosine score of the best retrieved chunk per request",
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
+CONTINUATIONS = Counter(
+    "ragmesh_stream_continuations_total",
+    "Streams continued on another endpoint after their model failed or stalled mid-answer, "
+    "by tier and why (failed, stalled)",
+    ["tier", "reason"],
+)
+CONTINUATION_SECONDS = Histogram(
+    "ragmesh_stream_continuation_added_seconds",
+    "The gap a continuation left in its stream: from the last token before the failure to "
+    "the first after it",
+    buckets=BUCKETS,
+)

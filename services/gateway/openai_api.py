@@ -356,6 +356,7 @@ def _extension(answer: Answer, call: Call, region: str) -> dict[str, Any]:
             "corpus_version": answer.corpus_version,
             "cost_usd": answer.cost_usd,
             "guardrails": [dataclasses.asdict(g) for g in answer.guardrails],
+            "continuations": [dataclasses.asdict(c) for c in answer.continuations],
         },
     }
 

@@ -89,6 +89,7 @@ def _final(answer: Answer, call: Call, region: str) -> pb.GenerateResponse:
         corpus_version=answer.corpus_version,
         finish_reason=answer.finish_reason,
         guardrails=[pb.Guardrail(**dataclasses.asdict(g)) for g in answer.guardrails],
+        continuations=[pb.Continuation(**dataclasses.asdict(c)) for c in answer.continuations],
     )
 
 

@@ -4,7 +4,7 @@ request, and how much prompt it takes."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,7 +34,8 @@ class LLM(Protocol):
         stream: bool,
         timeout_s: float,
         headers: dict[str, str],
-    ) -> AsyncIterator[Delta]: ...
+        prefix: str = "",
+    ) -> AsyncGenerator[Delta]: ...
 
     async def ready(self, model: str, version: str = "") -> bool: ...
 
@@ -56,6 +57,7 @@ class Fitted:
     prompt: str
     max_tokens: int
     sources: int  # how many of the sources it kept
+    prefix: str = ""  # the answer so far, which a continuation goes on from
 
 
 @dataclass(frozen=True)

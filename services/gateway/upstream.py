@@ -10,7 +10,7 @@ message, log line or repr.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import openai
@@ -67,13 +67,16 @@ class UpstreamLLM:
         stream: bool,
         timeout_s: float,
         headers: dict[str, str],
-    ) -> AsyncIterator[Delta]:
+        prefix: str = "",
+    ) -> AsyncGenerator[Delta]:
         """Yields deltas, counts -1, then a last one with the finish_reason and the usage the
         server reports (-1 without); not `stream`: one delta, the whole answer. Raises
         Unavailable for the server's failures (a stream cut before its finish_reason too),
         DeadlineExceeded when `timeout_s` runs out, InvalidArgument for a request it refuses.
         Closing the generator closes the response: the server stops generating. `version` is
-        unused: an upstream serves no versions (Tier.version refuses a pinned one)."""
+        unused: an upstream serves no versions (Tier.version refuses a pinned one), and so is
+        `prefix`: the OpenAI API continues no answer (an upstream tier takes no
+        continuations, config/gateway.py)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         request = self._request(model, prompt, sampling, stream, timeout_s, headers)
         try:

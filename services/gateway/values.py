@@ -105,6 +105,20 @@ class Guardrail:
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """A stream continued on another endpoint after its model failed or stalled: the one
+    that failed and the one that went on (Triton targets), why, after how many of the
+    answer's completion tokens, and the gap it left in the stream: seconds from the last
+    token before the failure to the first after it (a stall's budget included)."""
+
+    failed_endpoint: str
+    endpoint: str
+    reason: str
+    after_tokens: int
+    added_seconds: float
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     citations: list[Citation]
@@ -121,6 +135,7 @@ class Answer:
     cost_usd: float = 0.0  # priced by the policy; 0 for a cached answer
     cache_match: CacheMatch | None = None  # set on a cache hit
     guardrails: tuple[Guardrail, ...] = ()  # every guardrail's decision, in order
+    continuations: tuple[Continuation, ...] = ()  # where the stream went on, in order
 
     @property
     def degraded(self) -> bool:

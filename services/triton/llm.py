@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,9 @@ class Sampling:
 _SHAPE = (1, 1)  # a batch of one
 
 
-def _request(model: str, version: str, prompt: str, sampling: Sampling, stream: bool) -> Any:
+def _request(
+    model: str, version: str, prompt: str, sampling: Sampling, stream: bool, prefix: str = ""
+) -> Any:
     """The ModelInferRequest, raw little-endian tensors as Triton's gRPC API takes them: no
     numpy arrays or client-library wrappers per call. top_p, random_seed and stop_words only
     when set (below 1; a model then draws its own seed, and stops at its end token alone),
@@ -87,6 +89,8 @@ def _request(model: str, version: str, prompt: str, sampling: Sampling, stream: 
     if sampling.stop:
         stops = encode_bytes(s.encode() for s in sampling.stop)
         raw.append(("stop_words", (1, len(sampling.stop)), stops))
+    if prefix:  # a continuation: only a model that declares the input takes it
+        raw.append(("assistant_prefix", _SHAPE, encode_bytes((prefix.encode(),))))
     for name, shape, contents in raw:
         request.inputs.add(name=name, datatype=tensors.INPUT[name].datatype, shape=shape)
         request.raw_input_contents.append(contents)
@@ -174,10 +178,12 @@ class TritonLLM:
         stream: bool,
         timeout_s: float,
         headers: dict[str, str],
-    ) -> AsyncIterator[Delta]:
+        prefix: str = "",
+    ) -> AsyncGenerator[Delta]:
         """Yields deltas until the model's final response (not `stream`: one delta, the whole
-        answer); cancelling stops generation."""
-        request = _request(model, version, prompt, sampling, stream)
+        answer); cancelling stops generation. `prefix`: the answer so far, which the model
+        goes on from (its `assistant_prefix`; the deltas are what follows it)."""
+        request = _request(model, version, prompt, sampling, stream, prefix)
         call = self._stub.ModelStreamInfer(
             iter([request]), timeout=max(timeout_s, 0.001), metadata=tuple(headers.items())
         )

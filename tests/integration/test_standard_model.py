@@ -88,6 +88,21 @@ def test_greedy_is_deterministic(server: Server) -> None:
     assert third[0].text == first[0].text
 
 
+def test_an_answer_cut_short_goes_on_from_its_prefix_as_if_never_cut(server: Server) -> None:
+    """A continuation (issue 19): the same prompt with the answer so far as the start of the
+    assistant's turn; greedy, what follows is what the uninterrupted answer said next, and
+    the counts are the continuation's own (the prefix is prompt)."""
+    prompt = rag_prompt("Write a long essay about Paris and Berlin.")
+    whole = _ask(server.url, prompt, max_tokens=40, stream=False)[0]
+    start = _ask(server.url, prompt, max_tokens=12, stream=False)[0]
+    rest = _ask(server.url, prompt, max_tokens=28, stream=True, assistant_prefix=start.text)
+    assert whole.text and start.text and whole.text.startswith(start.text)
+    assert start.text + _text(rest) == whole.text
+    last = rest[-1]
+    assert last.completion_tokens == (whole.completion_tokens or 0) - 12
+    assert (last.prompt_tokens or 0) > (whole.prompt_tokens or 0)
+
+
 def test_seeded_sampling_is_reproducible(server: Server) -> None:
     prompt = rag_prompt("Tell me about Berlin.")
     runs = [

@@ -42,6 +42,7 @@ def inputs(
     temperature: float | None = 0.0,
     seed: int | None = None,
     stop_words: list[str] | None = None,
+    assistant_prefix: str | None = None,
 ) -> list[grpcclient.InferInput]:
     def tensor(name: str, dtype: str, value: np.ndarray[Any, Any]) -> grpcclient.InferInput:
         item = grpcclient.InferInput(name, list(value.shape), dtype)
@@ -63,6 +64,9 @@ def inputs(
     if stop_words:
         words = np.array([[w.encode() for w in stop_words]], dtype=np.object_)
         inputs.append(tensor("stop_words", "BYTES", words))
+    if assistant_prefix is not None:
+        prefix = np.array([[assistant_prefix.encode()]], dtype=np.object_)
+        inputs.append(tensor("assistant_prefix", "BYTES", prefix))
     return inputs
 
 

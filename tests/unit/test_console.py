@@ -28,9 +28,12 @@ def histogram(name: str, labels: str, bounds: tuple[float, ...], counts: list[in
     return "\n".join(lines) + "\n"
 
 
-def gateway_text(ok: list[int], failed: int, breaker: float, refused: int = 0) -> str:
+def gateway_text(
+    ok: list[int], failed: int, breaker: float, refused: int = 0, continued: int = 0
+) -> str:
     """Generate calls (`failed` UNAVAILABLE, `refused` INVALID_ARGUMENT: the caller's), the
-    retrieval breaker's state, and one cache hit for three misses a request that succeeded."""
+    retrieval breaker's state, one cache hit for three misses a request that succeeded, and
+    `continued` streams, each of which left a gap of 0.5 to 1 s."""
     name = "ragmesh_request_duration_seconds"
     text = histogram(name, 'layer="gateway",method="Generate",code="OK"', GATEWAY_BOUNDS, ok)
     for code, count in (("UNAVAILABLE", failed), ("INVALID_ARGUMENT", refused)):
@@ -45,6 +48,13 @@ def gateway_text(ok: list[int], failed: int, breaker: float, refused: int = 0) -
     text += "# TYPE ragmesh_cache_lookups_total counter\n"
     text += f'ragmesh_cache_lookups_total{{kind="answer",result="hit"}} {sum(ok)}\n'
     text += f'ragmesh_cache_lookups_total{{kind="answer",result="miss"}} {3 * sum(ok)}\n'
+    text += "# TYPE ragmesh_stream_continuations_total counter\n"
+    text += f'ragmesh_stream_continuations_total{{tier="standard",reason="failed"}} {continued}\n'
+    gap = "ragmesh_stream_continuation_added_seconds"
+    text += f"# TYPE {gap} histogram\n"
+    for le, count in (("0.5", 0), ("1.0", continued), ("+Inf", continued)):
+        text += f'{gap}_bucket{{le="{le}"}} {count}\n'
+    text += f"{gap}_count {continued}\n{gap}_sum {0.75 * continued}\n"
     return text
 
 
@@ -98,7 +108,7 @@ def test_the_view_reports_rates_errors_breakers_and_links_over_the_window() -> N
         {"envoy": edge_text([0] * 6), "gateway-local": gateway_text([0] * 6, 0, 0)},
         {
             "envoy": edge_text([0, 40, 10, 0, 0, 0]),
-            "gateway-local": gateway_text([0, 38, 0, 0, 0, 0], 2, 2, refused=10),
+            "gateway-local": gateway_text([0, 38, 0, 0, 0, 0], 2, 2, refused=10, continued=3),
         },
     )
     view = layers.view(observer)
@@ -110,6 +120,8 @@ def test_the_view_reports_rates_errors_breakers_and_links_over_the_window() -> N
     assert gateway["error_rate"] == pytest.approx(2 / 50)
     assert gateway["breakers"] == [{"name": "retrieval :8081", "state": "open"}]
     assert gateway["cache_hit_ratio"] == 0.25
+    assert gateway["continuations_per_s"] == pytest.approx(0.3)  # 3 in the 10 s window
+    assert 500 < gateway["continuation_gap_p95_ms"] <= 1000
     retrieval = view["regions"][0]["retrieval"]
     assert retrieval["up"] is False and view["regions"][0]["healthy"] is False
     assert {"from": "edge", "to": "gateway-local", "rps": 5.0} in view["links"]

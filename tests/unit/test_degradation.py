@@ -2,7 +2,8 @@
 
 Retrieval down or late -> a fresh cached answer, else an answer without sources (or refuse);
 a tier down -> its fallback tier; a local Triton down -> another region's; a stream that
-fails after its first token -> an error, never a clean end.
+fails or stalls after its first token -> continued on another region's, where its tier
+allows, else an error, never a clean end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from services.config.gateway import GatewayConfig
+from services.config.gateway import GatewayConfig, TierConfig
 from services.contract.documents import Document
 from services.gateway.core import GatewayCore
 from services.gateway.retrieval_client import Chunk, Found, Written
@@ -50,6 +51,8 @@ class FakeLLM:
         self.cut: set[str] = set()
         self.failure: Exception = Unavailable("llm unavailable: stub died")
         self.cut_after_s = 0.0
+        self.frozen: set[str] = set()  # these stop sending after their first delta
+        self.prefixes: list[str] = []
         self.stalled: set[str] = set()
         self.unknown: set[str] = set()
         self.prompts: list[tuple[str, str]] = []
@@ -60,6 +63,7 @@ class FakeLLM:
         self.prompts.append((model, prompt))
         self.streamed.append(kwargs["stream"])
         self.max_tokens.append(sampling.max_tokens)
+        self.prefixes.append(kwargs.get("prefix", ""))
         if version in self.unknown:
             raise NotFound(f"model_version: {model} has no version {version} being served")
         if model in self.broken:
@@ -67,7 +71,15 @@ class FakeLLM:
         if model in self.stalled:  # the call runs out of the time it was given
             await asyncio.sleep(kwargs["timeout_s"])
             raise DeadlineExceeded("generation timed out")
+        if kwargs.get("prefix"):  # a continuation: what follows "<model>@<target> says"
+            if model in self.cut:
+                yield Delta(" hello", 12, 1, "1")
+                raise self.failure
+            yield Delta(" hello [1]", 12, 1, "1", finish_reason="length")
+            return
         yield Delta(f"{model}@{self.target} says", 10, 1, "1")
+        if model in self.frozen:
+            await asyncio.sleep(kwargs["timeout_s"])
         if model in self.cut:
             await asyncio.sleep(self.cut_after_s)
             raise self.failure
@@ -82,12 +94,17 @@ def gateway(request):
     """A core on fake retrieval and models; retrieval is asked first on every request unless
     the test is marked `fresh(seconds)` (corpus_version_fresh_s)."""
     marker = request.node.get_closest_marker("fresh")
-    config = GatewayConfig(
-        triton_target=LOCAL,
-        triton_fallback_targets=[REMOTE],
-        breaker_failures=2,
-        corpus_version_fresh_s=marker.args[0] if marker else 0.0,
+    return _gateway(
+        GatewayConfig(
+            triton_target=LOCAL,
+            triton_fallback_targets=[REMOTE],
+            breaker_failures=2,
+            corpus_version_fresh_s=marker.args[0] if marker else 0.0,
+        )
     )
+
+
+def _gateway(config: GatewayConfig):
     llms: dict[str, FakeLLM] = {}
 
     def client(target: str) -> FakeLLM:
@@ -249,16 +266,65 @@ async def test_a_pinned_version_gets_no_stand_in(gateway) -> None:
     assert len(llms[LOCAL].prompts) == 4
 
 
-async def test_a_stream_cut_after_its_first_token_ends_with_an_error(gateway) -> None:
+async def test_a_stream_cut_after_its_first_token_goes_on_in_another_region(gateway) -> None:
     core, _, llms = gateway
     llms[LOCAL].cut = {"standard"}
-    call = Call.start("demo", 10.0)
+    texts, answer = await _ask(core)
+    assert texts == [f"standard@{LOCAL} says", " hello [1]"]  # nothing said twice
+    assert answer.text == f"standard@{LOCAL} says hello [1]"
+    assert llms[REMOTE].prefixes == [f"standard@{LOCAL} says"]  # the same prompt, going on
+    assert llms[REMOTE].prompts == llms[LOCAL].prompts
+    assert llms[REMOTE].max_tokens == [llms[LOCAL].max_tokens[0] - 1]
+    (continued,) = answer.continuations
+    assert (continued.failed_endpoint, continued.endpoint) == (LOCAL, REMOTE)
+    assert (continued.reason, continued.after_tokens) == ("llm unavailable: stub died", 1)
+    assert continued.added_seconds >= 0
+    # Both parts counted: each read the prompt, each wrote its tokens.
+    assert (answer.prompt_tokens, answer.completion_tokens) == (10 + 12, 1 + 1)
+    assert (answer.finish_reason, answer.tier, answer.degraded) == ("length", "standard", False)
+
+
+async def test_a_stream_cut_again_or_where_its_tier_continues_none_ends_with_an_error(
+    gateway,
+) -> None:
+    core, _, llms = gateway
+    for llm in llms.values():
+        llm.cut = {"standard"}
     seen: list[object] = []
     with pytest.raises(Unavailable, match="generation failed after it started"):
-        async for event in core.generate(call, GenerateParams(query="How hot?")):
+        async for event in core.generate(Call.start("demo", 10.0), GenerateParams(query="?")):
             seen.append(event)
-    assert seen == [f"standard@{LOCAL} says"]  # no retry elsewhere: tokens were out
+    assert seen == [f"standard@{LOCAL} says", " hello"]  # continued once, at most
+    # A tier with no continuations: the error at once, no other region asked.
+    config = GatewayConfig(
+        triton_target=LOCAL,
+        triton_fallback_targets=[REMOTE],
+        tiers={"standard": TierConfig(model="standard", continuations=0)},
+        default_tier="standard",
+    )
+    core, _, llms = _gateway(config)
+    llms[LOCAL].cut = {"standard"}
+    with pytest.raises(Unavailable, match="generation failed after it started"):
+        await _ask(core)
     assert not llms[REMOTE].prompts
+
+
+async def test_a_stream_that_stalls_past_its_budget_goes_on_in_another_region() -> None:
+    config = GatewayConfig(
+        triton_target=LOCAL,
+        triton_fallback_targets=[REMOTE],
+        tiers={
+            "standard": TierConfig(model="standard", continuations=1, inter_token_timeout_s=0.2)
+        },
+        default_tier="standard",
+    )
+    core, _, llms = _gateway(config)
+    llms[LOCAL].frozen = {"standard"}
+    texts, answer = await _ask(core)
+    assert "".join(texts) == f"standard@{LOCAL} says hello [1]"
+    (continued,) = answer.continuations
+    assert continued.reason == "stalled: no token for 0.2 s"
+    assert continued.added_seconds >= 0.2
 
 
 async def test_a_stream_cut_by_the_deadline_after_its_first_token_says_so(gateway) -> None:

@@ -24,6 +24,8 @@ def view(remote="remote", breaker="triton 127.0.0.1:8001"):
         "healthy": True,
         "gateway": node(
             cache_hit_ratio=0.25,
+            continuations_per_s=0.25,
+            continuation_gap_p95_ms=820.0,
             breakers=[{"name": "retrieval", "state": "closed"}, {"name": breaker, "state": "open"}],
         ),
         "retrieval": node(p95=9.0, p99=20.0),
@@ -99,16 +101,18 @@ def test_region_header_shows_name_priority_and_health():
 def test_node_overlays_are_formatted():
     nodes = by_attr(parse(render_svg(view())), "data-node")
     gateway = texts(nodes["gateway-local"])
-    assert gateway[:5] == [
+    assert gateway[:6] == [
         "gateway",
         "12.5 rps",
         "p95 14 ms · p99 38 ms",
         "err 0.0%",
         "cache hit 25%",
+        "continued 0.25/s · gap p95 820 ms",
     ]
     assert texts(nodes["inference-local"])[1:3] == ["25.0 rps", "p95 3.0 ms · p99 6.0 ms"]
     assert "p95 15 ms · p99 40 ms" in texts(nodes["edge"])
     assert f"cache {DASH}" in texts(nodes["gateway-remote"])
+    assert f"continued {DASH} · gap p95 {DASH}" in texts(nodes["gateway-remote"])
     assert "otlp → http://127.0.0.1:6006" in texts(nodes["telemetry"])
 
 
@@ -149,7 +153,7 @@ def test_breakers_are_colored_by_state():
         if "breaker-" in t.get("class")
     }
     assert states == {"closed": "breaker-closed", "open": "breaker-open"}
-    assert texts(gateway)[5:9:2] == ["retrieval", "triton 127.0.0.1:8001"]
+    assert texts(gateway)[6:10:2] == ["retrieval", "triton 127.0.0.1:8001"]
     assert ".breaker-open{fill:#ef4444" in render_svg(view())
 
 

@@ -134,8 +134,11 @@ class TritonPythonModel:
         seed = int(seed_value) & 0xFFFFFFFF if seed_value is not None else random.getrandbits(32)
         stops = backend.strings(request, "stop_words")
         # bad_words, end_id, pad_id: accepted for ensemble compatibility and ignored.
+        # The answer so far, which this one goes on from (a continued stream).
+        prefix = "".join(backend.strings(request, "assistant_prefix"))
+        started_with = self._tokens(prefix, special=False) if prefix else []
 
-        prompt = self.head + self._tokens(text, special=False) + self.tail
+        prompt = self.head + self._tokens(text, special=False) + self.tail + started_with
         prompt_tokens = len(prompt)
         if prompt_tokens >= self.n_ctx:  # no room for even one answer token
             raise RequestError(
@@ -152,6 +155,14 @@ class TritonPythonModel:
             # could sample another answer depending on what ran before it. From the head,
             # the split is the same every time.
             self.llama.n_tokens = len(self.head)
+            if started_with:
+                # The answer so far one token at a time, as the run that wrote it read it:
+                # read in one batch, its logits differ in the last bits, and greedy parts
+                # from the uninterrupted answer at the first near tie. generate() then finds
+                # the whole prompt read and samples at once.
+                self.llama.eval(prompt[len(self.head) : prompt_tokens - len(started_with)])
+                for token in started_with:
+                    self.llama.eval([token])
         self.llama.set_seed(seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         started = time.monotonic()
@@ -169,6 +180,8 @@ class TritonPythonModel:
             repeat_penalty=self.repeat_penalty,
         )
         loop = LoopStop(self.loop_ngram)
+        for token in started_with:  # a loop may have begun before the answer was cut
+            loop.closes(token, self.llama.detokenize([token]))
         try:
             for token in tokens:
                 if sender.is_cancelled():
