@@ -216,10 +216,9 @@ async def _attempt(
     try:
         while True:
             try:
-                if last is None or not stall_s:
+                # A timer, not wait_for's task a token: this is every streamed token's path.
+                async with asyncio.timeout(stall_s if last is not None and stall_s else None):
                     delta = await anext(deltas)
-                else:
-                    delta = await asyncio.wait_for(anext(deltas), stall_s)
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:
