@@ -13,7 +13,12 @@ process, then a restart), retrieval-slow (Envoy's fault filter delays retrieval 
 gateway's budget), ingest-kill (SIGKILL to the governance point's retrieval during an
 ingest; every acknowledged document must then be searchable in both regions), store-kill
 (SIGKILL to the control plane's Redis while the demo tenant's requests are admitted against
-its budgets: gateways go on under the offline rule, and the store learns what was spent).
+its budgets: gateways go on under the offline rule, and the store learns what was spent),
+stream-kill and stream-stall (streamed answers of the standard tier's LLM under steady load;
+once one is mid-answer, the default region's Triton is killed, or frozen with SIGSTOP past
+the tier's stall budget: every stream must end whole, continued in the other region where
+it was cut, and the gateways' ragmesh_stream_continuations_total must count each
+continuation the clients were told of).
 `make test` runs the short form (tests/integration/test_gameday.py).
 """
 
@@ -21,9 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import signal
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,12 +40,13 @@ from pathlib import Path
 import grpc
 import redis
 from google.protobuf import empty_pb2
+from prometheus_client.parser import text_string_to_metric_families
 from ragmesh.v1 import admin_pb2 as apb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.latency import percentile
-from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Sample, grpc_generate, steady
+from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Reply, Sample, grpc_generate, steady
 from services.client.admin import AdminClient
 from services.config.mesh import MeshConfig
 from services.config.regions import first
@@ -57,10 +66,12 @@ class Form:
     during_s: float
     after_s: float
     documents: int  # for ingest-kill
+    stream_rate: float  # streamed standard answers per second, in the stream scenarios
 
 
-FULL = Form(rate=8.0, before_s=10.0, during_s=10.0, after_s=15.0, documents=1000)
-SHORT = Form(rate=5.0, before_s=4.0, during_s=4.0, after_s=4.0, documents=100)
+FULL = Form(rate=8.0, before_s=10.0, during_s=10.0, after_s=15.0, documents=1000, stream_rate=0.5)
+SHORT = Form(rate=5.0, before_s=4.0, during_s=4.0, after_s=4.0, documents=100, stream_rate=0.5)
+STREAMED = ("stream-kill", "stream-stall")
 
 
 @dataclass
@@ -74,6 +85,10 @@ class Outcome:
     acknowledged: list[pb.Document] = field(default_factory=list)  # ingest-kill
     missing: dict[str, int] = field(default_factory=dict)  # region -> acknowledged but absent
     store_caught_up: bool | None = None  # store-kill: the store counts what was admitted
+    # Stream scenarios: the continuations the clients' final messages told of, and how many
+    # the gateways' ragmesh_stream_continuations_total counted meanwhile.
+    continuations: list[pb.Continuation] = field(default_factory=list)
+    counted: int | None = None
 
     def phase(self, name: str) -> list[Sample]:
         bounds = {
@@ -93,6 +108,76 @@ def runbook_questions() -> list[pb.GenerateRequest]:
         pb.GenerateRequest(query=f"Which team is on call for the {team} service?", tier="economy")
         for team in TEAMS
     ]
+
+
+def stream_questions() -> list[pb.GenerateRequest]:
+    """Streamed standard answers that read the same prompt in every region (no sources) and
+    ask the model each time (no cache), greedy: a continuation must go on unchanged."""
+    return [
+        pb.GenerateRequest(
+            query=f"Write a short note on how the {team} team runs its on-call week.",
+            tier="standard",
+            skip_retrieval=True,
+            bypass_cache=True,
+            temperature=0.0,
+            max_tokens=64,
+        )
+        for team in TEAMS
+    ]
+
+
+class Streams:
+    """GenerateStream calls cycling through `requests`, as the load's Send: each reads its
+    stream to the end; the final messages' continuations are kept, and `streaming` counts
+    the calls that have had text and not yet ended."""
+
+    def __init__(
+        self, stub: gateway_pb2_grpc.GatewayStub, key: str, requests: list[pb.GenerateRequest]
+    ) -> None:
+        self._stub = stub
+        self._metadata = (("x-api-key", key),)
+        self._requests = requests
+        self.streaming = 0
+        self.continuations: list[pb.Continuation] = []
+
+    async def __call__(self, i: int) -> Reply:
+        request = self._requests[i % len(self._requests)]
+        started = False
+        try:
+            call = self._stub.GenerateStream(
+                request, metadata=self._metadata, timeout=REQUEST_TIMEOUT_S
+            )
+            async for event in call:
+                if event.HasField("final"):
+                    final = event.final
+                    self.continuations.extend(final.continuations)
+                    continued = [f"continued: {c.reason}" for c in final.continuations]
+                    reason = final.degraded_reason or "; ".join(continued)
+                    return Reply("OK", final.degraded, final.region, reason)
+                if event.HasField("error"):
+                    return Reply(grpc.StatusCode.UNAVAILABLE.name, reason=event.error.message)
+                if not started:
+                    started = True
+                    self.streaming += 1
+        except grpc.aio.AioRpcError as exc:
+            return Reply(exc.code().name, reason=exc.details() or "")
+        finally:
+            if started:
+                self.streaming -= 1
+        return Reply("UNKNOWN", reason="the stream ended with neither final nor error")
+
+
+def _continuations_counted(mesh: Mesh) -> int:
+    """ragmesh_stream_continuations_total over every region's gateway, every label."""
+    total = 0.0
+    for region in mesh.regions:
+        url = f"http://127.0.0.1:{region.config.gateway.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name == "ragmesh_stream_continuations":
+                total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return int(total)
 
 
 def runbook_corpus() -> list[pb.Document]:
@@ -120,13 +205,20 @@ class GameDay:
         self.form = form
         self.key = mesh.config.mesh.demo_key
         self.default = mesh.regions[0].name
+        self.streams: Streams | None = None  # the stream scenarios' load
 
     async def scenario(self, name: str, fault: Fault) -> Outcome:
         outcome = Outcome(name, [])
+        streamed = name in STREAMED
+        counted = await asyncio.to_thread(_continuations_counted, self.mesh) if streamed else 0
         async with grpc.aio.insecure_channel(self.mesh.edge_target) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
-            send = grpc_generate(stub, self.key, runbook_questions(), REQUEST_TIMEOUT_S)
-            load = Load(send, steady(self.form.rate))
+            self.streams = Streams(stub, self.key, stream_questions()) if streamed else None
+            if self.streams is not None:
+                load = Load(self.streams, steady(self.form.stream_rate))
+            else:
+                send = grpc_generate(stub, self.key, runbook_questions(), REQUEST_TIMEOUT_S)
+                load = Load(send, steady(self.form.rate))
             stop = asyncio.Event()
             running = asyncio.create_task(load.run(stop=stop))
             await asyncio.sleep(self.form.before_s)
@@ -135,6 +227,16 @@ class GameDay:
             finally:
                 stop.set()
                 outcome.samples = await running
+        if self.streams is not None:
+            outcome.continuations = self.streams.continuations
+            now = await asyncio.to_thread(_continuations_counted, self.mesh)
+            outcome.counted = now - counted
+            gaps = [c.added_seconds * 1000 for c in outcome.continuations]
+            outcome.notes.append(
+                f"{len(outcome.continuations)} continuations told to clients, "
+                f"{outcome.counted} counted by the gateways; gap p50 "
+                f"{percentile(gaps, 0.5):.0f} ms, max {max(gaps, default=0.0):.0f} ms"
+            )
         return outcome
 
     async def play(self, name: str) -> Outcome:
@@ -219,6 +321,40 @@ async def gateway_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
         if outcome.returned_after_s is not None
         else f"traffic did not return to {day.default} within 16 s"
     )
+
+
+async def _mid_answer(day: GameDay, timeout_s: float = 30.0) -> None:
+    """Until a stream of the load has had text and not ended: the fault then cuts it."""
+    deadline = time.monotonic() + timeout_s
+    while day.streams is None or not day.streams.streaming:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no stream was mid-answer within {timeout_s:g} s")
+        await asyncio.sleep(0.02)
+
+
+async def stream_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
+    await _mid_answer(day)
+    await day.kill_and_restart(f"triton-{day.default}", outcome, load)
+
+
+async def stream_stall(day: GameDay, outcome: Outcome, load: Load) -> None:
+    """SIGSTOP to the default region's Triton (its process group: the server and its
+    models' stubs), long enough for its streams to pass the stall budget, then SIGCONT."""
+    tier = day.mesh.config.gateway.tiers["standard"]
+    await _mid_answer(day)
+    group = day.mesh.processes[f"triton-{day.default}"].pid
+    outcome.fault_at_s = load.now()
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(max(day.form.during_s, tier.inter_token_timeout_s + 3.0))
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    outcome.recovered_at_s = load.now()
+    outcome.notes.append(
+        f"frozen {outcome.recovered_at_s - outcome.fault_at_s:.1f} s; stall budget "
+        f"{tier.inter_token_timeout_s:g} s, first-token budget {tier.first_token_timeout_s:g} s"
+    )
+    await asyncio.sleep(day.form.after_s)
 
 
 def _govern(mesh: Mesh) -> None:
@@ -429,6 +565,8 @@ SCENARIOS: dict[str, Fault] = {
     "retrieval-slow": retrieval_slow,
     "ingest-kill": ingest_kill,
     "store-kill": store_kill,
+    "stream-kill": stream_kill,
+    "stream-stall": stream_stall,
 }
 
 
@@ -477,11 +615,13 @@ def main(argv: list[str] | None = None) -> None:
         with Mesh(two_regions(Path(tmp))) as mesh:
             print(
                 f"two regions up in {time.monotonic() - started:.0f} s; "
-                f"load {form.rate:g} req/s, economy tier, through Envoy"
+                f"load {form.rate:g} req/s, economy tier, through Envoy (stream scenarios: "
+                f"{form.stream_rate:g} streamed standard answers/s)"
             )
             outcomes = asyncio.run(run(mesh, form, names))
     print(table(outcomes))
     failed = sum(o.failed + sum(o.missing.values()) for o in outcomes)
+    failed += sum(o.counted != len(o.continuations) for o in outcomes if o.counted is not None)
     raise SystemExit(1 if failed else 0)
 
 

@@ -97,7 +97,12 @@ class LoadRun:
         self.args = args
         third = args.duration / 3
         self.form = Form(
-            rate=args.rate, before_s=third, during_s=third, after_s=third, documents=100
+            rate=args.rate,
+            before_s=third,
+            during_s=third,
+            after_s=third,
+            documents=100,
+            stream_rate=0.0,  # no stream scenario
         )
         self.day = GameDay(mesh, self.form)
 

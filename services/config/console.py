@@ -23,7 +23,7 @@ class ConsoleConfig:
         require(self.window_s >= 2 * self.refresh_s, "console.window_s", ">= 2 * refresh_s")
 
 
-STAGES = ("total", "edge", "gateway", "retrieval", "time_to_first_token")
+STAGES = ("total", "edge", "gateway", "retrieval", "time_to_first_token", "time_per_output_chunk")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +32,11 @@ class SloConfig:
 
     total: what a client waits for (at the edge in live metrics, at the client in a load
     run); edge: what Envoy adds; gateway: the gateway's whole call; retrieval: one search;
-    time_to_first_token: from a request's arrival at the gateway to its first answer text.
+    time_to_first_token: from a request's arrival at the gateway to its first answer text;
+    time_per_output_chunk: from one piece of a streamed answer's text to the next, at the
+    gateway (OpenTelemetry's gen_ai.client.operation.time_per_output_chunk). A tier's stall
+    budget (gateway.tiers.*.inter_token_timeout_s) belongs at or above it
+    (MeshConfig.budgets_below_slo).
     """
 
     total_ms: float = 30_000.0
@@ -40,6 +44,7 @@ class SloConfig:
     gateway_ms: float = 30_000.0
     retrieval_ms: float = 250.0
     time_to_first_token_ms: float = 2_500.0
+    time_per_output_chunk_ms: float = 1_000.0
     # The share of a load run's requests that may fail (any status but OK): `ragmesh gate`.
     error_rate: float = 0.01
 

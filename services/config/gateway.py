@@ -61,8 +61,18 @@ class TierConfig:
     # region's Triton), at most this many times, within the request's deadline; 0: it ends
     # with its error. Only a model that takes `assistant_prefix` (the `standard` model) can.
     continuations: int = 0
+    # A stream cut with none of this tier's endpoints left to go on may go on with the
+    # model of a later tier of its fallback chain that continues (continuations > 0; the
+    # extractive economy tier does not), whose style may differ mid-answer; false: the same
+    # model only, on another replica.
+    continue_on_fallback: bool = False
+    # Seconds an attempt may go without its first token (a hung or frozen model) before the
+    # tier's next endpoint is asked; nothing was sent, so the client loses only the wait.
+    # 0: no limit but the request's deadline. At or above slo.time_to_first_token_ms.
+    first_token_timeout_s: float = 0.0
     # Seconds a started stream may go without a token before it counts as failed (stalled,
-    # and continued where it may); 0: no limit but the request's deadline.
+    # and continued where it may); 0: no limit but the request's deadline. At or above
+    # slo.time_per_output_chunk_ms, or it cuts streams that keep within the SLO.
     inter_token_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -84,6 +94,16 @@ class TierConfig:
         require(self.connect_timeout_s > 0, "gateway.tiers.connect_timeout_s", "must be positive")
         require(0 <= self.retries <= 5, "gateway.tiers.retries", "must be 0..5")
         require(0 <= self.continuations <= 3, "gateway.tiers.continuations", "must be 0..3")
+        require(
+            self.continuations > 0 or not self.continue_on_fallback,
+            "gateway.tiers.continue_on_fallback",
+            "needs continuations > 0",
+        )
+        require(
+            self.first_token_timeout_s >= 0,
+            "gateway.tiers.first_token_timeout_s",
+            "must be >= 0 (0: no limit)",
+        )
         require(
             self.inter_token_timeout_s >= 0,
             "gateway.tiers.inter_token_timeout_s",
@@ -140,6 +160,7 @@ def _default_tiers() -> dict[str, TierConfig]:
             template_tokens=37,
             fallback="economy",
             continuations=1,
+            first_token_timeout_s=20.0,
             inter_token_timeout_s=5.0,
         ),
         "economy": TierConfig(model="economy", context_tokens=8192, tokenizer=MINILM_TOKENIZER),

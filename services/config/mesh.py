@@ -81,6 +81,25 @@ class MeshConfig:
     slo: SloConfig = field(default_factory=SloConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
 
+    def budgets_below_slo(self) -> list[str]:
+        """The tiers' budgets for a model's silence that are shorter than the SLO's for the
+        same wait (they would give up on answers the SLO calls in time), one sentence each;
+        the gateway logs them at start. Not refused: a loosened SLO (a load run's gate)
+        must not stop a config from loading."""
+        found = []
+        for name, tier in self.gateway.tiers.items():
+            for timeout, stage in (
+                ("first_token_timeout_s", "time_to_first_token"),
+                ("inter_token_timeout_s", "time_per_output_chunk"),
+            ):
+                seconds, slo_s = getattr(tier, timeout), self.slo.budget_ms(stage) / 1000
+                if seconds and seconds < slo_s:
+                    found.append(
+                        f"gateway.tiers.{name}.{timeout} ({seconds:g} s) is under "
+                        f"slo.{stage}_ms ({slo_s:g} s): it gives up on answers in budget"
+                    )
+        return found
+
     @classmethod
     def load(cls, path: str | Path) -> MeshConfig:
         return cls.from_dict(read_yaml(path))

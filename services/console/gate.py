@@ -17,7 +17,7 @@ from services.console.layers import SloRow
 # What a run's CSV measures directly. Its edge row is an estimate (edge p99 minus gateway
 # p99, two histograms' interpolated quantiles, coarser than the edge's 5 ms budget): shown,
 # not gated; `ragmesh slo` and the Prometheus rules watch the edge's budget live.
-GATED = ("total", "gateway", "retrieval", "time_to_first_token")
+GATED = ("total", "gateway", "retrieval", "time_to_first_token", "time_per_output_chunk")
 
 COLUMNS = (
     "stage",

@@ -21,6 +21,7 @@ REQUEST = "ragmesh_request_duration_seconds"
 # Calls that ended well, or with a status the caller brought on itself: not failures.
 _NOT_FAILED = ("OK", *sorted(code.name for code in CALLER_CODES))
 TTFT = "ragmesh_time_to_first_token_seconds"
+CHUNK_GAP = "ragmesh_time_per_output_chunk_seconds"
 CONTINUATIONS = "ragmesh_stream_continuations"
 GAP = "ragmesh_stream_continuation_added_seconds"
 EDGE_TIME = "envoy_cluster_upstream_rq_time"
@@ -266,6 +267,11 @@ def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
             figures([s.buckets(TTFT) for s in scrapes], 1000.0),
             0,
             "at the gateway",
+        ),
+        "time_per_output_chunk": (
+            figures([s.buckets(CHUNK_GAP) for s in scrapes], 1000.0),
+            0,
+            "streams, at the gateway",
         ),
     }
     return [

@@ -531,6 +531,7 @@ class GatewayCore:
         markers: CitationFilter | None = None
         served, version, shown, last, prompt, budget = plan.tier, plan.version, 0, None, "", 0
         continued: tuple[Continuation, ...] = ()
+        chunk_at = arrived  # when the last piece of text went out
         async for step in generation.generate(
             call, plan.chain, plan.version, params, prompt_sources, plan.max_tokens, stream
         ):
@@ -547,11 +548,15 @@ class GatewayCore:
                 markers = CitationFilter(shown)
             text = markers.feed(step.delta.text) if markers else step.delta.text
             if text:
+                now = time.monotonic()
                 if not parts:
-                    ttft = time.monotonic() - arrived
+                    ttft = now - arrived
                     metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(ttft)
                     if self._control is not None:
                         self._control.first_token(served.name, ttft)
+                elif stream:
+                    metrics.TIME_PER_OUTPUT_CHUNK.labels(served.name).observe(now - chunk_at)
+                chunk_at = now
                 parts.append(text)
                 yield text
         tail = markers.close() if markers else ""

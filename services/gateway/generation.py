@@ -1,7 +1,8 @@
 """Generation across tiers and endpoints: the first that answers, each behind its breaker.
 
-An endpoint that fails before its first delta costs the client nothing: the next one is
-tried while the deadline allows, then the next tier (the answer says which). One that fails
+An endpoint that fails before its first delta, or gives none within the tier's
+`first_token_timeout_s` (a hung model), costs the client nothing: the next one is tried
+while the deadline allows, then the next tier (the answer says which). One that fails
 after it has streamed, or goes the tier's `inter_token_timeout_s` without a token (stalled),
 is continued where its tier allows (`continuations`): the tier's next endpoint is asked the
 same prompt with the text already streamed as the start of the assistant's turn
@@ -62,7 +63,10 @@ async def generate(
     """Deltas of the first tier of `chain` and endpoint that answers (`version` for the
     first tier; a fallback tier's own for the others). Raises Unavailable when none can."""
     errors: list[str] = []
+    sent = _Sent(chain[0])
     for tier in chain:
+        if sent.text and not sent.may_continue_on(tier):
+            continue  # cut: only a tier that continues, and a later one where the first allows
         fitted = tier.prompt(
             params.query,
             sources,
@@ -71,7 +75,6 @@ async def generate(
             history=params.history,
         )
         asked = version if tier is chain[0] else tier.config.version
-        sent = _Sent(tier.name)
         for endpoint in tier.endpoints:
             try:
                 # A pinned version (a canary, say) bypasses the breakers: its failures say
@@ -80,27 +83,32 @@ async def generate(
                     async for delta in _attempt(
                         call, tier, endpoint, asked, sent.go_on(fitted), params, stream, attempt
                     ):
-                        yield Served(tier, fitted, sent.add(delta, endpoint), sent.continued)
+                        yield Served(tier, fitted, sent.add(delta, tier, endpoint), sent.continued)
                     return
             except BreakerOpen as exc:
                 errors.append(exc.message)
             except _Failed as failed:
                 errors.append(f"{endpoint.breaker.name}: {failed.message}")
             except _Cut as cut:
-                if not sent.may_go_on(tier, call):
+                errors.append(f"{endpoint.breaker.name}: {cut.reason}")
+                if not sent.may_go_on(call):
                     raise cut.error from cut
                 sent.cut(endpoint, cut.reason)
-        if sent.text:  # cut, and no endpoint left to go on
-            raise Unavailable(f"generation failed after it started: {'; '.join(errors)}")
+                if sent.completion_tokens >= fitted.max_tokens:  # it had said all it could
+                    yield Served(tier, fitted, sent.ended(), sent.continued)
+                    return
+    if sent.text:  # cut, and no endpoint left to go on
+        raise Unavailable(f"generation failed after it started: {'; '.join(errors)}")
     raise Unavailable("no model could answer: " + "; ".join(errors))
 
 
 class _Sent:
-    """What one tier has streamed of the answer, over its endpoints: the text, the counts of
-    the parts before the current one, and the continuations."""
+    """What a stream has sent of the answer, over its endpoints (and tiers): the text, the
+    counts of the parts before the current one, and the continuations. `first`: the tier
+    asked, whose `continuations` and `continue_on_fallback` bound them."""
 
-    def __init__(self, tier: str) -> None:
-        self._tier = tier
+    def __init__(self, first: Tier) -> None:
+        self._first = first
         self.text = ""
         self.prompt_tokens = self.completion_tokens = 0  # the finished parts'
         self.continued: tuple[Continuation, ...] = ()
@@ -108,6 +116,7 @@ class _Sent:
         self._last_at = 0.0  # when the last delta came
         self._source = ""
         self._reason = ""
+        self._version = ""  # the model version of the last part cut
 
     def go_on(self, fitted: Fitted) -> Fitted:
         """The prompt for the next endpoint: as fitted, its answer the rest of the tokens."""
@@ -116,19 +125,24 @@ class _Sent:
         left = max(fitted.max_tokens - self.completion_tokens, 1)
         return dataclasses.replace(fitted, max_tokens=left, prefix=self.text)
 
-    def add(self, delta: Delta, endpoint: Endpoint) -> Delta:
+    def add(self, delta: Delta, tier: Tier, endpoint: Endpoint) -> Delta:
         """The delta with counts over the whole answer; the first after a cut closes its
         Continuation record (and is counted in the metrics)."""
         now = time.monotonic()
         if self._source and delta.text:
             added = now - self._last_at
             record = Continuation(
-                self._source, endpoint.llm.target, self._reason, self.completion_tokens, added
+                self._source,
+                endpoint.llm.target,
+                self._reason,
+                self.completion_tokens,
+                added,
+                tier.name,
             )
             self.continued = (*self.continued, record)
             self._source = ""
             why = "stalled" if self._reason.startswith(STALLED) else "failed"
-            metrics.CONTINUATIONS.labels(self._tier, why).inc()
+            metrics.CONTINUATIONS.labels(self._first.name, why).inc()
             metrics.CONTINUATION_SECONDS.observe(added)
         self._last, self._last_at = delta, now
         self.text += delta.text
@@ -140,19 +154,31 @@ class _Sent:
             completion_tokens=_plus(self.completion_tokens, delta.completion_tokens),
         )
 
-    def may_go_on(self, tier: Tier, call: Call) -> bool:
-        """Whether a cut stream may be continued: its tier continues, it has continuations
-        left and the request time for another attempt."""
+    def may_go_on(self, call: Call) -> bool:
+        """Whether a cut stream may be continued: the tier asked continues, has
+        continuations left, and the request has time for another attempt."""
         done = len(self.continued) + bool(self._source)
-        return done < tier.config.continuations and call.remaining_s() >= MIN_ATTEMPT_S
+        return done < self._first.config.continuations and call.remaining_s() >= MIN_ATTEMPT_S
+
+    def may_continue_on(self, tier: Tier) -> bool:
+        """Whether `tier` may go on with a stream cut in an earlier tier of the chain: one
+        whose model continues, where the tier asked allows another model."""
+        return self._first.config.continue_on_fallback and tier.config.continuations > 0
 
     def cut(self, endpoint: Endpoint, reason: str) -> None:
         """The current part ended by a failure: its counts kept, a continuation awaited."""
         if self._last is not None:
             self.prompt_tokens += max(self._last.prompt_tokens, 0)
             self.completion_tokens += max(self._last.completion_tokens, 0)
+            self._version = self._last.model_version
         self._last = None
         self._source, self._reason = endpoint.llm.target, reason
+
+    def ended(self) -> Delta:
+        """The last delta of a stream cut after its last token (max_tokens reached): no text,
+        finish "length", the counts so far; nothing to continue."""
+        self._source = ""
+        return Delta("", self.prompt_tokens, self.completion_tokens, self._version, "length")
 
 
 def _plus(before: int, count: int) -> int:
@@ -193,8 +219,9 @@ async def _attempt(
     attempt: Attempt,
 ) -> AsyncIterator[Delta]:
     """One endpoint's deltas (going on from `fitted.prefix` where it holds the answer so far);
-    its verdict on `attempt`. Raises _Failed for a failure before the first delta, _Cut for
-    one after it, a stall past the tier's inter_token_timeout_s included."""
+    its verdict on `attempt`. Raises _Failed for a failure before the first delta (no delta
+    within the tier's first_token_timeout_s included), _Cut for one after it (a stall past
+    its inter_token_timeout_s included)."""
     if call.remaining() < MIN_ATTEMPT_S:
         raise DeadlineExceeded("the request's deadline passed")
     span = _chat_span(tier, endpoint.llm.target, params, fitted.max_tokens)
@@ -212,16 +239,21 @@ async def _attempt(
         headers=telemetry.triton_traceparent(span),
         prefix=fitted.prefix,
     )
-    stall_s = tier.config.inter_token_timeout_s
+    first_s, stall_s = tier.config.first_token_timeout_s, tier.config.inter_token_timeout_s
     try:
         while True:
+            budget = stall_s if last is not None else first_s
             try:
                 # A timer, not wait_for's task a token: this is every streamed token's path.
-                async with asyncio.timeout(stall_s if last is not None and stall_s else None):
+                async with asyncio.timeout(budget or None) as timer:
                     delta = await anext(deltas)
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:
+                if not timer.expired():
+                    raise
+                if last is None:
+                    raise Unavailable(f"no first token in {first_s:g} s") from exc
                 raise Unavailable(f"{STALLED} no token for {stall_s:g} s") from exc
             if last is None:
                 attempt.succeeded()
@@ -235,6 +267,8 @@ async def _attempt(
         late = isinstance(exc, DeadlineExceeded) and call.remaining_s() < MIN_ATTEMPT_S
         if not late:
             attempt.failed()
+        if last is not None and last.finish_reason:
+            return  # failed after its last delta: the answer is whole
         if last is not None:
             kind = DeadlineExceeded if late else Unavailable
             error = kind(f"generation failed after it started: {exc.message}")

@@ -44,6 +44,13 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["tier"],
     buckets=BUCKETS,
 )
+TIME_PER_OUTPUT_CHUNK = Histogram(
+    "ragmesh_time_per_output_chunk_seconds",
+    "From one piece of a streamed answer's text to the next, by tier that answered "
+    "(OpenTelemetry gen_ai.client.operation.time_per_output_chunk, at the gateway)",
+    ["tier"],
+    buckets=BUCKETS,
+)
 TOKENS = Counter(
     "ragmesh_tokens_total", "Tokens by tier and direction (input, output)", ["tier", "direction"]
 )

@@ -139,17 +139,21 @@ class Planner:
     ) -> Charge:
         """The most a request can spend on any tier of `chain`: the tier's window when it
         retrieves (sources may fill it), else its question (`question`: the plain prompt's
-        bound) and template, plus the answer tokens."""
+        bound) and template, plus the answer tokens. A stream continued after a cut reads its
+        prompt again with the answer so far (`continuations` of the tier asked, at most): each
+        continuation adds a prompt and an answer's worth of input tokens."""
         tokens_, cost = 0, 0
+        again = chain[0].config.continuations
         for t in chain:
             window = t.config.context_tokens
             answer = min(max_tokens, window - 1)
             prompt = window - answer
             if params.skip_retrieval:
                 prompt = min(question + t.config.template_tokens, prompt)
-            tokens_ = max(tokens_, prompt + answer)
+            read = prompt + again * (prompt + answer)
+            tokens_ = max(tokens_, read + answer)
             if self._control is not None:
-                cost = max(cost, self._control.cost_micro_usd(t.name, prompt, answer))
+                cost = max(cost, self._control.cost_micro_usd(t.name, read, answer))
         return Charge(1, tokens_, cost)
 
     def broken(self, tier: str) -> bool:

@@ -108,14 +108,16 @@ class Guardrail:
 class Continuation:
     """A stream continued on another endpoint after its model failed or stalled: the one
     that failed and the one that went on (Triton targets), why, after how many of the
-    answer's completion tokens, and the gap it left in the stream: seconds from the last
-    token before the failure to the first after it (a stall's budget included)."""
+    answer's completion tokens, the gap it left in the stream (seconds from the last token
+    before the failure to the first after it, a stall's budget included) and the tier whose
+    model went on."""
 
     failed_endpoint: str
     endpoint: str
     reason: str
     after_tokens: int
     added_seconds: float
+    tier: str
 
 
 @dataclass(frozen=True)

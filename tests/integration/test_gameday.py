@@ -69,3 +69,21 @@ async def test_killing_the_store_fails_no_request_and_loses_no_count(day):
     outcome = await _play(day, "store-kill")
     assert outcome.failed == 0
     assert outcome.store_caught_up
+
+
+async def test_streams_whose_triton_dies_under_load_all_end_whole_and_are_counted(day):
+    outcome = await _play(day, "stream-kill")
+    assert outcome.failed == 0
+    assert outcome.continuations  # at least the stream that was mid-answer
+    assert outcome.counted == len(outcome.continuations)
+    other = day.mesh.regions[1].config.triton.grpc_port
+    assert all(c.endpoint.endswith(f":{other}") for c in outcome.continuations)
+
+
+async def test_streams_whose_triton_freezes_under_load_go_on_after_the_stall_budget(day):
+    outcome = await _play(day, "stream-stall")
+    assert outcome.failed == 0
+    budget = day.mesh.config.gateway.tiers["standard"].inter_token_timeout_s
+    assert outcome.continuations
+    assert all(c.reason == f"stalled: no token for {budget:g} s" for c in outcome.continuations)
+    assert outcome.counted == len(outcome.continuations)

@@ -41,7 +41,14 @@ def run(tmp_path_factory) -> tuple[Path, str]:
 def test_the_run_reports_every_layer_and_writes_its_files(run):
     out, printed = run
     stages = [r.stage for r in read_csv(out / "burst.csv")]
-    assert stages == ["total", "edge", "gateway", "retrieval", "time_to_first_token"]
+    assert stages == [
+        "total",
+        "edge",
+        "gateway",
+        "retrieval",
+        "time_to_first_token",
+        "time_per_output_chunk",
+    ]
     for stage in stages:
         assert f"  {stage} " in printed
     rows = {r.stage: r for r in read_csv(out / "burst.csv")}

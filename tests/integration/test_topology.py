@@ -110,6 +110,10 @@ def test_slo_prints_every_stage_against_its_budget_and_fails_on_a_breach(
     mesh, stub, demo_key, corpus
 ):
     _traffic(stub, demo_key, 3)
+    # A streamed answer of several pieces, for time_per_output_chunk.
+    streamed = pb.GenerateRequest(query="Say hello.", skip_retrieval=True, max_tokens=8)
+    events = stub.GenerateStream(streamed, metadata=(("x-api-key", demo_key),), timeout=60)
+    assert sum(e.HasField("token") for e in events) > 1
     config = mesh.run_dir / "mesh.yaml"
     # Verdicts, not timings: budgets every layer meets, then one no layer can.
     generous = {f"RAGMESH_SLO_{stage.upper()}_MS": "600000" for stage in STAGES}

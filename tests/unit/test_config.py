@@ -29,11 +29,27 @@ def test_environment_overrides_a_field(monkeypatch):
         ({"gateway": {"max_content_bytes": MAX_CONTENT_BYTES + 1}}, "gateway.max_content_bytes"),
         ({"retrieval": {"hot_index": False}}, "retrieval.hybrid"),  # BM25 lives there
         ({"bogus": {}}, "unknown section(s) bogus"),
+        (
+            {"gateway": {"tiers": {"s": {"model": "s", "continue_on_fallback": True}}}},
+            "gateway.tiers.continue_on_fallback: needs continuations > 0",
+        ),
     ],
 )
 def test_bad_config_names_the_field(data, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(").replace(")", r"\)")):
         MeshConfig.from_dict(data)
+
+
+def test_stall_budgets_under_the_slos_own_are_named_not_refused():
+    tiers = {"s": {"model": "s", "first_token_timeout_s": 1.0, "inter_token_timeout_s": 0.5}}
+    config = MeshConfig.from_dict({"gateway": {"tiers": tiers, "default_tier": "s"}})
+    assert config.budgets_below_slo() == [
+        "gateway.tiers.s.first_token_timeout_s (1 s) is under slo.time_to_first_token_ms "
+        "(2.5 s): it gives up on answers in budget",
+        "gateway.tiers.s.inter_token_timeout_s (0.5 s) is under slo.time_per_output_chunk_ms "
+        "(1 s): it gives up on answers in budget",
+    ]
+    assert MeshConfig.load(ROOT / "config" / "mesh.yaml").budgets_below_slo() == []
 
 
 def test_a_document_of_the_largest_content_fits_one_request_over_json_and_grpc():

@@ -55,6 +55,8 @@ class FakeLLM:
         self.prefixes: list[str] = []
         self.stalled: set[str] = set()
         self.unknown: set[str] = set()
+        self.whole_first = False  # the first delta holds the whole answer (max_tokens)
+        self.fail_after_end = False  # the stream fails after its last delta
         self.prompts: list[tuple[str, str]] = []
         self.streamed: list[bool] = []
         self.max_tokens: list[int] = []
@@ -77,13 +79,16 @@ class FakeLLM:
                 raise self.failure
             yield Delta(" hello [1]", 12, 1, "1", finish_reason="length")
             return
-        yield Delta(f"{model}@{self.target} says", 10, 1, "1")
+        first = sampling.max_tokens if self.whole_first else 1
+        yield Delta(f"{model}@{self.target} says", 10, first, "1")
         if model in self.frozen:
             await asyncio.sleep(kwargs["timeout_s"])
         if model in self.cut:
             await asyncio.sleep(self.cut_after_s)
             raise self.failure
         yield Delta(" hello [1]", 10, 2, "1", finish_reason="length")
+        if self.fail_after_end:
+            raise self.failure
 
     async def close(self) -> None:
         pass
@@ -296,35 +301,103 @@ async def test_a_stream_cut_again_or_where_its_tier_continues_none_ends_with_an_
             seen.append(event)
     assert seen == [f"standard@{LOCAL} says", " hello"]  # continued once, at most
     # A tier with no continuations: the error at once, no other region asked.
-    config = GatewayConfig(
-        triton_target=LOCAL,
-        triton_fallback_targets=[REMOTE],
-        tiers={"standard": TierConfig(model="standard", continuations=0)},
-        default_tier="standard",
-    )
-    core, _, llms = _gateway(config)
+    core, _, llms = _gateway(_standard(continuations=0))
     llms[LOCAL].cut = {"standard"}
     with pytest.raises(Unavailable, match="generation failed after it started"):
         await _ask(core)
     assert not llms[REMOTE].prompts
 
 
-async def test_a_stream_that_stalls_past_its_budget_goes_on_in_another_region() -> None:
-    config = GatewayConfig(
+def _standard(**tier: object) -> GatewayConfig:
+    """One tier, standard, on a local and a remote endpoint."""
+    return GatewayConfig(
+        triton_target=LOCAL,
+        triton_fallback_targets=[REMOTE],
+        tiers={"standard": TierConfig(model="standard", **tier)},  # type: ignore[arg-type]
+        default_tier="standard",
+    )
+
+
+def _chained(continue_on_fallback: bool) -> GatewayConfig:
+    """standard -> economy (no continuations) -> backup (another model that continues)."""
+    return GatewayConfig(
         triton_target=LOCAL,
         triton_fallback_targets=[REMOTE],
         tiers={
-            "standard": TierConfig(model="standard", continuations=1, inter_token_timeout_s=0.2)
+            "standard": TierConfig(
+                model="standard",
+                continuations=1,
+                continue_on_fallback=continue_on_fallback,
+                fallback="economy",
+            ),
+            "economy": TierConfig(model="economy", fallback="backup"),
+            "backup": TierConfig(model="backup", continuations=1),
         },
         default_tier="standard",
     )
-    core, _, llms = _gateway(config)
+
+
+async def test_a_stream_goes_on_with_another_model_only_where_its_tier_allows() -> None:
+    """Its own replicas spent (the other region's refuses it), the stream goes on with the
+    chain's next model that continues, past the extractive one, where the tier allows;
+    otherwise it ends with its error and no other tier is asked."""
+    core, _, llms = _gateway(_chained(continue_on_fallback=True))
+    llms[LOCAL].cut = {"standard"}
+    llms[REMOTE].broken = {"standard"}
+    _, answer = await _ask(core)
+    assert answer.text == f"standard@{LOCAL} says hello [1]"
+    (continued,) = answer.continuations
+    assert (continued.failed_endpoint, continued.endpoint, continued.tier) == (
+        LOCAL,
+        LOCAL,
+        "backup",
+    )
+    assert (answer.tier, answer.degraded) == ("backup", True)
+    assert "economy" not in [m for llm in llms.values() for m, _ in llm.prompts]
+    assert llms[LOCAL].prefixes[-1] == f"standard@{LOCAL} says"
+
+    core, _, llms = _gateway(_chained(continue_on_fallback=False))
+    llms[LOCAL].cut = {"standard"}
+    llms[REMOTE].broken = {"standard"}
+    with pytest.raises(Unavailable, match=r"generation failed after it started.*stub died"):
+        await _ask(core)
+    assert {m for llm in llms.values() for m, _ in llm.prompts} == {"standard"}
+
+
+async def test_a_stream_cut_after_its_last_token_ends_whole_not_continued(gateway) -> None:
+    """Cut once it holds max_tokens, or after its last delta: the answer is whole (finish
+    "length", or the model's own), nothing continued, no other region asked."""
+    core, _, llms = gateway
+    llms[LOCAL].cut = {"standard"}
+    llms[LOCAL].whole_first = True
+    texts, answer = await _ask(core, max_tokens=64)
+    assert texts == [f"standard@{LOCAL} says"]
+    assert (answer.finish_reason, answer.completion_tokens) == ("length", 64)
+    assert not answer.continuations and not llms[REMOTE].prompts
+
+    core, _, llms = _gateway(core.config)
+    llms[LOCAL].fail_after_end = True
+    texts, answer = await _ask(core)
+    assert answer.text == f"standard@{LOCAL} says hello [1]" and answer.finish_reason == "length"
+    assert not answer.continuations and not llms[REMOTE].prompts
+
+
+async def test_a_stream_that_stalls_past_its_budget_goes_on_in_another_region() -> None:
+    core, _, llms = _gateway(_standard(continuations=1, inter_token_timeout_s=0.2))
     llms[LOCAL].frozen = {"standard"}
     texts, answer = await _ask(core)
     assert "".join(texts) == f"standard@{LOCAL} says hello [1]"
     (continued,) = answer.continuations
     assert continued.reason == "stalled: no token for 0.2 s"
     assert continued.added_seconds >= 0.2
+
+
+async def test_a_model_that_gives_no_first_token_in_time_is_left_for_another_region() -> None:
+    core, _, llms = _gateway(_standard(first_token_timeout_s=0.2))
+    llms[LOCAL].stalled = {"standard"}  # it would hold the call for the whole deadline
+    texts, answer = await _ask(core)
+    assert "".join(texts) == f"standard@{REMOTE} says hello [1]"
+    assert not answer.continuations and not answer.degraded
 
 
 async def test_a_stream_cut_by_the_deadline_after_its_first_token_says_so(gateway) -> None:

@@ -88,6 +88,7 @@ def test_slow_ratio_bounds_are_the_mesh_configs_slo_budgets() -> None:
     bounds = {
         "retrieval": r'layer="retrieval",method="Search",le="([0-9.]+)"',
         "time_to_first_token": r'ragmesh_time_to_first_token_seconds_bucket\{le="([0-9.]+)"',
+        "time_per_output_chunk": r'ragmesh_time_per_output_chunk_seconds_bucket\{le="([0-9.]+)"',
     }
     expressions = " ".join(_expressions())
     for stage, pattern in bounds.items():
