@@ -6,7 +6,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
-from services.config.loading import require
+from services.config.loading import build, require
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A Triton model version: a non-negative int64, which 18 digits always fit (str.isdigit
@@ -234,7 +234,9 @@ class GatewayConfig:
         require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
         require(0 <= self.openai_port < 65536, "gateway.openai_port", "must be 0..65535")
         tiers = {
-            name: tier if isinstance(tier, TierConfig) else TierConfig(**tier)
+            name: tier
+            if isinstance(tier, TierConfig)
+            else build(TierConfig, tier, f"gateway.tiers.{name}", env=False)
             for name, tier in self.tiers.items()
         }
         object.__setattr__(self, "tiers", tiers)  # YAML gives mappings; keep TierConfig

@@ -7,11 +7,14 @@ the environment are parsed as YAML scalars, so `8080`, `true` and `1.5` keep the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import yaml
 
 ENV_PREFIX = "RAGMESH_"
@@ -30,21 +33,54 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build(cls: type[T], values: Mapping[str, Any], section: str) -> T:
-    """Builds dataclass `cls` from `values` plus `RAGMESH_<SECTION>_<FIELD>` overrides."""
+def build(cls: type[T], values: Mapping[str, Any], section: str, env: bool = True) -> T:
+    """Builds dataclass `cls` from `values` plus `RAGMESH_<SECTION>_<FIELD>` overrides (not
+    `env`: `values` alone). Raises ConfigError naming the field for an unknown field or a
+    value of the wrong type (scalars_of)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: must be a mapping of fields, not {type(values).__name__}")
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"{section}: unknown field(s) {', '.join(unknown)}")
     merged = dict(values)
-    for name in fields:
+    for name in fields if env else ():
         raw = os.environ.get(f"{ENV_PREFIX}{section}_{name}".upper())
         if raw is not None:
             merged[name] = yaml.safe_load(raw)
+    for name, (kind, check) in scalars_of(typing.cast(type, cls)).items():
+        if name in merged:
+            try:
+                check.validate_python(merged[name])
+            except pydantic.ValidationError as exc:
+                # The value's type only, never the value: a misplaced secret stays unshown.
+                got = type(merged[name]).__name__
+                raise ConfigError(
+                    f"{section}.{name}: must be {_KINDS[kind]}, not {got} "
+                    f"({exc.errors()[0]['msg'].lower()})"
+                ) from exc
     try:
         return cls(**merged)
     except TypeError as exc:
         raise ConfigError(f"{section}: {exc}") from exc
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
+# Strict: "false" is no bool, 1.0 no int, "20" no number; a float field takes an int.
+_STRICT = pydantic.ConfigDict(strict=True, allow_inf_nan=False)
+
+
+@functools.cache
+def scalars_of(cls: type) -> dict[str, tuple[type, pydantic.TypeAdapter[Any]]]:
+    """The fields of `cls` typed bool, int, float or str, each with pydantic's strict
+    validator of its type (nested configs and collections are checked where they are
+    built)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        name: (hint, pydantic.TypeAdapter(hint, config=_STRICT))
+        for name, hint in hints.items()
+        if hint in _KINDS
+    }
 
 
 def require(condition: bool, field: str, message: str) -> None:

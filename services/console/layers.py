@@ -271,7 +271,7 @@ def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
         "time_per_output_chunk": (
             figures([s.buckets(CHUNK_GAP) for s in scrapes], 1000.0),
             0,
-            "streams, at the gateway",
+            "gaps between streamed pieces (counted as requests), at the gateway",
         ),
     }
     return [

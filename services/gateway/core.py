@@ -209,7 +209,7 @@ class GatewayCore:
         """
         rails = self._rails(call)
         params = checks.with_schema(params)
-        plan = self._planner.plan(call, params)
+        plan = self._planner.plan(call, params, stream=stream)
         decisions = checks.check_injection(params, rails)
         reservation = await self._admit(call, plan.worst)
         progress = _Progress(plan.tier.name, plan.tier.config.model)

@@ -127,9 +127,10 @@ class _Sent:
 
     def add(self, delta: Delta, tier: Tier, endpoint: Endpoint) -> Delta:
         """The delta with counts over the whole answer; the first after a cut closes its
-        Continuation record (and is counted in the metrics)."""
+        Continuation record (and is counted in the metrics), text or not: a continuation
+        that only ends the answer (its model had said all) was still asked and paid for."""
         now = time.monotonic()
-        if self._source and delta.text:
+        if self._source:
             added = now - self._last_at
             record = Continuation(
                 self._source,

@@ -57,10 +57,10 @@ class Planner:
     def top_k(self, top_k: int) -> int:
         return check_range(top_k or self.config.default_top_k, 1, self.config.max_top_k, "top_k")
 
-    def plan(self, call: Call, params: GenerateParams) -> Plan:
+    def plan(self, call: Call, params: GenerateParams, *, stream: bool = True) -> Plan:
         """Validates the request, decides its tier (the routing policy) and the most it can
-        spend; refuses a question that cannot fit the tier even without sources before any
-        retrieval."""
+        spend (`stream`: a streamed answer, which a continuation may read again); refuses a
+        question that cannot fit the tier even without sources before any retrieval."""
         max_tokens = check_range(
             params.max_tokens or self.config.default_max_tokens,
             1,
@@ -101,7 +101,7 @@ class Planner:
         # A pinned version asks for that model: no other tier stands in for it.
         chain = [tier] if params.model_version else self._tiers.chain(tier)
         cacheable = params.temperature == 0.0 and not params.bypass_cache
-        worst = self._worst(chain, max_tokens, tokens.bound(fitted.prompt), params)
+        worst = self._worst(chain, max_tokens, tokens.bound(fitted.prompt), params, stream)
         return Plan(tier, version, max_tokens, cacheable, chain, worst, route)
 
     def _check_sampling(self, params: GenerateParams) -> None:
@@ -135,16 +135,24 @@ class Planner:
                 )
 
     def _worst(
-        self, chain: list[Tier], max_tokens: int, question: int, params: GenerateParams
+        self,
+        chain: list[Tier],
+        max_tokens: int,
+        question: int,
+        params: GenerateParams,
+        stream: bool,
     ) -> Charge:
         """The most a request can spend on any tier of `chain`: the tier's window when it
         retrieves (sources may fill it), else its question (`question`: the plain prompt's
         bound) and template, plus the answer tokens. A stream continued after a cut reads its
-        prompt again with the answer so far (`continuations` of the tier asked, at most): each
-        continuation adds a prompt and an answer's worth of input tokens."""
+        prompt again with the answer so far, on the tier asked (or, where it lets another
+        model go on, a later tier that continues), `continuations` times at most: each adds
+        a prompt and an answer's worth of input tokens. A unary answer is never continued."""
         tokens_, cost = 0, 0
-        again = chain[0].config.continuations
+        first = chain[0].config
         for t in chain:
+            may = t is chain[0] or (first.continue_on_fallback and t.config.continuations > 0)
+            again = first.continuations if stream and may else 0
             window = t.config.context_tokens
             answer = min(max_tokens, window - 1)
             prompt = window - answer

@@ -436,6 +436,7 @@ class Mesh:
         """
         if self.processes[name].alive():
             raise RuntimeError(f"{name} is still running")
+        self.processes[name].reap_group()  # what the dead one left (a Triton's model stubs)
         self._spawn(name, self._specs[name])
 
     def wait_ready(self, name: str) -> None:

@@ -5,6 +5,7 @@ parent-death signal if the launcher itself is killed, so nothing is left orphane
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -62,7 +63,8 @@ class Process:
             self._terminated = True
 
     def stop(self, grace_s: float = 10.0) -> int:
-        """terminate(), then SIGKILL after `grace_s`; returns the exit code."""
+        """terminate(), then SIGKILL after `grace_s`; then whatever is left of its process
+        group (reap_group); returns the exit code."""
         if self.alive():
             self.terminate()
             try:
@@ -71,7 +73,16 @@ class Process:
                 LOGGER.warning("%s did not stop in %.0fs: killing it", self.name, grace_s)
                 os.killpg(self._popen.pid, signal.SIGKILL)
                 self._popen.wait()
+        self.reap_group()
         return self._popen.returncode
+
+    def reap_group(self) -> None:
+        """SIGKILL to what is left of the process group of a process that has exited: the
+        children a crash left behind (a Triton killed alone leaves its python-backend stubs,
+        about 220 MB each, which ignore SIGTERM)."""
+        if not self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

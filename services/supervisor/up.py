@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 
 from services.client.files import read_document
 from services.client.gateway import Client
@@ -91,24 +92,32 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _dead(mesh: Mesh) -> list[str]:
-    """The processes that exited, but the store: gateways go on under the offline rule
-    while it is away (docs/control-plane.md), and it is started again here."""
+RESTARTS = 5  # a process that dies more often than this stops the mesh
+
+
+def _dead(mesh: Mesh, restarts: Counter[str]) -> list[str]:
+    """The processes that exited and could not be started again. A process that dies is
+    started again, up to RESTARTS times each, while the other regions serve for its own
+    (gateways go on under the offline rule while the store is away; docs/control-plane.md)."""
     dead = [p.name for p in mesh.processes.values() if not p.alive()]
-    if "redis" in dead:
-        LOGGER.error("redis exited; gateways follow control.offline; starting it again")
+    for name in list(dead):
+        if restarts[name] >= RESTARTS:
+            LOGGER.error("%s exited again, after %d restarts", name, restarts[name])
+            continue
+        restarts[name] += 1
+        LOGGER.error("%s exited (see its log); starting it again", name)
         try:
-            mesh.restart("redis")
+            mesh.restart(name)
         except (OSError, RuntimeError, TimeoutError) as exc:  # it cannot come back
-            LOGGER.error("redis did not start again: %s", exc)
-            return dead
-        dead.remove("redis")
+            LOGGER.error("%s did not start again: %s", name, exc)
+            continue
+        dead.remove(name)
     return dead
 
 
 def run(config: MeshConfig, *, sample: bool = True, traces: bool = False) -> None:
-    """Runs until Ctrl-C, SIGTERM or the death of any process but the store (started
-    again); then stops them all."""
+    """Runs until Ctrl-C, SIGTERM or a process that dies and cannot be started again (or
+    died RESTARTS times); then stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
@@ -118,7 +127,8 @@ def run(config: MeshConfig, *, sample: bool = True, traces: bool = False) -> Non
             if sample:
                 seed(mesh)
             print(banner(mesh, time.monotonic() - started), flush=True)
-            while not (dead := _dead(mesh)):
+            restarts: Counter[str] = Counter()
+            while not (dead := _dead(mesh, restarts)):
                 time.sleep(1.0)
             LOGGER.error("%s exited; stopping the mesh (see its log)", ", ".join(dead))
     except KeyboardInterrupt:

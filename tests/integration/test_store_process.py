@@ -4,6 +4,7 @@ across a kill (its append-only file), as a game day's kill and restart leave it.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -68,11 +69,16 @@ def test_acknowledged_write_survives_a_kill(store: Mesh):
         assert client.get("tenant:demo:used") == b"1"
 
 
-def test_make_up_starts_the_store_again_instead_of_stopping(store: Mesh):
-    """`make up` stops the mesh when a process dies, but not for the store: gateways go on
-    under the offline rule, and the supervisor starts it again."""
+def test_make_up_starts_a_dead_process_again_up_to_its_limit(store: Mesh):
+    """`make up` starts a process that dies again (here the store: gateways go on under the
+    offline rule meanwhile), RESTARTS times; one that dies more often stops the mesh."""
+    restarts: Counter[str] = Counter()
     store.kill("redis")
-    assert up._dead(store) == []
-    assert store.processes["redis"].alive()
+    assert up._dead(store, restarts) == []
+    assert store.processes["redis"].alive() and restarts == {"redis": 1}
     with closing(redis.Redis(port=store.config.control.redis_port, socket_timeout=2)) as client:
         assert client.ping()
+    restarts["redis"] = up.RESTARTS
+    store.kill("redis")
+    assert up._dead(store, restarts) == ["redis"]
+    store.restart("redis")  # for the tests after this one

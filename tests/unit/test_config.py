@@ -29,6 +29,18 @@ def test_environment_overrides_a_field(monkeypatch):
         ({"gateway": {"max_content_bytes": MAX_CONTENT_BYTES + 1}}, "gateway.max_content_bytes"),
         ({"retrieval": {"hot_index": False}}, "retrieval.hybrid"),  # BM25 lives there
         ({"bogus": {}}, "unknown section(s) bogus"),
+        ({"gateway": {"port": "8080"}}, "gateway.port: must be a whole number, not str"),
+        ({"gateway": "x"}, "gateway: must be a mapping of fields, not str"),
+        ({"slo": {"total_ms": float("inf")}}, "slo.total_ms: must be a finite number"),
+        ({"gateway": {"tiers": {"s": None}}}, "gateway.tiers.s: must be a mapping of fields"),
+        (
+            {"gateway": {"tiers": {"s": {"model": "s", "continue_on_fallback": "false"}}}},
+            "gateway.tiers.s.continue_on_fallback: must be true or false, not str",
+        ),
+        (
+            {"gateway": {"tiers": {"s": {"model": "s", "continuations": True}}}},
+            "gateway.tiers.s.continuations: must be a whole number, not bool",
+        ),
         (
             {"gateway": {"tiers": {"s": {"model": "s", "continue_on_fallback": True}}}},
             "gateway.tiers.continue_on_fallback: needs continuations > 0",

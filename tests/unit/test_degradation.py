@@ -57,6 +57,7 @@ class FakeLLM:
         self.unknown: set[str] = set()
         self.whole_first = False  # the first delta holds the whole answer (max_tokens)
         self.fail_after_end = False  # the stream fails after its last delta
+        self.said_all = False  # a continuation has nothing to add: it only ends the answer
         self.prompts: list[tuple[str, str]] = []
         self.streamed: list[bool] = []
         self.max_tokens: list[int] = []
@@ -74,6 +75,9 @@ class FakeLLM:
             await asyncio.sleep(kwargs["timeout_s"])
             raise DeadlineExceeded("generation timed out")
         if kwargs.get("prefix"):  # a continuation: what follows "<model>@<target> says"
+            if self.said_all:
+                yield Delta("", 12, 0, "1", finish_reason="stop")
+                return
             if model in self.cut:
                 yield Delta(" hello", 12, 1, "1")
                 raise self.failure
@@ -364,6 +368,22 @@ async def test_a_stream_goes_on_with_another_model_only_where_its_tier_allows() 
     assert {m for llm in llms.values() for m, _ in llm.prompts} == {"standard"}
 
 
+async def test_a_continuation_that_only_ends_the_answer_is_still_told_and_counted(
+    gateway,
+) -> None:
+    """The model had said all when it was cut (its finish had not come): the next region's
+    replica reads the prompt again and ends the answer with no text. That read is paid for,
+    so the answer lists the continuation."""
+    core, _, llms = gateway
+    llms[LOCAL].cut = {"standard"}
+    llms[REMOTE].said_all = True
+    texts, answer = await _ask(core)
+    assert texts == [f"standard@{LOCAL} says"] and answer.finish_reason == "stop"
+    (continued,) = answer.continuations
+    assert (continued.endpoint, continued.after_tokens) == (REMOTE, 1)
+    assert (answer.prompt_tokens, answer.completion_tokens) == (10 + 12, 1)
+
+
 async def test_a_stream_cut_after_its_last_token_ends_whole_not_continued(gateway) -> None:
     """Cut once it holds max_tokens, or after its last delta: the answer is whole (finish
     "length", or the model's own), nothing continued, no other region asked."""
@@ -488,3 +508,15 @@ async def test_a_unary_answer_asks_the_model_for_one_response(gateway) -> None:
     await _ask(core, stream=False, bypass_cache=True)
     await _ask(core, bypass_cache=True)
     assert llms[LOCAL].streamed == [False, True]
+
+
+def test_a_stream_reserves_its_continuations_reading_a_unary_answer_does_not() -> None:
+    """Admission's worst case: a stream that may be continued once reads its window twice;
+    a unary answer, never continued, once; a tier that continues none, once either way."""
+    call, params = Call.start("demo", 10.0), GenerateParams(query="How hot?", max_tokens=64)
+    for continuations, times in ((1, 2), (0, 1)):
+        core, _, _ = _gateway(_standard(continuations=continuations))
+        window = core.config.tiers["standard"].context_tokens
+        unary = core._planner.plan(call, params, stream=False).worst.tokens
+        streamed = core._planner.plan(call, params, stream=True).worst.tokens
+        assert (unary, streamed) == (window, times * window)

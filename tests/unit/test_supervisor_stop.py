@@ -3,9 +3,14 @@ streams' last events; then the rest, last started first."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 from services.config.mesh import MeshConfig
 from services.config.regions import first
 from services.supervisor.launcher import ROOT, Mesh
+from services.supervisor.processes import Process
 
 
 class FakeProcess:
@@ -40,3 +45,27 @@ def test_gateways_drain_before_the_edge_stops() -> None:
         "stop triton-local within 10 s",
     ]
     assert mesh.processes == {}
+
+
+def test_what_a_dead_process_left_in_its_group_is_reaped(tmp_path) -> None:
+    """A leader that dies leaves a child that ignores SIGTERM (as a Triton killed alone
+    leaves its python-backend stubs): stopping it, or starting it again, kills the child."""
+    script = f"trap '' TERM; sleep 300 & echo $! > {tmp_path / 'child'}; exit 0"
+    process = Process("leader", ["sh", "-c", script], tmp_path / "leader.log")
+    process.wait(5)
+    child = int((tmp_path / "child").read_text())
+    os.kill(child, 0)  # alive, in the dead leader's group
+    process.stop()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (not a zombie: reaped children of init may linger as those)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
