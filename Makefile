@@ -125,6 +125,10 @@ loadtest: install ## open-loop load on a mesh of its own, then the SLO gate; SCE
 bench-overhead: install $(LITELLM_VENV)/.installed ## added latency of Envoy + gateway vs Triton direct at 100..2000 req/s; LiteLLM beside it
 	$(BIN)/python -m loadtest.bench_overhead
 
+.PHONY: bench-gateways
+bench-gateways: install $(LITELLM_VENV)/.installed ## gateways side by side on one harness: the floor, ragmesh (gRPC, Envoy, OpenAI API), LiteLLM
+	$(BIN)/python -m loadtest.bench_gateways
+
 .PHONY: bench-control
 bench-control: install ## the control plane's CPU per request in process, on vs off, against a real Redis
 	$(BIN)/python -m loadtest.bench_control

@@ -80,6 +80,10 @@ CHAT = {
     "skip_retrieval": True,
     "bypass_cache": True,
 }
+# The gateway's call on the echo tier: the model alone, every time.
+ECHO_REQUEST = pb.GenerateRequest(
+    query=QUESTION, tier="echo", max_tokens=MAX_TOKENS, skip_retrieval=True, bypass_cache=True
+)
 CONTROL_ON = "gateway-control-on"
 CONTROL_OFF = "gateway-control-off"  # control.enabled false
 JSON, OPENAI = "envoy-json", "envoy-openai"
@@ -248,13 +252,7 @@ async def measure(
     control_on, control_metrics = start_variant(mesh, CONTROL_ON)
     control_off, _ = start_variant(mesh, CONTROL_OFF)
     govern_demo(mesh)
-    request = pb.GenerateRequest(
-        query=QUESTION,
-        tier="echo",
-        max_tokens=MAX_TOKENS,
-        skip_retrieval=True,
-        bypass_cache=True,
-    )
+    request = ECHO_REQUEST
     gateway = f"gateway-{region.name}"
     processes = {
         "gateway": gateway,
@@ -317,9 +315,7 @@ async def soak(mesh: Mesh, rate: float, seconds: float) -> None:
     from the end of the first tenth (caches and pools warm) to the end."""
     key = mesh.config.mesh.demo_key
     pid = mesh.processes[f"gateway-{mesh.regions[0].name}"].pid
-    request = pb.GenerateRequest(
-        query=QUESTION, tier="echo", max_tokens=MAX_TOKENS, skip_retrieval=True, bypass_cache=True
-    )
+    request = ECHO_REQUEST
     print(f"\nsoak: {rate:g} req/s through Envoy for {seconds:g} s; gateway RSS (MB):")
     async with grpc.aio.insecure_channel(mesh.edge_target) as channel:
         send = grpc_generate(gateway_pb2_grpc.GatewayStub(channel), key, [request], TIMEOUT_S)

@@ -111,13 +111,16 @@ def _answers(url: str, body: bytes | None = None, key: str = "") -> bool:
 class LiteLLMSide:
     """The mock and LiteLLM's proxy in front of it, each in its own process group."""
 
-    def __init__(self, run_dir: Path | None = None, venv: Path = VENV) -> None:
+    def __init__(
+        self, run_dir: Path | None = None, venv: Path = VENV, chunk_interval_ms: float = 0.0
+    ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if run_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="litellm-side-")
             run_dir = Path(self._tmp.name)
         self.run_dir = run_dir  # the proxy's config and both logs
         self.venv = venv
+        self.chunk_interval_ms = chunk_interval_ms  # between a streamed answer's events
         self.master_key = "sk-" + secrets.token_hex(32)
         self.mock_url = f"http://127.0.0.1:{free_port()}"
         self.proxy_url = f"http://127.0.0.1:{free_port()}"
@@ -141,13 +144,20 @@ class LiteLLMSide:
     def proxied(self, session: aiohttp.ClientSession, timeout_s: float = REQUEST_TIMEOUT_S) -> Send:
         return chat(session, self.proxy_url + "/v1/chat/completions", self.master_key, timeout_s)
 
-    def start(self) -> LiteLLMSide:
+    @property
+    def pids(self) -> dict[str, int]:
+        """The running processes' ids: "openai-mock", and "litellm" once it runs."""
+        return {p.name: p.pid for p in self._processes}
+
+    def start(self, proxy: bool = True) -> LiteLLMSide:
+        """The mock, then (`proxy`) LiteLLM's proxy in front of it."""
         litellm = self.venv / "bin" / "litellm"
-        if not litellm.exists():
+        if proxy and not litellm.exists():
             raise FileNotFoundError(f"{litellm} is missing: run `make {VENV.name}/.installed`")
         try:
             self._start_mock()
-            self._start_proxy(litellm)
+            if proxy:
+                self._start_proxy(litellm)
         except BaseException:
             self.stop()
             raise
@@ -156,6 +166,7 @@ class LiteLLMSide:
     def _start_mock(self) -> None:
         port = self.mock_url.rsplit(":", 1)[1]
         argv = [sys.executable, "-m", "loadtest.openai_mock", "--port", port]
+        argv += ["--chunk-interval-ms", str(self.chunk_interval_ms)]
         mock = self._spawn("openai-mock", argv, {"PYTHONPATH": str(ROOT)})
         wait_until(lambda: _answers(self.mock_url + "/v1/models"), mock, 30.0)
 

@@ -2,11 +2,15 @@
 
     python -m loadtest.openai_mock --port 8099
 
-`POST /v1/chat/completions` answers at once with a non-streaming chat completion that
-echoes the last user message, with `usage`; `GET /v1/models` lists the one model. It is
-the baseline that a gateway's overhead is measured against, so it does the least work
-Python can: a raw asyncio protocol on uvloop, HTTP/1.1 keep-alive, bodies framed by
-Content-Length only (a chunked request gets 411), JSON with the standard library.
+`POST /v1/chat/completions` answers at once with a chat completion that echoes the last
+user message, with `usage`; with `"stream": true`, as server-sent events, one
+`chat.completion.chunk` a word of it, the words `--chunk-interval-ms` apart (0: all at
+once), the finish chunk (and the usage chunk, under `stream_options.include_usage`) and
+`data: [DONE]` with the last word, as a model server sends them.
+`GET /v1/models` lists the one model. It is the baseline that a gateway's overhead is
+measured against, so it does the least work Python can: a raw asyncio protocol on uvloop,
+HTTP/1.1 keep-alive, bodies framed by Content-Length only (a chunked request gets 411),
+JSON with the standard library.
 """
 
 from __future__ import annotations
@@ -63,20 +67,48 @@ def completion(request: object, number: int) -> dict[str, object]:
     }
 
 
+def chunks(request: dict[str, object], answer: dict[str, object]) -> list[bytes]:
+    """The server-sent events of `answer` streamed, as a model server sends them: each piece
+    of text a word (the role with the first, the finish reason, the usage chunk when
+    `stream_options.include_usage`, and `[DONE]` with the last), one piece an element."""
+    choice = cast(list[dict[str, object]], answer["choices"])[0]
+    text = str(cast(dict[str, object], choice["message"])["content"])
+    head = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def event(delta: dict[str, object], finish: str | None = None) -> bytes:
+        body = head | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    words = text.split(" ")
+    pieces = [event({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+    pieces[0] = event({"role": "assistant", "content": ""}) + pieces[0]
+    pieces[-1] += event({}, "stop")
+    options = request.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        usage = head | {"choices": [], "usage": answer["usage"]}
+        pieces[-1] += b"data: " + json.dumps(usage).encode() + b"\n\n"
+    pieces[-1] += b"data: [DONE]\n\n"
+    return pieces
+
+
 def _error(message: str) -> bytes:
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
     return json.dumps({"error": error}).encode()
 
 
-def route(method: str, path: str, body: bytes, number: int) -> tuple[int, bytes]:
-    """(status, JSON payload) for one request."""
+def route(method: str, path: str, body: bytes, number: int) -> tuple[int, bytes | list[bytes]]:
+    """(status, JSON payload) for one request; a stream's payload is its events."""
     if path == "/v1/chat/completions":
         if method != "POST":
             return 405, _error("use POST")
         try:
-            return 200, json.dumps(completion(json.loads(body), number)).encode()
+            request = json.loads(body)
+            answer = completion(request, number)
         except ValueError as exc:  # BadRequest, JSONDecodeError, UnicodeDecodeError
             return 400, _error(f"invalid request body: {exc}")
+        if request.get("stream"):
+            return 200, chunks(request, answer)
+        return 200, json.dumps(answer).encode()
     if path == "/v1/models" and method == "GET":
         return 200, _MODELS
     return 404, _error(f"no route {method} {path}")
@@ -89,30 +121,77 @@ def _response(status: int, payload: bytes, close: bool) -> bytes:
     return head.encode("latin-1") + payload
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parses requests as their bytes arrive and answers each at
-    once, in order (pipelined requests included)."""
+def _stream_head(close: bool) -> bytes:
+    head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    head += "transfer-encoding: chunked\r\n"
+    head += "connection: close\r\n\r\n" if close else "\r\n"
+    return head.encode("latin-1")
 
-    def __init__(self, numbers: itertools.count[int]) -> None:
+
+def _chunk(data: bytes) -> bytes:
+    """One piece of a chunked HTTP/1.1 body (b"" ends it)."""
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests as their bytes arrive and answers each in
+    order (pipelined requests included): at once, or a stream's events `interval_s` apart,
+    the next request waiting for the stream's end."""
+
+    def __init__(self, numbers: itertools.count[int], interval_s: float) -> None:
         self._numbers = numbers
+        self._interval_s = interval_s
         self._buffer = bytearray()
         self._continued = False
+        self._streaming = False
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are no asyncio.Transport
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
     def data_received(self, data: bytes) -> None:
-        assert self._transport is not None
         self._buffer += data
-        while (answer := self._next()) is not None:
+        self._answer()
+
+    def _answer(self) -> None:
+        while self._transport is not None and not self._streaming:
+            answer = self._next()
+            if answer is None:
+                return
             status, payload, close = answer
+            if isinstance(payload, list):
+                self._transport.write(_stream_head(close))
+                self._streaming = True
+                self._send(payload, close)
+                continue
             self._transport.write(_response(status, payload, close))
             if close:
                 self._transport.close()
                 return
 
-    def _next(self) -> tuple[int, bytes, bool] | None:
+    def _send(self, events: list[bytes], close: bool) -> None:
+        """Writes the stream's next event, and schedules the one after it."""
+        if self._transport is None:
+            return
+        if not events:
+            self._transport.write(_chunk(b""))
+            self._streaming = False
+            if close:
+                self._transport.close()
+                return
+            self._answer()
+            return
+        self._transport.write(_chunk(events[0]))
+        rest = events[1:]
+        if self._interval_s and rest:
+            asyncio.get_running_loop().call_later(self._interval_s, self._send, rest, close)
+        else:
+            self._send(rest, close)
+
+    def _next(self) -> tuple[int, bytes | list[bytes], bool] | None:
         """The next complete request's answer, or None until more bytes arrive."""
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -145,16 +224,21 @@ def _header(line: str) -> tuple[str, str]:
     return name.strip().lower(), value.strip()
 
 
-async def start(host: str = "127.0.0.1", port: int = 0) -> tuple[asyncio.Server, int]:
-    """The listening server and its bound port (`port` 0 picks a free one)."""
+async def start(
+    host: str = "127.0.0.1", port: int = 0, interval_s: float = 0.0
+) -> tuple[asyncio.Server, int]:
+    """The listening server and its bound port (`port` 0 picks a free one); a stream's
+    events go `interval_s` apart."""
     numbers = itertools.count(1)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(numbers), host, port, backlog=1024)
+    server = await loop.create_server(
+        lambda: _Connection(numbers, interval_s), host, port, backlog=1024
+    )
     return server, int(server.sockets[0].getsockname()[1])
 
 
-async def _serve(host: str, port: int) -> None:
-    server, bound = await start(host, port)
+async def _serve(host: str, port: int, interval_s: float) -> None:
+    server, bound = await start(host, port, interval_s)
     print(f"openai mock on http://{host}:{bound}/v1", flush=True)
     async with server:
         await server.serve_forever()
@@ -164,9 +248,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.openai_mock")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--chunk-interval-ms", type=float, default=0.0)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve(args.host, args.port))
+        uvloop.run(_serve(args.host, args.port, args.chunk_interval_ms / 1000))
 
 
 if __name__ == "__main__":

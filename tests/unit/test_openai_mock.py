@@ -92,3 +92,40 @@ async def test_requests_on_one_connection_in_pieces_are_answered_in_order(port):
     assert [status for status, _ in answers] == [200, 200, 404]
     assert answers[0][1]["id"] != ""
     assert answers[1][1]["data"][0]["id"] == MODEL
+
+
+async def test_a_stream_sends_a_word_a_chunk_its_interval_apart_then_the_next_answer():
+    """Server-sent events in a chunked body; a request pipelined behind the stream is
+    answered after its end."""
+    server, port = await start("127.0.0.1", 0, interval_s=0.02)
+    try:
+        body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+        pieces = _request("POST", "/v1/chat/completions", json.dumps(body).encode())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        writer.write(pieces + _request("GET", "/v1/models"))
+        assert (await reader.readline()).split()[1] == b"200"
+        head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+        assert "content-type: text/event-stream" in head and "transfer-encoding: chunked" in head
+        raw = b""
+        while size := int((await reader.readline()).strip(), 16):
+            raw += await reader.readexactly(size)
+            await reader.readline()
+        await reader.readline()  # the last chunk's CRLF
+        elapsed = loop.time() - started
+        events = [e.removeprefix("data: ") for e in raw.decode().split("\n\n") if e]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == "hello mock"
+        assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1]["usage"]["completion_tokens"] == 2
+        assert elapsed >= 0.02  # the two words one interval apart
+        status, models = await asyncio.wait_for(_answer(reader), 5)
+        assert status == 200 and models["data"][0]["id"] == MODEL
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
