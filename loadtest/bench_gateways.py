@@ -50,7 +50,6 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-import yaml
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.bench_overhead import (
@@ -62,6 +61,7 @@ from loadtest.bench_overhead import (
     echo_mesh,
     govern_demo,
     load_echo,
+    with_tier,
 )
 from loadtest.latency import percentile
 from loadtest.litellm_side import VENV, LiteLLMSide, chat
@@ -177,16 +177,9 @@ class StreamRun:
 
 def harness_mesh(data_dir: Path, mock_url: str) -> MeshConfig:
     """One region with the `echo` tier (bench_overhead's) and `hosted`, an upstream tier on
-    the mock, which the policy (isolated()'s copy) prices and lets every tenant use."""
-    base = echo_mesh(data_dir)
+    the mock."""
     hosted = TierConfig(model=MODEL, base_url=f"{mock_url}/v1", context_tokens=8192, retries=0)
-    tiers = {**base.gateway.tiers, HOSTED: hosted}
-    policy_file = Path(base.control.policy_file)
-    policy = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
-    policy["tiers"][HOSTED] = {"input_per_1k": 0.0005, "output_per_1k": 0.0015}
-    policy["default"]["tiers"].append(HOSTED)
-    policy_file.write_text(yaml.safe_dump(policy), encoding="utf-8")
-    return dataclasses.replace(base, gateway=dataclasses.replace(base.gateway, tiers=tiers))
+    return with_tier(echo_mesh(data_dir), HOSTED, hosted)
 
 
 def openai_body(model: str, question: str, stream: bool) -> dict[str, object]:

@@ -391,15 +391,20 @@ def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dic
 
 
 def echo_mesh(data_dir: Path) -> MeshConfig:
-    """One region with an `echo` tier, which the routing policy (isolated()'s copy) prices
-    and lets every tenant use."""
+    """One region with an `echo` tier."""
     base = isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1), data_dir)
-    tiers = {**base.gateway.tiers, "echo": TierConfig(model="echo", context_tokens=8192)}
+    return with_tier(base, "echo", TierConfig(model="echo", context_tokens=8192))
+
+
+def with_tier(base: MeshConfig, name: str, tier: TierConfig) -> MeshConfig:
+    """`base` with one more tier, which the routing policy (isolated()'s copy, rewritten)
+    prices and lets every tenant use."""
     policy_file = Path(base.control.policy_file)
     policy = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
-    policy["tiers"]["echo"] = {"input_per_1k": 0.0005, "output_per_1k": 0.0015}
-    policy["default"]["tiers"].append("echo")
+    policy["tiers"][name] = {"input_per_1k": 0.0005, "output_per_1k": 0.0015}
+    policy["default"]["tiers"].append(name)
     policy_file.write_text(yaml.safe_dump(policy), encoding="utf-8")
+    tiers = {**base.gateway.tiers, name: tier}
     return dataclasses.replace(base, gateway=dataclasses.replace(base.gateway, tiers=tiers))
 
 

@@ -31,7 +31,6 @@ import random
 import signal
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ from pathlib import Path
 import grpc
 import redis
 from google.protobuf import empty_pb2
-from prometheus_client.parser import text_string_to_metric_families
 from ragmesh.v1 import admin_pb2 as apb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
@@ -50,6 +48,7 @@ from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Reply, Sample, grpc_gener
 from services.client.admin import AdminClient
 from services.config.mesh import MeshConfig
 from services.config.regions import first
+from services.console.scrape import fetch
 from services.supervisor.launcher import ROOT, Mesh, isolated
 
 PHASES = ("before", "during", "after")
@@ -172,11 +171,10 @@ def _continuations_counted(mesh: Mesh) -> int:
     total = 0.0
     for region in mesh.regions:
         url = f"http://127.0.0.1:{region.config.gateway.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name == "ragmesh_stream_continuations":
-                total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+        scrape = fetch(url)
+        if scrape is None:
+            raise RuntimeError(f"the gateway of {region.name} did not answer {url}")
+        total += scrape.total("ragmesh_stream_continuations_total")
     return int(total)
 
 
