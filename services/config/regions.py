@@ -69,6 +69,7 @@ def _shifted(config: MeshConfig, name: str, shift: int) -> MeshConfig:
         # One Milvus server holds each region's replica in a collection of its own.
         collection=f"{r.collection}_{name.replace('-', '_')}" if remote else r.collection,
         corpus_log=_in_folder(r.corpus_log, name),
+        hot_snapshot=r.hot_snapshot and _in_folder(r.hot_snapshot, name),
     )
     gateway = dataclasses.replace(
         g,

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -189,7 +190,8 @@ class RetrievalCore:
         self.embedder_model = config.embedder_model  # Triton's name, shown to callers
         self._chunker = Chunker.from_config(config)  # loads the embedder's tokenizer
         # Milvus stays the store of record; the hot index, loaded in `recover`, serves search.
-        self._hot = HotStore(store, config.embedding_dim) if config.hot_index else None
+        snapshot = Path(config.hot_snapshot) if config.hot_snapshot else None
+        self._hot = HotStore(store, config.embedding_dim, snapshot) if config.hot_index else None
         self._store: VectorStore = self._hot or store
         self._embedder = embedder
         self._log = log

@@ -91,12 +91,39 @@ class Partition:
         self.centroids: np.ndarray | None = None
         self.trained_rows = 0
 
+    @classmethod
+    def restore(
+        cls,
+        rows: list[StoredChunk],
+        vectors: np.ndarray,
+        lists: np.ndarray,
+        centroids: np.ndarray | None,
+        trained_rows: int,
+        lexicon: Lexicon,
+    ) -> Partition:
+        """A partition as one was saved (services/retrieval/hot_snapshot.py): its rows in
+        order, their unit vectors [rows, dim] and clusters [rows], its centroids (None:
+        untrained) and BM25 index; nothing is computed again but the filter columns."""
+        partition = cls(vectors.shape[1])
+        partition._place(rows, vectors)
+        partition.lists[: len(rows)] = lists
+        partition.centroids, partition.trained_rows = centroids, trained_rows
+        partition.lexicon = lexicon
+        return partition
+
     def add(self, rows: list[StoredChunk], vectors: np.ndarray) -> None:
+        start = self.size
+        self._place(rows, unit(vectors))
+        if self.centroids is not None:
+            block = self.vectors[start : self.size]
+            self.lists[start : self.size] = np.argmax(block @ self.centroids.T, axis=1)
+        self.lexicon.add([row_text(r.title, r.text) for r in rows])
+
+    def _place(self, rows: list[StoredChunk], vectors: np.ndarray) -> None:
+        """Appends rows with their unit vectors, metadata codes and document places."""
         start, end = self.size, self.size + len(rows)
         self._reserve(end)
-        self.vectors[start:end] = unit(vectors)
-        if self.centroids is not None:
-            self.lists[start:end] = np.argmax(self.vectors[start:end] @ self.centroids.T, axis=1)
+        self.vectors[start:end] = vectors
         for key in {k for r in rows for k in r.metadata}.difference(self.values):
             self.values[key] = np.full(len(self.vectors), _NO_VALUE, dtype=np.int32)
             self.codes[key] = {}
@@ -109,7 +136,6 @@ class Partition:
         for i, row in enumerate(rows, start):
             self.documents.setdefault(row.document_id, []).append(i)
         self.rows.extend(rows)
-        self.lexicon.add([row_text(r.title, r.text) for r in rows])
         self.size = end
 
     def remove(self, document_id: str) -> None:
@@ -233,9 +259,14 @@ def _scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
 class HotIndex:
     """Every tenant's partition; the caller keeps it equal to Milvus (hot_store.py)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, partitions: dict[str, Partition] | None = None) -> None:
         self._dim = dim
-        self._tenants: dict[str, Partition] = {}
+        self._tenants: dict[str, Partition] = partitions or {}
+
+    @property
+    def partitions(self) -> dict[str, Partition]:
+        """Each tenant's partition, by tenant: to read, not to change."""
+        return self._tenants
 
     def add(self, tenant: str, rows: list[StoredChunk], vectors: np.ndarray) -> None:
         """Adds rows as they are (a load); `train` clusters them after."""

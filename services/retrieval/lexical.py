@@ -29,6 +29,7 @@ import re
 import sys
 from array import array
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -75,6 +76,32 @@ class Lexicon:
 
     def __len__(self) -> int:
         return len(self._lengths)
+
+    @classmethod
+    def restore(cls, lengths: np.ndarray, postings: Iterable[tuple[str, bytes, bytes]]) -> Lexicon:
+        """An index as `lengths` and `postings` read it out (services/retrieval/hot_snapshot.py):
+        each row's term count [rows] (int32), and each term with its rows (C int) and counts
+        (uint16) as bytes."""
+        lexicon = cls()
+        lexicon._lengths.frombytes(np.ascontiguousarray(lengths, dtype=np.intc).tobytes())
+        lexicon._total = int(lengths.sum())
+        for term, rows, counts in postings:
+            entry = lexicon._postings[term] = _Postings()
+            entry.rows.frombytes(rows)
+            entry.counts.frombytes(counts)
+        return lexicon
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Each row's term count [rows] (a copy, int32)."""
+        return np.array(self._lengths, dtype=np.int32)
+
+    def postings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Each term with the rows holding it (C int) and its count in each (uint16): copies,
+        as in `scores`."""
+        for term, entry in self._postings.items():
+            rows = np.frombuffer(entry.rows, dtype=np.intc).copy()
+            yield term, rows, np.frombuffer(entry.counts, dtype=np.uint16).copy()
 
     def add(self, texts: list[str]) -> None:
         """Appends one row per text, numbered from len(self) on."""

@@ -216,6 +216,11 @@ class MilvusStore:
         self._dim = dim
         self._ensure_collections()
 
+    @property
+    def collection(self) -> str:
+        """The chunk collection's name."""
+        return self._chunks
+
     def _ensure_collections(self) -> None:
         if not self._client.has_collection(self._chunks):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)

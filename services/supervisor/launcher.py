@@ -99,6 +99,7 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
             metrics_port=free_port(),
             milvus_uri=str(data_dir / "milvus.db"),
             corpus_log=str(data_dir / "corpus-log.db"),
+            hot_snapshot=str(data_dir / "hot-index"),
         )
         gateway = dataclasses.replace(
             config.gateway, port=free_port(), openai_port=free_port(), metrics_port=free_port()
@@ -257,6 +258,7 @@ class Mesh:
                 c.retrieval,
                 milvus_uri=str(resolve(c.retrieval.milvus_uri)),
                 corpus_log=str(resolve(c.retrieval.corpus_log)),
+                hot_snapshot=c.retrieval.hot_snapshot and str(resolve(c.retrieval.hot_snapshot)),
             )
             control = dataclasses.replace(
                 c.control, policy_file=str(resolve(c.control.policy_file))

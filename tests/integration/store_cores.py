@@ -26,11 +26,12 @@ class Embedder:
 
 
 def core(tmp_path: Path, name: str, hot: bool, primary: str = "") -> RetrievalCore:
-    """A core whose Milvus file and corpus log are `name`'s under `tmp_path`: a second core
-    of the same name is the first one restarted."""
+    """A core whose Milvus file, corpus log and snapshot are `name`'s under `tmp_path`: a
+    second core of the same name is the first one restarted."""
     config = RetrievalConfig(
         milvus_uri=str(tmp_path / f"{name}.db"),
         corpus_log=str(tmp_path / f"{name}-log.db"),
+        hot_snapshot=str(tmp_path / f"{name}-hot"),
         embedding_dim=DIM,
         hot_index=hot,
         hybrid=hot,

@@ -109,6 +109,58 @@ def test_a_restart_loads_what_milvus_holds(tmp_path: Path):
         again.close()
 
 
+def _hybrid(hot, rng):
+    return [
+        _answer(hot.search("acme", q, 8, f, "chunk v1"))
+        for q in _vectors(rng, 4)
+        for f in ({}, {"lang": "en"})
+    ]
+
+
+def test_a_start_reads_the_snapshot_only_while_it_holds_what_milvus_holds(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    db, snapshot = str(tmp_path / "milvus.db"), tmp_path / "hot"
+    hot = HotStore(MilvusStore(db, "", "chunks", DIM), DIM, snapshot)
+    hot.load()
+    assert hot.loaded_from == "milvus" and (snapshot / "manifest.json").exists()
+    for d in range(6):
+        _write(hot, rng, "acme", f"d{d}", 1, "en" if d % 2 else "de", 3)
+    hot.set_version("acme", 1)
+    assert not snapshot.exists()  # the first write dropped it
+    before = _hybrid(hot, np.random.default_rng(6))
+    hot.close()  # saves it again
+
+    restarted = HotStore(MilvusStore(db, "", "chunks", DIM), DIM, snapshot)
+    restarted.load()
+    assert restarted.loaded_from == "snapshot"
+    assert _hybrid(restarted, np.random.default_rng(6)) == before
+    assert restarted.version("acme") == 1
+    _same_answers(restarted, restarted._milvus, rng, tenants=("acme",))
+    _write(restarted, rng, "acme", "d9", 2, "en", 2)
+    restarted.set_version("acme", 2)
+    restarted._milvus.close()  # the process dies: no save after the write
+
+    crashed = HotStore(MilvusStore(db, "", "chunks", DIM), DIM, snapshot)
+    crashed.load()
+    assert crashed.loaded_from == "milvus"
+    assert [c.document_id for c in crashed.search("acme", _vectors(rng, 1)[0], 30, {})].count(
+        "d9"
+    ) == 2
+    crashed.close()
+
+    behind = MilvusStore(db, "", "chunks", DIM)  # another writer, or a restored backup
+    _write(behind, rng, "acme", "d10", 3, "en", 1)
+    behind.set_version("acme", 3)
+    behind.close()
+    last = HotStore(MilvusStore(db, "", "chunks", DIM), DIM, snapshot)
+    last.load()
+    try:
+        assert last.loaded_from == "milvus" and last.version("acme") == 3
+        _same_answers(last, last._milvus, rng, tenants=("acme",))
+    finally:
+        last.close()
+
+
 def test_a_failed_write_rereads_the_document_from_milvus(stores, monkeypatch):
     hot, milvus = stores
     rng = np.random.default_rng(3)
@@ -205,3 +257,17 @@ async def test_hybrid_search_follows_the_log_at_a_replica_and_a_restart(tmp_path
         assert (await cold.search("acme", "new_name", 2, {}, 5.0))[0] == []
     finally:
         await cold.close()
+
+
+def test_a_snapshot_that_cannot_be_saved_only_costs_the_next_start(tmp_path: Path, caplog):
+    (tmp_path / "file").write_text("a file, so no directory can be made under it")
+    hot = HotStore(
+        MilvusStore(str(tmp_path / "milvus.db"), "", "chunks", DIM), DIM, tmp_path / "file" / "hot"
+    )
+    hot.load()
+    try:
+        _write(hot, np.random.default_rng(7), "acme", "d0", 1, "en", 2)
+        assert hot.index is not None and hot.index.rows == 2
+    finally:
+        hot.close()
+    assert "cannot save its snapshot" in caplog.text

@@ -28,6 +28,7 @@ def test_environment_overrides_a_field(monkeypatch):
         ({"retrieval": {"overlap_tokens": 500}}, "retrieval.overlap_tokens"),
         ({"gateway": {"max_content_bytes": MAX_CONTENT_BYTES + 1}}, "gateway.max_content_bytes"),
         ({"retrieval": {"hot_index": False}}, "retrieval.hybrid"),  # BM25 lives there
+        ({"retrieval": {"hot_snapshot": 1}}, "retrieval.hot_snapshot: must be text, not int"),
         ({"bogus": {}}, "unknown section(s) bogus"),
         ({"gateway": {"port": "8080"}}, "gateway.port: must be a whole number, not str"),
         ({"gateway": "x"}, "gateway: must be a mapping of fields, not str"),

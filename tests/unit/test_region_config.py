@@ -36,11 +36,16 @@ def test_each_region_keeps_its_own_data() -> None:
     assert local.config.retrieval.milvus_uri == "data/local/milvus.db"
     assert remote.config.retrieval.milvus_uri == "data/remote/milvus.db"
     assert remote.config.retrieval.corpus_log == "data/remote/corpus-log.db"
+    assert local.config.retrieval.hot_snapshot == "data/local/hot-index"
+    assert remote.config.retrieval.hot_snapshot == "data/remote/hot-index"
     server = MeshConfig.load(CONFIG)
-    retrieval = dataclasses.replace(server.retrieval, milvus_uri="http://milvus:19530")
+    retrieval = dataclasses.replace(
+        server.retrieval, milvus_uri="http://milvus:19530", hot_snapshot=""
+    )
     _, remote = regions(dataclasses.replace(server, retrieval=retrieval))
     assert remote.config.retrieval.milvus_uri == "http://milvus:19530"
     assert remote.config.retrieval.collection == "ragmesh_chunks_remote"
+    assert remote.config.retrieval.hot_snapshot == ""  # none saved, in no region
 
 
 def test_first_picks_regions_and_names_the_flag() -> None:
