@@ -13,6 +13,7 @@ STREAM_INTERVAL_MS apart). Paths, each against the upstream it fronts:
 | triton | - | Triton's stream API straight: the baseline of the gRPC paths |
 | floor | triton | a no-op grpc.aio proxy hop (loadtest/noop_proxy.py): the Python floor |
 | ragmesh | triton | the gateway's native Generate, `echo` tier, straight to it |
+| ragmesh-2w | triton | the same as two workers on one port (`gateway.workers: 2`), 8 connections |
 | ragmesh-envoy | triton | the same through Envoy: the product's path |
 | mock | - | the mock straight: the baseline of the OpenAI paths |
 | ragmesh-openai | mock | the gateway's OpenAI API through Envoy, an upstream tier on the mock |
@@ -67,7 +68,7 @@ from loadtest.latency import percentile
 from loadtest.litellm_side import VENV, LiteLLMSide, chat
 from loadtest.openai_mock import MODEL
 from loadtest.openloop import Load, Sample, Send, grpc_generate, steady
-from loadtest.procfs import rss_mib
+from loadtest.procfs import largest_rss_mib
 from services.config.gateway import TierConfig
 from services.config.mesh import MeshConfig
 from services.supervisor.launcher import ROOT, Mesh, free_port
@@ -77,6 +78,8 @@ GOOD_ADDED_P99_MS = 20.0
 TIMEOUT_S = 5.0  # an overloaded path shows as errors, not as minutes of queue
 STREAM_INTERVAL_MS = 50.0
 HOSTED = "hosted"  # ragmesh's upstream tier on the mock
+WORKERS_GATEWAY = "gateway-2w"
+CHANNELS = 8  # connections to the workers' port, each request on the next
 # A 20-word question: the mock streams it back a word an event, STREAM_INTERVAL_MS apart.
 STREAM_QUESTION = (
     "Explain in a few short sentences how a gateway keeps a streamed answer going when the "
@@ -95,6 +98,7 @@ PATHS = {
     "triton": PathSpec("", ("triton",)),
     "floor": PathSpec("triton", ("floor", "triton"), ("floor",)),
     "ragmesh": PathSpec("triton", ("gateway", "triton"), ("gateway",)),
+    "ragmesh-2w": PathSpec("triton", ("gateway-2w", "triton"), ("gateway-2w",)),
     "ragmesh-envoy": PathSpec("triton", ("envoy", "gateway", "triton"), ("envoy", "gateway")),
     "mock": PathSpec("", ("mock",)),
     "ragmesh-openai": PathSpec("mock", ("envoy", "gateway", "mock"), ("envoy", "gateway")),
@@ -182,6 +186,17 @@ def harness_mesh(data_dir: Path, mock_url: str) -> MeshConfig:
     return with_tier(echo_mesh(data_dir), HOSTED, hosted)
 
 
+def start_workers(mesh: Mesh, workers: int) -> str:
+    """The region's gateway again, as `workers` processes on one port (services/gateway/
+    workers.py), on the same Triton; returns its target."""
+    region = mesh.regions[0].config
+    gateway = dataclasses.replace(
+        region.gateway, port=free_port(), openai_port=0, metrics_port=0, workers=workers
+    )
+    mesh.start_gateway(WORKERS_GATEWAY, dataclasses.replace(region, gateway=gateway))
+    return f"127.0.0.1:{gateway.port}"
+
+
 def openai_body(model: str, question: str, stream: bool) -> dict[str, object]:
     body: dict[str, object] = {
         "model": model,
@@ -233,15 +248,23 @@ def stream_send(
 
 class Harness:
     def __init__(
-        self, mesh: Mesh, side: LiteLLMSide, floor: Process, floor_port: int, litellm: bool
+        self,
+        mesh: Mesh,
+        side: LiteLLMSide,
+        floor: Process,
+        floor_port: int,
+        litellm: bool,
+        workers_target: str,
     ) -> None:
         self.mesh = mesh
+        self.workers_target = workers_target
         self.side = side
         self.floor_port = floor_port
         self.litellm = litellm
         region = mesh.regions[0]
         pids = {
             "gateway": mesh.processes[f"gateway-{region.name}"].pid,
+            "gateway-2w": mesh.processes[WORKERS_GATEWAY].pid,  # the supervisor and its workers
             "triton": mesh.processes[f"triton-{region.name}"].pid,
             "envoy": mesh.processes["envoy"].pid,
             "floor": floor.pid,
@@ -260,6 +283,7 @@ class Harness:
             grpc.aio.insecure_channel(f"127.0.0.1:{self.floor_port}") as to_floor,
             grpc.aio.insecure_channel(region.gateway_target) as to_gateway,
             grpc.aio.insecure_channel(mesh.edge_target) as to_edge,
+            contextlib.AsyncExitStack() as stack,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2000)) as http,
         ):
 
@@ -267,11 +291,23 @@ class Harness:
                 stub = gateway_pb2_grpc.GatewayStub(channel)
                 return grpc_generate(stub, key, [request], TIMEOUT_S)
 
+            # Each its own connection (no shared subchannel): the kernel gives each new
+            # connection to one worker, so one channel would reach one worker alone.
+            to_workers = [
+                await stack.enter_async_context(
+                    grpc.aio.insecure_channel(
+                        self.workers_target, options=[("grpc.use_local_subchannel_pool", 1)]
+                    )
+                )
+                for _ in range(CHANNELS)
+            ]
+            spread = [generate(channel) for channel in to_workers]
             ours = openai_body(HOSTED, QUESTION, stream=False)
             sends: dict[str, Send] = {
                 "triton": direct_send(to_triton),
                 "floor": direct_send(to_floor),
                 "ragmesh": generate(to_gateway),
+                "ragmesh-2w": lambda i: spread[i % CHANNELS](i),
                 "ragmesh-envoy": generate(to_edge),
                 "mock": self.side.direct(http, TIMEOUT_S),
                 "ragmesh-openai": chat(http, chat_url, key, TIMEOUT_S, ours),
@@ -312,7 +348,7 @@ class Harness:
                     if base and not results.sustained(path, rate) and results.sustained(base, rate):
                         failing.add(path)
                 print(f"  {rate:g} req/s done", flush=True)
-            results.rss = {n: rss_mib(p) for n, p in self.meter.pids.items()}
+            results.rss = {n: largest_rss_mib(p) for n, p in self.meter.pids.items()}
             stalled: set[str] = set()
             for count in form.streams:
                 for path in STREAMED:
@@ -495,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
             with Mesh(config) as mesh:
                 load_echo(mesh.regions[0].config.gateway.triton_target)
                 govern_demo(mesh)
+                workers_target = start_workers(mesh, 2)
                 port = free_port()
                 floor = Process(
                     "floor",
@@ -512,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 try:
                     wait_until(lambda: _serves(port), floor, 30.0)
-                    harness = Harness(mesh, side, floor, port, litellm)
+                    harness = Harness(mesh, side, floor, port, litellm, workers_target)
                     print(
                         f"paths: {', '.join(harness.paths)}; rates {form.rates} req/s, "
                         f"{form.rounds} x {form.seconds:g} s each; streams {form.streams}",

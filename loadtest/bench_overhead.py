@@ -58,7 +58,7 @@ from loadtest.latency import percentile
 from loadtest.litellm_side import VENV, LiteLLMSide, chat, compare
 from loadtest.litellm_side import report as litellm_report
 from loadtest.openloop import Load, Reply, Sample, Send, grpc_generate, http_generate, steady
-from loadtest.procfs import cpu_seconds, rss_mib
+from loadtest.procfs import family_cpu_seconds, rss_mib
 from services.client.admin import AdminClient
 from services.config.gateway import TierConfig
 from services.config.mesh import MeshConfig
@@ -186,13 +186,15 @@ class Figures:
 
 
 class Meter:
-    """CPU seconds of the mesh's processes and of this one (the load generator)."""
+    """CPU seconds of the mesh's processes, each with its descendants (a Triton's model
+    stubs, a gateway's workers), and of this one (the load generator)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
 
     def read(self) -> dict[str, float]:
-        return {"client": time.process_time()} | {n: cpu_seconds(p) for n, p in self.pids.items()}
+        spent = {n: family_cpu_seconds(p) for n, p in self.pids.items()}
+        return {"client": time.process_time()} | spent
 
     def since(self, before: dict[str, float]) -> dict[str, float]:
         return {n: v - before[n] for n, v in self.read().items()}

@@ -29,7 +29,6 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
 )
 # Marks a search whose caller degrades without it (a generation's sources): Envoy's internal
 # listener gives each region half of its time (services/edge/render.py), not the deadline.
@@ -43,13 +42,16 @@ CHANNEL_OPTIONS = (
 )
 
 
-def new_server(layer: str, tracing: TelemetryConfig) -> grpc.aio.Server:
+def new_server(layer: str, tracing: TelemetryConfig, reuse_port: bool = False) -> grpc.aio.Server:
     """A server whose every call runs in its trace (a span when the trace is sampled), is
     timed in `layer`'s metrics, and whose errors map to gRPC status by the one table.
 
-    With telemetry off (`enabled` false): errors are mapped, nothing else."""
+    With telemetry off (`enabled` false): errors are mapped, nothing else. `reuse_port`:
+    other processes may bind its port too (SO_REUSEPORT; services/gateway/workers.py);
+    otherwise a port in use fails the bind."""
     interceptor = CallInterceptor(layer, tracing.sampled, telemetry_on=tracing.enabled)
-    return grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
+    options = (*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)))
+    return grpc.aio.server(interceptors=[interceptor], options=options)
 
 
 def new_channel(target: str) -> grpc.aio.Channel:
@@ -162,11 +164,17 @@ def run_plane(plane: str, build: Callable[[MeshConfig], PlaneServer]) -> None:
     main(f"python -m services.{plane}", serve)
 
 
-def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:
-    """A service's entry point: `--config PATH --log-level LEVEL`, then `serve(PATH)`."""
+def arguments(prog: str) -> argparse.Namespace:
+    """A service's flags, `--config PATH --log-level LEVEL`, parsed; its JSON logs set up."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", default="config/mesh.yaml")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
     telemetry.log_json(f"ragmesh-{prog.rsplit('.', 1)[-1]}", args.log_level)
+    return args
+
+
+def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """A service's entry point: `arguments(prog)`, then `serve(PATH)`."""
+    args = arguments(prog)
     uvloop.run(serve(args.config))  # libuv's event loop: less CPU per call than asyncio's

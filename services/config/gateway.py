@@ -229,10 +229,20 @@ class GatewayConfig:
     retrieval_fallback: str = "no_sources"
     # Prometheus metrics on 127.0.0.1; 0 turns them off.
     metrics_port: int = 9464
+    # Gateway processes on this host, sharing its ports (SO_REUSEPORT) under one supervisor
+    # (services/gateway/workers.py): one serves about a core's worth of requests. Each is a
+    # gateway of its own to the shared store; caches are each one's own.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
         require(0 <= self.openai_port < 65536, "gateway.openai_port", "must be 0..65535")
+        require(1 <= self.workers <= 64, "gateway.workers", "must be 1..64")
+        require(
+            self.workers == 1 or self.port > 0,
+            "gateway.port",
+            "must be a fixed port with workers above 1 (they share it), not 0",
+        )
         tiers = {
             name: tier
             if isinstance(tier, TierConfig)

@@ -14,6 +14,7 @@ STORE_TAKES = Counter(
 STORE_UP = Gauge(
     "ragmesh_control_store_up",
     "1 while the last store call of this gateway succeeded, 0 while it runs on the offline rule",
+    multiprocess_mode="livemin",  # with workers (services/gateway/workers.py): 0 if any is off
 )
 SOFT_CAP = Counter(
     "ragmesh_control_soft_cap_crossings_total",

@@ -11,6 +11,7 @@ BREAKER_STATE = Gauge(
     "ragmesh_breaker_state",
     "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open",
     ["endpoint"],
+    multiprocess_mode="livemax",  # with workers (services/gateway/workers.py): the worst
 )
 BREAKER_TRANSITIONS = Counter(
     "ragmesh_breaker_transitions_total", "Breaker state changes", ["endpoint", "state"]

@@ -377,8 +377,11 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 class OpenAIApi:
     """The aiohttp application over `core`, sharing `servicer`'s keys, budgets and drain."""
 
-    def __init__(self, core: GatewayCore, servicer: GatewayServicer, ratio: float) -> None:
+    def __init__(
+        self, core: GatewayCore, servicer: GatewayServicer, ratio: float, reuse_port: bool = False
+    ) -> None:
         self._core = core
+        self._reuse_port = reuse_port  # other workers bind the port too (SO_REUSEPORT)
         self._servicer = servicer
         self._ratio = ratio  # traces sampled where the caller has not decided
         self.serving = True  # GET /health: 503 once draining, so the edge sends no more
@@ -398,7 +401,7 @@ class OpenAIApi:
             self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, reuse_port=self._reuse_port or None)
         await site.start()
         return int(self._runner.addresses[0][1])
 

@@ -77,13 +77,21 @@ class GatewayServer:
 
 
 def build_server(
-    config: GatewayConfig, tracing: TelemetryConfig, control_config: ControlConfig
+    config: GatewayConfig,
+    tracing: TelemetryConfig,
+    control_config: ControlConfig,
+    worker: int | None = None,
 ) -> GatewayServer:
     """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint.
-    Raises services.control.policy.PolicyError when the policy file is broken."""
+    `worker`: this process's number among `config.workers` (services/gateway/workers.py),
+    which share its ports; the supervisor serves their metrics. Raises
+    services.control.policy.PolicyError when the policy file is broken."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
+    # The shared store tells gateways apart by this id; a restarted worker takes its number's.
     gateway_id = f"{socket.gethostname()}:{config.port}" if config.port else ""
+    if gateway_id and worker is not None:
+        gateway_id += f"/{worker}"
     control = Control(control_config, config.region, Path(control_config.policy_file), gateway_id)
     missing = sorted(set(control.policy.policy.tiers) - set(config.tiers))
     if control_config.enabled and missing:  # it would route there: a 400 per request
@@ -91,7 +99,8 @@ def build_server(
             "the routing policy names tiers this gateway does not declare: %s", ", ".join(missing)
         )
     core = GatewayCore(config, retrieval, tiers, control if control_config.enabled else None)
-    server = serving.new_server("gateway", tracing)
+    shared = worker is not None
+    server = serving.new_server("gateway", tracing, reuse_port=shared)
     servicer = GatewayServicer(core, control)
     ratio = tracing.sampled
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
@@ -107,8 +116,8 @@ def build_server(
         tiers=tiers,
         control=control,
         servicer=servicer,
-        openai=OpenAIApi(core, servicer, ratio),
+        openai=OpenAIApi(core, servicer, ratio, reuse_port=shared),
         config=config,
-        metrics_port=config.metrics_port if tracing.enabled else 0,
+        metrics_port=config.metrics_port if tracing.enabled and not shared else 0,
         seed=dict(config.api_keys),
     )

@@ -33,7 +33,7 @@ def _rows(printed: str, title: str, header: int = 1) -> list[list[str]]:
 
 
 def test_every_path_is_measured_one_at_a_time_and_at_a_rate(printed):
-    paths = ["triton", "floor", "ragmesh", "ragmesh-envoy", "mock", "ragmesh-openai"]
+    paths = ["triton", "floor", "ragmesh", "ragmesh-2w", "ragmesh-envoy", "mock", "ragmesh-openai"]
     if (VENV / ".installed").exists():
         paths.append("litellm")
     single = {row[0]: row for row in _rows(printed, "one request at a time")}
@@ -43,7 +43,7 @@ def test_every_path_is_measured_one_at_a_time_and_at_a_rate(printed):
     assert list(rated) == paths
     assert all(row[3] == "0" for row in rated.values())  # no errors at the short form's rate
     best = {row[0]: row for row in _rows(printed, "highest rate with added p99", header=0)}
-    assert list(best) == paths[1:2] + paths[2:4] + paths[5:]  # the gateways, not baselines
+    assert list(best) == paths[1:5] + paths[6:]  # the gateways, not the baselines
 
 
 def test_streams_and_the_ratios_are_reported(printed):

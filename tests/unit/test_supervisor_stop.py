@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
+from loadtest.procfs import alive
 from services.config.mesh import MeshConfig
 from services.config.regions import first
 from services.supervisor.launcher import ROOT, Mesh
@@ -57,15 +57,6 @@ def test_what_a_dead_process_left_in_its_group_is_reaped(tmp_path) -> None:
     os.kill(child, 0)  # alive, in the dead leader's group
     process.stop()
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (not a zombie: reaped children of init may linger as those)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    assert not alive(child)
