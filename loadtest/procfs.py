@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -51,8 +52,13 @@ def family_cpu_seconds(pid: int) -> float:
 
 
 def largest_rss_mib(pid: int) -> float:
-    """rss_mib of the largest process of `family(pid)`: per worker, as its goal is set."""
-    return max(rss_mib(member) for member in family(pid))
+    """rss_mib of the largest process of `family(pid)`: per worker, as its goal is set (a
+    member gone meanwhile counts nothing)."""
+    sizes = [0.0]
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            sizes.append(rss_mib(member))
+    return max(sizes)
 
 
 def alive(pid: int) -> bool:

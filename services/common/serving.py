@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ SERVER_OPTIONS = (
 DEGRADABLE = ("x-ragmesh-degradable", "1")
 # How long a stopping server lets its calls in flight finish (SIGTERM to exit).
 DRAIN_S = 10.0
+SAME_SIGNAL_S = 1.0
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -106,15 +108,22 @@ async def run_until_signal(
 
     Health turns NOT_SERVING first, so Envoy stops sending new requests. `drain(grace_s)`
     runs beside the server's own drain (the gateway ends its open streams with an error
-    before the grace runs out). A second signal during the drain exits at once.
+    before the grace runs out). A second signal during the drain exits at once, unless it
+    comes within SAME_SIGNAL_S of the first: that is the same stop, sent twice (a Ctrl-C
+    reaches a gateway's workers and their supervisor, which passes it on).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    first = 0.0
 
     def on_signal() -> None:
+        nonlocal first
         if stop.is_set():
+            if time.monotonic() - first < SAME_SIGNAL_S:
+                return
             LOGGER.warning("second signal: exiting without draining")
             os._exit(130)
+        first = time.monotonic()
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.config.loading import require
 
@@ -76,6 +77,16 @@ class RetrievalConfig:
         require(bool(self.corpus_log), "retrieval.corpus_log", "must not be empty")
         require(isinstance(self.hot_index, bool), "retrieval.hot_index", "must be true or false")
         require(isinstance(self.hybrid, bool), "retrieval.hybrid", "must be true or false")
+        snapshot = Path(self.hot_snapshot)
+        require(
+            not self.hot_snapshot
+            or (
+                snapshot.name not in ("", ".", "..")
+                and snapshot not in (Path(self.milvus_uri), Path(self.corpus_log))
+            ),
+            "retrieval.hot_snapshot",
+            "must name a directory of its own (not the Milvus file, the corpus log or '.')",
+        )
         require(
             self.hot_index or not self.hybrid,
             "retrieval.hybrid",

@@ -24,6 +24,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.config.control import ControlConfig
+from services.control import metrics as control_metrics
 from services.control.admission import MICRO, Admission, Charge, Reservation
 from services.control.policy import PolicyFile, RollingP95, Route, TierHealth
 from services.control.registry import ApiKey, Registry, key_digest
@@ -112,10 +113,12 @@ class Control:
             try:
                 await self.registry.seed(seed)
                 await self.registry.refresh()
+                control_metrics.STORE_UP.set(1)  # before any request: 0 until set
                 break
             except Unavailable as exc:
                 if time.monotonic() > deadline:
                     LOGGER.error("control store not reached at start: %s", exc.message)
+                    control_metrics.STORE_UP.set(0)
                     break
                 await asyncio.sleep(0.2)
         self._tasks = [

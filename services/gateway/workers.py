@@ -19,6 +19,10 @@ drain), waits for them and exits; a second signal is passed on too (they exit at
 - **A dead supervisor.** Each worker checks once a second that its parent is still the one
   that started it, and drains and exits when it is not, so no worker outlives it holding
   the ports.
+- **Signals.** Workers share the supervisor's process group, so a Ctrl-C (or systemd's
+  stop of the whole group) reaches them as well as the signal the supervisor passes on; a
+  second signal within a second of the first counts as the same one
+  (services/common/serving.py), so they drain.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ LOGGER = logging.getLogger(__name__)
 # The worker's number, 0..N-1; unset in a lone gateway. No config section is named
 # `worker`, so the config loader's RAGMESH_<SECTION>_<FIELD> overrides never read it.
 WORKER = "RAGMESH_WORKER_NUMBER"
+SUPERVISOR = "RAGMESH_WORKER_SUPERVISOR"  # its supervisor's pid
 # A worker that dies this often within the window takes the supervisor down with it (the
 # mesh's supervisor, or Kubernetes, then starts it again): a crash loop is not hidden.
 MAX_RESTARTS = 5
@@ -58,12 +63,6 @@ def worker() -> int | None:
 def supervise(argv: list[str], workers: int, metrics_port: int) -> int:
     """Runs `workers` copies of `python -m services.gateway *argv` until a signal; returns
     the exit status: 0 after a signal, 1 when a worker died too often."""
-    directory = tempfile.mkdtemp(prefix="ragmesh-gateway-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
-    if metrics_port:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     running: dict[int, subprocess.Popen[bytes]] = {}
     signals: list[int] = []
 
@@ -72,16 +71,27 @@ def supervise(argv: list[str], workers: int, metrics_port: int) -> int:
         for process in running.values():
             process.send_signal(signal.SIGTERM)
 
-    def start(number: int) -> None:
-        command = [sys.executable, "-m", "services.gateway", *argv]
-        running[number] = subprocess.Popen(command, env={**env, WORKER: str(number)})
-        LOGGER.info("gateway worker %d started (pid %d)", number, running[number].pid)
-
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    directory = tempfile.mkdtemp(prefix="ragmesh-gateway-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory, SUPERVISOR: str(os.getpid())}
+
+    def start(number: int) -> None:
+        if signals:
+            return  # stopping: none starts
+        command = [sys.executable, "-m", "services.gateway", *argv]
+        process = running[number] = subprocess.Popen(command, env={**env, WORKER: str(number)})
+        if signals:  # a signal that came while it started did not reach it
+            process.send_signal(signal.SIGTERM)
+        LOGGER.info("gateway worker %d started (pid %d)", number, process.pid)
+
     deaths: deque[float] = deque()
     status = 0
     try:
+        if metrics_port:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
         for number in range(workers):
             start(number)
         while running:
@@ -92,7 +102,7 @@ def supervise(argv: list[str], workers: int, metrics_port: int) -> int:
                     continue
                 del running[number]
                 mark_process_dead(process.pid, directory)  # type: ignore[no-untyped-call]
-                if signals or status:
+                if signals:
                     continue
                 LOGGER.warning(
                     "gateway worker %d (pid %d) exited with %d", number, process.pid, code
@@ -118,11 +128,12 @@ def supervise(argv: list[str], workers: int, metrics_port: int) -> int:
 
 
 def watch_parent() -> None:
-    """In a worker: SIGTERM to itself (a drain) once its supervisor is gone."""
-    parent = os.getppid()
+    """In a worker: SIGTERM to itself (a drain) once its supervisor is gone, even if that
+    happened before this worker looked."""
+    supervisor = int(os.environ[SUPERVISOR])
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == supervisor:
             time.sleep(1.0)
         LOGGER.warning("the gateway's supervisor is gone: draining and exiting")
         os.kill(os.getpid(), signal.SIGTERM)

@@ -25,7 +25,7 @@ from opentelemetry import trace
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 
 from services.common import telemetry
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.serving import MAX_MESSAGE_BYTES
 from services.common.validation import (
     check_document_id,
@@ -35,7 +35,7 @@ from services.common.validation import (
 )
 from services.config.retrieval import RetrievalConfig
 from services.contract.documents import MAX_EMBED_INPUTS, Document
-from services.retrieval import metrics, parsing, verdicts
+from services.retrieval import hot_snapshot, metrics, parsing, verdicts
 from services.retrieval.chunking import Chunker
 from services.retrieval.corpus_log import CorpusLog
 from services.retrieval.hot_store import HotStore
@@ -342,13 +342,15 @@ class RetrievalCore:
         removed, its entries rejected (services/retrieval/corpus_log.py) and the entries
         behind it go on; returns the rejected entries' reasons by seq. A replica applies
         what the governance point applied, so it never rejects: a failure there, like an
-        unreachable store anywhere, raises and leaves the write pending, to be applied by the
-        next write, pull or restart.
+        unreachable store anywhere (or Unavailable from anything), raises and leaves the
+        write pending, to be applied by the next write, pull or restart.
         """
         rejected: dict[int, str] = {}
         while write := self._next_write():
             try:
                 self._apply(write)
+            except Unavailable:
+                raise  # not a refusal (the hot index's snapshot could not be dropped)
             except Exception as exc:
                 if not self.is_primary or not self._store.reachable():
                     raise
@@ -408,6 +410,9 @@ class RetrievalCore:
         async with self._write_lock:
             if self._hot is not None:
                 await self._run(self._hot.load)
+            elif self._config.hot_snapshot:
+                # One left by a run with the index on would not see this run's writes.
+                await self._run(hot_snapshot.drop, Path(self._config.hot_snapshot))
             before = await self._run(self._log.applied)
             try:
                 await self._run(self._apply_pending)

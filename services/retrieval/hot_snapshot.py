@@ -28,8 +28,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,18 @@ import numpy as np
 import pyarrow as pa
 
 from services.retrieval.hot_index import HotIndex, Partition
-from services.retrieval.lexical import Lexicon
+from services.retrieval.lexical import Lexicon, row_text, terms
 from services.retrieval.store import StoredChunk
 
 LOGGER = logging.getLogger(__name__)
+# Raised when the files' layout, or how a row is derived from Milvus's, changes.
 FORMAT = 1
 MANIFEST = "manifest.json"
+FILES = ("rows.arrow", "postings.arrow", "centroids.arrow")
+# Terms of up to this many rows a partition are counted again when a snapshot is read: a
+# snapshot whose BM25 terms another analyzer counted (services/retrieval/lexical.py) is
+# refused, as its postings would not match the rows' terms at the next write.
+TERMS_CHECKED = 64
 _STRINGS = ("document_id", "title", "text", "injection", "heading")
 _INTS = ("chunk_index", "page")
 
@@ -59,10 +64,11 @@ class Stamp:
 
 def save(index: HotIndex, stamp: Stamp, path: Path) -> None:
     """Writes `index` as `path` (a directory): into a sibling first, then renamed, so a
-    crash leaves the old snapshot, none, or this one. Raises OSError."""
+    crash leaves the old snapshot, none, or this one. Raises OSError, also when `path` holds
+    anything but a snapshot (which is left as it is)."""
     partitions = index.partitions
     work = path.with_name(f"{path.name}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
+    drop(work)
     work.mkdir(parents=True)
     _write(work / "rows.arrow", _rows_table(partitions, stamp.dim))
     _write(work / "postings.arrow", _postings_table(partitions))
@@ -78,16 +84,25 @@ def save(index: HotIndex, stamp: Stamp, path: Path) -> None:
     }
     (work / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     drop(path)
-    os.replace(work, path)
+    try:
+        os.replace(work, path)  # refused while `path` holds anything else
+    except OSError:
+        drop(work)
+        raise
 
 
 def drop(path: Path) -> None:
-    """Removes the snapshot: its manifest first, so a half-removed one is never read.
-    Raises OSError when a manifest may be there and cannot be removed (the write that
-    called for it fails rather than leave a snapshot that no longer equals Milvus)."""
+    """Removes the snapshot: its manifest first, so a half-removed one is never read, then
+    its files, then the directory if nothing else is in it; never anything else. Raises
+    OSError when a manifest may be there and cannot be removed (the write that called for
+    it fails rather than leave a snapshot that no longer equals Milvus)."""
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         (path / MANIFEST).unlink()
-    shutil.rmtree(path, ignore_errors=True)
+    for name in FILES:
+        with contextlib.suppress(OSError):
+            (path / name).unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def read(path: Path, stamp: Stamp) -> HotIndex | None:
@@ -100,16 +115,19 @@ def read(path: Path, stamp: Stamp) -> HotIndex | None:
     except (OSError, ValueError) as exc:
         LOGGER.warning("hot index snapshot: unreadable manifest (%s); loading from Milvus", exc)
         return None
-    saved = Stamp(manifest.get("collection"), manifest.get("dim"), manifest.get("versions"))
-    if manifest.get("format") != FORMAT or saved != stamp:
+    if not isinstance(manifest, dict):
+        LOGGER.warning("hot index snapshot: unreadable manifest; loading from Milvus")
+        return None
+    saved = (manifest.get("collection"), manifest.get("dim"), manifest.get("versions"))
+    if manifest.get("format") != FORMAT or saved != astuple(stamp):
         LOGGER.info(
             "hot index snapshot: older than Milvus's corpus (or another); loading from Milvus"
         )
         return None
     try:
         return _index(path, manifest["tenants"], stamp.dim)
-    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
-        LOGGER.warning("hot index snapshot: cannot read it (%s); loading from Milvus", exc)
+    except Exception as exc:  # whatever a damaged file raises: Milvus has every row
+        LOGGER.warning("hot index snapshot: cannot read it (%r); loading from Milvus", exc)
         return None
 
 
@@ -193,14 +211,14 @@ def _index(path: Path, tenants: dict[str, dict[str, int]], dim: int) -> HotIndex
     for tenant, counts in tenants.items():
         block = rows.slice(start, counts["rows"])
         start += counts["rows"]
-        terms = by_tenant.get(tenant)
-        lexicon = Lexicon.restore(
-            block.column("terms").to_numpy(),
-            [] if terms is None else _postings(terms),
-        )
+        lengths = block.column("terms").to_numpy()
+        chunks = _chunks(block)
+        _check_terms(chunks, lengths)
+        held = by_tenant.get(tenant)
+        lexicon = Lexicon.restore(lengths, [] if held is None else _postings(held))
         trained = centroid_of.get(tenant)
         partitions[tenant] = Partition.restore(
-            _chunks(block),
+            chunks,
             _matrix(block.column("vector"), dim),
             block.column("cluster").to_numpy(),
             None if trained is None else _matrix(trained.column("centroid"), dim).copy(),
@@ -208,6 +226,14 @@ def _index(path: Path, tenants: dict[str, dict[str, int]], dim: int) -> HotIndex
             lexicon,
         )
     return HotIndex(dim, partitions)
+
+
+def _check_terms(chunks: list[StoredChunk], lengths: np.ndarray) -> None:
+    """Counts the terms of up to TERMS_CHECKED rows again; raises ValueError on a
+    difference."""
+    for i in range(0, len(chunks), max(1, len(chunks) // TERMS_CHECKED)):
+        if len(terms(row_text(chunks[i].title, chunks[i].text))) != lengths[i]:
+            raise ValueError("its BM25 terms were counted by another analyzer")
 
 
 def _grouped(table: pa.Table) -> dict[str, pa.Table]:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from services.common.errors import Unavailable
 from services.retrieval import hot_snapshot, metrics
 from services.retrieval.hot_index import HotIndex
 from services.retrieval.store import (
@@ -101,17 +103,32 @@ class HotStore:
         stamp = hot_snapshot.Stamp(self._milvus.collection, self._dim, dict(self._versions))
         try:
             hot_snapshot.save(self._index, stamp, self._snapshot)
-        except OSError:
+        except Exception:  # never the start's or the stop's failure: Milvus has every row
             LOGGER.exception("hot index: cannot save its snapshot; the next start reads Milvus")
             return
         self._on_disk = "equal"
         LOGGER.info("hot index: snapshot saved in %.1f s", time.perf_counter() - started)
 
     def _changing(self) -> None:
-        """Before a write: drops the snapshot, which will no longer equal Milvus."""
+        """Before a write: drops the snapshot, which will no longer equal Milvus. Raises
+        Unavailable when it cannot: the write stays pending (it is not Milvus refusing it)."""
         if self._snapshot is not None and self._on_disk != "none":
-            hot_snapshot.drop(self._snapshot)
+            try:
+                hot_snapshot.drop(self._snapshot)
+            except OSError as exc:
+                raise Unavailable(f"hot index snapshot cannot be dropped: {exc}") from exc
             self._on_disk = "none"
+
+    def _follow(self, change: Callable[[HotIndex], None]) -> None:
+        """Applies a change Milvus took to the index; if that fails, the index is no longer
+        trusted (searches go to Milvus, nothing is saved) until the next start."""
+        if self._index is None:
+            return
+        try:
+            change(self._index)
+        except Exception:
+            LOGGER.exception("hot index: cannot follow a write; searching Milvus")
+            self._index = None
 
     def version(self, tenant: str) -> int:
         if self._index is None:
@@ -130,9 +147,12 @@ class HotStore:
         except Exception:
             self._reread(tenant, [d.document_id for d in documents])
             raise
-        if self._index is not None:
+
+        def put(index: HotIndex) -> None:
             for d in documents:
-                self._index.replace_document(tenant, d.rows(), d.vectors)
+                index.replace_document(tenant, d.rows(), d.vectors)
+
+        self._follow(put)
 
     def delete_version(self, tenant: str, document_ids: list[str], version: int) -> None:
         self._changing()
@@ -151,8 +171,7 @@ class HotStore:
         except Exception:
             self._reread(tenant, [document_id])
             raise
-        if self._index is not None:
-            self._index.delete_document(tenant, document_id)
+        self._follow(lambda index: index.delete_document(tenant, document_id))
         return deleted
 
     def search(

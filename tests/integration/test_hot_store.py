@@ -15,7 +15,7 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from store_cores import DIM, core
 
 from services.common.errors import FailedPrecondition
-from services.retrieval.hot_index import unit
+from services.retrieval.hot_index import HotIndex, unit
 from services.retrieval.hot_store import HotStore
 from services.retrieval.store import DocumentRows, MilvusStore
 
@@ -271,3 +271,22 @@ def test_a_snapshot_that_cannot_be_saved_only_costs_the_next_start(tmp_path: Pat
     finally:
         hot.close()
     assert "cannot save its snapshot" in caplog.text
+
+
+def test_an_index_that_cannot_follow_a_write_is_no_longer_trusted(tmp_path: Path, monkeypatch):
+    snapshot = tmp_path / "hot"
+    hot = HotStore(MilvusStore(str(tmp_path / "milvus.db"), "", "chunks", DIM), DIM, snapshot)
+    hot.load()
+    rng = np.random.default_rng(8)
+    _write(hot, rng, "acme", "d0", 1, "en", 2)
+
+    def broken(*args):
+        raise MemoryError("no room for the rows")
+
+    monkeypatch.setattr(HotIndex, "replace_document", broken)
+    _write(hot, rng, "acme", "d1", 1, "en", 2)  # Milvus took it: the write succeeds
+    assert hot.index is None  # searches go to Milvus, which has both documents
+    found = {c.document_id for c in hot.search("acme", _vectors(rng, 1)[0], 10, {})}
+    assert found == {"d0", "d1"}
+    hot.close()
+    assert not snapshot.exists()  # an index not trusted is never saved

@@ -13,8 +13,9 @@ from prometheus_client import REGISTRY
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from store_cores import DIM, core
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.contract.documents import Document
+from services.retrieval import hot_snapshot
 from services.retrieval.replication import Replicator
 
 pytestmark = pytest.mark.integration
@@ -195,3 +196,37 @@ async def test_a_replica_that_cannot_apply_keeps_pulling(tmp_path: Path, monkeyp
     assert calls >= 3 and not replicator._task.done()
     await replicator.stop()
     await replica.close()
+
+
+async def test_a_snapshot_that_cannot_be_dropped_leaves_the_write_pending(tmp_path, monkeypatch):
+    primary = core(tmp_path, "primary", True)
+    await primary.recover()  # loads from Milvus, then saves the snapshot
+    await primary.upsert("acme", [_doc("a"), _doc("b")], 5.0)
+    await primary.close()  # saved again
+    primary = core(tmp_path, "primary", True)
+    await primary.recover()  # read from it
+
+    def cannot(path):
+        raise PermissionError(f"{path}: not removable")
+
+    monkeypatch.setattr(hot_snapshot, "drop", cannot)
+    with pytest.raises(Unavailable, match="snapshot cannot be dropped"):
+        await primary.delete("acme", "a")
+    entries = await primary._run(primary._log.after, 0, 10)
+    assert not any(e.rejected for e in entries)  # logged, pending: not refused
+    monkeypatch.undo()
+    await primary.delete("acme", "b")  # applies the pending delete first
+    assert await _documents(primary, "acme") == set()
+    await primary.close()
+
+
+async def test_a_run_without_the_hot_index_drops_the_snapshot_it_cannot_follow(tmp_path):
+    primary = core(tmp_path, "primary", True)
+    await primary.recover()
+    await primary.upsert("acme", [_doc("a")], 5.0)
+    await primary.close()
+    assert (tmp_path / "primary-hot" / "manifest.json").exists()
+    cold = core(tmp_path, "primary", False)
+    await cold.recover()
+    assert not (tmp_path / "primary-hot").exists()
+    await cold.close()

@@ -29,6 +29,8 @@ def test_environment_overrides_a_field(monkeypatch):
         ({"gateway": {"max_content_bytes": MAX_CONTENT_BYTES + 1}}, "gateway.max_content_bytes"),
         ({"retrieval": {"hot_index": False}}, "retrieval.hybrid"),  # BM25 lives there
         ({"retrieval": {"hot_snapshot": 1}}, "retrieval.hot_snapshot: must be text, not int"),
+        ({"retrieval": {"hot_snapshot": "."}}, "retrieval.hot_snapshot: must name a directory"),
+        ({"retrieval": {"hot_snapshot": "data/milvus.db"}}, "retrieval.hot_snapshot: must name"),
         ({"gateway": {"workers": 0}}, "gateway.workers: must be 1..64"),
         ({"gateway": {"workers": 2, "port": 0}}, "gateway.port: must be a fixed port"),
         ({"bogus": {}}, "unknown section(s) bogus"),

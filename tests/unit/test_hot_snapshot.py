@@ -161,3 +161,25 @@ def test_a_save_replaces_the_snapshot_and_a_drop_removes_it(tmp_path):
     hot_snapshot.drop(path)
     assert not path.exists() and hot_snapshot.read(path, later) is None
     hot_snapshot.drop(path)  # nothing there: nothing to do
+
+
+def test_nothing_but_a_snapshot_is_ever_removed(tmp_path):
+    shared = tmp_path / "data"
+    shared.mkdir()
+    (shared / "milvus.db").write_text("the store of record")
+    with pytest.raises(OSError):
+        hot_snapshot.save(_built(np.random.default_rng(9)), STAMP, shared)
+    hot_snapshot.drop(shared)
+    assert (shared / "milvus.db").read_text() == "the store of record"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no work directory left
+
+
+def test_a_snapshot_counted_by_another_analyzer_or_malformed_is_not_read(tmp_path, monkeypatch):
+    path = tmp_path / "hot"
+    hot_snapshot.save(_built(np.random.default_rng(10)), STAMP, path)
+    monkeypatch.setattr(hot_snapshot, "terms", lambda text: text.split())  # whitespace terms
+    assert hot_snapshot.read(path, STAMP) is None
+    monkeypatch.undo()
+    assert hot_snapshot.read(path, STAMP) is not None
+    (path / "manifest.json").write_text("[1, 2]")
+    assert hot_snapshot.read(path, STAMP) is None
