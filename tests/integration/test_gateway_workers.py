@@ -76,7 +76,15 @@ def test_two_workers_share_the_ports_and_the_supervisor_keeps_them(mesh, demo_ke
             for v in environ
             if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")
         )
-        _until(lambda: all(_models(gateway.openai_port, demo_key) == 200 for _ in range(2)))
+        # The gRPC port answers once one worker serves; wait until each has bound the
+        # OpenAI port too (each served a call), then count.
+        _until(
+            lambda: (
+                all(_models(gateway.openai_port, demo_key) == 200 for _ in range(4))
+                and all(_served_by(directory, pid) for pid in workers)
+            ),
+            timeout_s=60.0,
+        )
         before = {pid: _served_by(directory, pid) for pid in workers}
         assert all(_models(gateway.openai_port, demo_key) == 200 for _ in range(REQUESTS))
         served = {pid: _served_by(directory, pid) - before[pid] for pid in workers}
