@@ -57,11 +57,13 @@ from loadtest.bench_overhead import (
     ECHO_REQUEST,
     MAX_TOKENS,
     QUESTION,
+    TWO_WORKERS,
     Meter,
     direct_send,
     echo_mesh,
     govern_demo,
     load_echo,
+    start_variant,
     with_tier,
 )
 from loadtest.latency import percentile
@@ -78,7 +80,6 @@ GOOD_ADDED_P99_MS = 20.0
 TIMEOUT_S = 5.0  # an overloaded path shows as errors, not as minutes of queue
 STREAM_INTERVAL_MS = 50.0
 HOSTED = "hosted"  # ragmesh's upstream tier on the mock
-WORKERS_GATEWAY = "gateway-2w"
 CHANNELS = 8  # connections to the workers' port, each request on the next
 # A 20-word question: the mock streams it back a word an event, STREAM_INTERVAL_MS apart.
 STREAM_QUESTION = (
@@ -186,17 +187,6 @@ def harness_mesh(data_dir: Path, mock_url: str) -> MeshConfig:
     return with_tier(echo_mesh(data_dir), HOSTED, hosted)
 
 
-def start_workers(mesh: Mesh, workers: int) -> str:
-    """The region's gateway again, as `workers` processes on one port (services/gateway/
-    workers.py), on the same Triton; returns its target."""
-    region = mesh.regions[0].config
-    gateway = dataclasses.replace(
-        region.gateway, port=free_port(), openai_port=0, metrics_port=0, workers=workers
-    )
-    mesh.start_gateway(WORKERS_GATEWAY, dataclasses.replace(region, gateway=gateway))
-    return f"127.0.0.1:{gateway.port}"
-
-
 def openai_body(model: str, question: str, stream: bool) -> dict[str, object]:
     body: dict[str, object] = {
         "model": model,
@@ -264,7 +254,7 @@ class Harness:
         region = mesh.regions[0]
         pids = {
             "gateway": mesh.processes[f"gateway-{region.name}"].pid,
-            "gateway-2w": mesh.processes[WORKERS_GATEWAY].pid,  # the supervisor and its workers
+            "gateway-2w": mesh.processes[TWO_WORKERS].pid,  # the supervisor and its workers
             "triton": mesh.processes[f"triton-{region.name}"].pid,
             "envoy": mesh.processes["envoy"].pid,
             "floor": floor.pid,
@@ -531,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
             with Mesh(config) as mesh:
                 load_echo(mesh.regions[0].config.gateway.triton_target)
                 govern_demo(mesh)
-                workers_target = start_workers(mesh, 2)
+                workers_target, _ = start_variant(mesh, TWO_WORKERS)
                 port = free_port()
                 floor = Process(
                     "floor",

@@ -86,6 +86,7 @@ ECHO_REQUEST = pb.GenerateRequest(
 )
 CONTROL_ON = "gateway-control-on"
 CONTROL_OFF = "gateway-control-off"  # control.enabled false
+TWO_WORKERS = "gateway-2w"  # gateway.workers 2 (loadtest/bench_gateways.py)
 JSON, OPENAI = "envoy-json", "envoy-openai"
 PATHS = ("direct", "gateway", UNTRACED, CONTROL_ON, CONTROL_OFF, "envoy", JSON, OPENAI)
 CPU_SHOWN = {
@@ -201,15 +202,21 @@ class Meter:
 
 
 def start_variant(mesh: Mesh, name: str) -> tuple[str, int]:
-    """A second gateway on the same Triton: telemetry off (UNTRACED), or the control plane on
-    or off (CONTROL_ON, CONTROL_OFF, both with a metrics port), what each costs. Returns its
-    target and metrics port (0: none)."""
+    """A second gateway on the same Triton: telemetry off (UNTRACED), the control plane on
+    or off (CONTROL_ON, CONTROL_OFF, both with a metrics port), or two workers on one port
+    (TWO_WORKERS), what each costs. Returns its target and metrics port (0: none)."""
     region = mesh.regions[0].config
     metrics = free_port() if name in (CONTROL_ON, CONTROL_OFF) else 0
     gateway = dataclasses.replace(
-        region.gateway, port=free_port(), openai_port=0, metrics_port=metrics
+        region.gateway,
+        port=free_port(),
+        openai_port=0,
+        metrics_port=metrics,
+        workers=2 if name == TWO_WORKERS else 1,
     )
-    if name == UNTRACED:
+    if name == TWO_WORKERS:
+        variant = dataclasses.replace(region, gateway=gateway)
+    elif name == UNTRACED:
         off = dataclasses.replace(region.telemetry, enabled=False)
         variant = dataclasses.replace(region, gateway=gateway, telemetry=off)
     else:

@@ -9,9 +9,15 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command's name: [0] state, [1] parent,
+    [11] user and [12] system ticks (proc(5)). Raises OSError when it is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -27,12 +33,12 @@ def family(pid: int) -> list[int]:
     """`pid` and every live process descended from it: a Triton's model stubs, a gateway
     supervisor's workers."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parent = int(_stat(entry.name)[1])
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-        children.setdefault(parent, []).append(int(stat.parent.name))
+        children.setdefault(parent, []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
         found.append(todo.pop())
@@ -64,7 +70,6 @@ def largest_rss_mib(pid: int) -> float:
 def alive(pid: int) -> bool:
     """Whether `pid` runs (not a zombie: reaped children of init may linger as those)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return _stat(pid)[0] != "Z"
     except FileNotFoundError:
         return False
-    return state != "Z"
