@@ -55,12 +55,14 @@ def triton_only(tmp_path_factory: pytest.TempPathFactory):
 # Triton 2.51's gRPC frontend can crash (SIGSEGV in a mutex) when a request's cancellation
 # races its completion: triton-inference-server/server#8034, fixed by #7840 in 24.12 (2.53),
 # newer than the nvidia-pytriton wheel's. A client that leaves mid-stream provokes it, rarely.
+# A crashed Triton runs on for tens of seconds, printing its stack, before it exits: it counts
+# as failed from its first line about the signal (Process.failed).
 _RESTARTED = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(autouse=True)
 def _tritons_up(request: pytest.FixtureRequest) -> None:
-    """Before a test on a shared mesh: a Triton that exited during an earlier test is
+    """Before a test on a shared mesh: a Triton that failed during an earlier test is
     started again, so that one crash fails no unrelated test; the summary lists it."""
     for name in ("mesh", "regions"):
         if name not in request.fixturenames:
@@ -70,14 +72,14 @@ def _tritons_up(request: pytest.FixtureRequest) -> None:
             continue
         restarted = False
         for process, triton in list(running.processes.items()):
-            if process.startswith("triton-") and not triton.alive():
+            if process.startswith("triton-") and triton.failed():
                 why = "\n".join(
                     line for line in triton.log_tail(40).splitlines() if " 0x0" not in line
                 )
                 running.restart(process)
                 restarted = True
                 request.config.stash.setdefault(_RESTARTED, []).append(
-                    f"{process} had exited before {request.node.nodeid}; restarted. "
+                    f"{process} had failed before {request.node.nodeid}; restarted. "
                     f"Its log ended (stack frames left out):\n{why}"
                 )
         if restarted:

@@ -8,10 +8,9 @@ and a temporary data directory.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
+import re
 import shutil
-import signal
 import socket
 import sys
 import urllib.request
@@ -32,6 +31,10 @@ from services.triton import install as triton_install
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
+# Triton's handler of SIGSEGV and SIGABRT prints this, then a stack symbolised by one
+# addr2line run a frame, before it ends the process: tens of seconds in which it still runs
+# but serves nothing (server src/triton_signal.cc, ErrorSignalHandler).
+TRITON_CRASHED = re.compile(r"Signal \((?:6|11)\) received\.")
 
 
 def resolve(path: str) -> Path:
@@ -201,6 +204,7 @@ class _Spec:
     argv: list[str]
     env: dict[str, str] | None
     ready: Callable[[], bool]
+    fatal: re.Pattern[str] | None = None  # Process.failed()
 
 
 class Mesh:
@@ -273,7 +277,8 @@ class Mesh:
 
     def _spawn(self, name: str, spec: _Spec) -> None:
         self._specs[name] = spec
-        process = Process(name, spec.argv, self.run_dir / "logs" / f"{name}.log", spec.env)
+        log = self.run_dir / "logs" / f"{name}.log"
+        process = Process(name, spec.argv, log, spec.env, spec.fatal)
         self.processes[name] = process
 
     def _start(self, name: str, spec: _Spec) -> None:
@@ -308,7 +313,7 @@ class Mesh:
         path = f"{resolve(t.models_venv) / 'bin'}:/usr/bin:/bin"
         env = {"PATH": path, "LD_LIBRARY_PATH": str(triton_install.library_dir())}
         url = f"http://127.0.0.1:{t.http_port}/v2/health/ready"
-        return _Spec(argv, env, lambda: _http_ok(url))
+        return _Spec(argv, env, lambda: _http_ok(url), TRITON_CRASHED)
 
     def _service(self, plane: str, config_path: Path, port: int) -> _Spec:
         argv = [sys.executable, "-m", f"services.{plane}", "--config", str(config_path)]
@@ -426,19 +431,21 @@ class Mesh:
 
     def kill(self, name: str) -> None:
         """SIGKILL to process `name` and its process group: a crash, not a shutdown."""
-        process = self.processes[name]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        self.processes[name].kill()
 
     def respawn(self, name: str) -> None:
-        """Starts process `name` again after kill(), without waiting for it.
+        """Starts process `name` again after kill() or once it failed(), without waiting for
+        it; a process that failed but still runs (a crashed Triton) is killed first.
 
         Call it from a thread that outlives the process: the child's parent-death signal
         fires when the thread that started it exits (PR_SET_PDEATHSIG is per thread).
         """
-        if self.processes[name].alive():
+        process = self.processes[name]
+        if not process.failed():
             raise RuntimeError(f"{name} is still running")
-        self.processes[name].reap_group()  # what the dead one left (a Triton's model stubs)
+        if process.alive():
+            process.kill()
+        process.reap_group()  # what the dead one left (a Triton's model stubs)
         self._spawn(name, self._specs[name])
 
     def wait_ready(self, name: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -29,12 +30,18 @@ class Process:
         argv: Sequence[str],
         log_path: Path,
         env: Mapping[str, str] | None = None,
+        fatal: re.Pattern[str] | None = None,
     ) -> None:
+        """`fatal` matches a line by which the process says it has crashed while it still
+        runs (failed())."""
         self.name = name
         self.log_path = log_path
         self._terminated = False
+        self._fatal = fatal
+        self._crashed = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
+            self._read_at = log.tell()  # the log is appended to: this start's lines follow
             self._popen = subprocess.Popen(
                 [*_DIE_WITH_PARENT, *argv],
                 stdout=log,
@@ -51,6 +58,33 @@ class Process:
 
     def alive(self) -> bool:
         return self._popen.poll() is None
+
+    def failed(self) -> bool:
+        """It has exited, or its log has said it crashed (`fatal`) since it started: a
+        process can go on running for a while after that, not serving."""
+        if not self.alive():
+            return True
+        if self._fatal is not None and not self._crashed:
+            self._crashed = any(self._fatal.match(line) for line in self._new_lines())
+        return self._crashed
+
+    def _new_lines(self) -> list[str]:
+        """The whole lines its log gained since the last call (since its start at first)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._read_at)
+                data = log.read()
+        except FileNotFoundError:
+            return []
+        whole = data.rfind(b"\n") + 1
+        self._read_at += whole
+        return data[:whole].decode("utf-8", errors="replace").splitlines()
+
+    def kill(self) -> None:
+        """SIGKILL to its process group, and waits for it: a crash, not a shutdown."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, signal.SIGKILL)
+        self._popen.wait()
 
     def wait(self, timeout_s: float | None = None) -> int:
         return self._popen.wait(timeout_s)
@@ -95,11 +129,11 @@ class Process:
 def wait_until(
     ready: Callable[[], bool], process: Process, timeout_s: float, interval_s: float = 0.2
 ) -> None:
-    """Polls `ready` until it holds; fails fast if the process exits first."""
+    """Polls `ready` until it holds; fails fast if the process fails first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not process.alive():
-            raise RuntimeError(f"{process.name} exited:\n{process.log_tail()}")
+        if process.failed():
+            raise RuntimeError(f"{process.name} failed:\n{process.log_tail()}")
         if ready():
             return
         time.sleep(interval_s)

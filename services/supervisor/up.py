@@ -96,16 +96,17 @@ RESTARTS = 5  # a process that dies more often than this stops the mesh
 
 
 def _dead(mesh: Mesh, restarts: Counter[str]) -> list[str]:
-    """The processes that exited and could not be started again. A process that dies is
-    started again, up to RESTARTS times each, while the other regions serve for its own
-    (gateways go on under the offline rule while the store is away; docs/control-plane.md)."""
-    dead = [p.name for p in mesh.processes.values() if not p.alive()]
+    """The processes that failed (exited, or a Triton that crashed) and could not be started
+    again. One that fails is started again, up to RESTARTS times each, while the other
+    regions serve for its own (gateways go on under the offline rule while the store is away;
+    docs/control-plane.md)."""
+    dead = [p.name for p in mesh.processes.values() if p.failed()]
     for name in list(dead):
         if restarts[name] >= RESTARTS:
-            LOGGER.error("%s exited again, after %d restarts", name, restarts[name])
+            LOGGER.error("%s failed again, after %d restarts", name, restarts[name])
             continue
         restarts[name] += 1
-        LOGGER.error("%s exited (see its log); starting it again", name)
+        LOGGER.error("%s failed (see its log); starting it again", name)
         try:
             mesh.restart(name)
         except (OSError, RuntimeError, TimeoutError) as exc:  # it cannot come back

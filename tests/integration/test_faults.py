@@ -1,6 +1,6 @@
 """A model instance that dies: the gateway stands in another tier or fails fast, never hangs;
-the model comes back; a stream cut after its first token, whatever cuts it, ends with an
-error event, never as if the answer were whole."""
+the model comes back; a Triton that crashes is started again; a stream cut after its first
+token, whatever cuts it, ends with an error event, never as if the answer were whole."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import shutil
 import signal
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,8 @@ from ragmesh.v1 import gateway_pb2_grpc
 
 from services.config.mesh import MeshConfig
 from services.config.regions import first
-from services.supervisor.launcher import ROOT, Mesh, isolated
+from services.supervisor import up
+from services.supervisor.launcher import ROOT, TRITON_CRASHED, Mesh, isolated
 
 pytestmark = pytest.mark.integration
 
@@ -108,13 +110,30 @@ def _unless_triton_aborted(mesh: Mesh) -> None:
     triton-inference-server/server#8882). That is not the behaviour under test: restart
     Triton for the tests after this one and report this one as an expected failure."""
     triton = mesh.processes["triton-local"]
-    if triton.alive():
+    if not triton.failed():
         return
     aborted = "lock_exception" in triton.log_path.read_text(errors="replace")
     mesh.restart("triton-local")
     if not aborted:
         pytest.fail("Triton exited after a stub was killed")
     pytest.xfail("Triton aborted on a dead stub's IPC lock (triton-inference-server#8882)")
+
+
+def test_a_triton_that_crashes_has_failed_and_make_up_starts_it_again(own_mesh):
+    """Triton's own crash handler (a SIGSEGV here, as in CI's server#8034 crash) says so in
+    the line Process.failed watches for; `make up`'s loop then starts Triton again."""
+    triton = own_mesh.processes["triton-local"]
+    os.kill(triton.pid, signal.SIGSEGV)
+    deadline = time.monotonic() + 10
+    while not triton.failed():
+        assert time.monotonic() < deadline, "the crash went unnoticed"
+        time.sleep(0.05)
+    assert TRITON_CRASHED.search(triton.log_tail(200))
+    assert up._dead(own_mesh, Counter()) == []
+    assert own_mesh.processes["triton-local"] is not triton
+    with grpc.insecure_channel(own_mesh.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        _until_served_by(own_mesh, stub, own_mesh.config.mesh.demo_key, "standard")
 
 
 @pytest.mark.parametrize("tier", ["economy", "standard"])
@@ -325,7 +344,7 @@ def test_a_stream_cut_after_its_first_token_ends_with_its_error(own_mesh, ending
         if ending == "gateway-shutdown":
             own_mesh.processes["gateway-local"].wait(30)  # it drains, then exits
         for name in ("triton-local", "gateway-local"):
-            if not own_mesh.processes[name].alive():
+            if own_mesh.processes[name].failed():
                 own_mesh.restart(name)
     assert "token" in events[0]
     assert not any("final" in e for e in events), "the stream ended as if the answer were whole"
