@@ -400,9 +400,11 @@ def report(figures: Figures, rates: list[float], rss: dict[float, float]) -> dic
 
 
 def echo_mesh(data_dir: Path) -> MeshConfig:
-    """One region with an `echo` tier."""
+    """One region with an `echo` tier, an instant model: its unary answers share one stream
+    to Triton (`shared_stream`, make bench-triton-streams)."""
     base = isolated(first(MeshConfig.load(ROOT / "config" / "mesh.yaml"), 1), data_dir)
-    return with_tier(base, "echo", TierConfig(model="echo", context_tokens=8192))
+    echo = TierConfig(model="echo", context_tokens=8192, shared_stream=True)
+    return with_tier(base, "echo", echo)
 
 
 def with_tier(base: MeshConfig, name: str, tier: TierConfig) -> MeshConfig:

@@ -74,9 +74,20 @@ class TierConfig:
     # and continued where it may); 0: no limit but the request's deadline. At or above
     # slo.time_per_output_chunk_ms, or it cuts streams that keep within the SLO.
     inter_token_timeout_s: float = 0.0
+    # A Triton tier's unary answers share one long-lived gRPC stream per Triton, told apart
+    # by request id, instead of a stream each (services/triton/llm.py SharedStream): less
+    # CPU an answer, but an answer whose client left or timed out is not cancelled in the
+    # model, and a traced one still takes its own stream. For instant models (an extractive
+    # or lookup tier), not for generation, whose cancellation frees the model.
+    shared_stream: bool = False
 
     def __post_init__(self) -> None:
         require(bool(self.model), "gateway.tiers.model", "must not be empty")
+        require(
+            not (self.shared_stream and self.base_url),
+            "gateway.tiers.shared_stream",
+            "is for Triton tiers: an upstream tier (base_url) has no such stream",
+        )
         require(
             self.version == "" or bool(MODEL_VERSION.fullmatch(self.version)),
             "gateway.tiers.version",

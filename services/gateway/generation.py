@@ -239,6 +239,7 @@ async def _attempt(
         timeout_s=call.remaining(),
         headers=telemetry.triton_traceparent(span),
         prefix=fitted.prefix,
+        shared=tier.config.shared_stream,
     )
     first_s, stall_s = tier.config.first_token_timeout_s, tier.config.inter_token_timeout_s
     try:

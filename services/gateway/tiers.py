@@ -35,6 +35,7 @@ class LLM(Protocol):
         timeout_s: float,
         headers: dict[str, str],
         prefix: str = "",
+        shared: bool = False,
     ) -> AsyncGenerator[Delta]: ...
 
     async def ready(self, model: str, version: str = "") -> bool: ...

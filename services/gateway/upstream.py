@@ -68,6 +68,7 @@ class UpstreamLLM:
         timeout_s: float,
         headers: dict[str, str],
         prefix: str = "",
+        shared: bool = False,  # Triton's SharedStream; the upstream's connections are pooled
     ) -> AsyncGenerator[Delta]:
         """Yields deltas, counts -1, then a last one with the finish_reason and the usage the
         server reports (-1 without); not `stream`: one delta, the whole answer. Raises

@@ -50,6 +50,24 @@ def test_environment_overrides_a_field(monkeypatch):
             {"gateway": {"tiers": {"s": {"model": "s", "continue_on_fallback": True}}}},
             "gateway.tiers.continue_on_fallback: needs continuations > 0",
         ),
+        (
+            {"gateway": {"tiers": {"s": {"model": "s", "shared_stream": 1}}}},
+            "gateway.tiers.s.shared_stream: must be true or false, not int",
+        ),
+        (
+            {
+                "gateway": {
+                    "tiers": {
+                        "s": {
+                            "model": "s",
+                            "base_url": "http://127.0.0.1:1/v1",
+                            "shared_stream": True,
+                        }
+                    }
+                }
+            },
+            "gateway.tiers.shared_stream: is for Triton tiers",
+        ),
     ],
 )
 def test_bad_config_names_the_field(data, field):
