@@ -13,10 +13,12 @@ import time
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.console.scrape import TIMEOUT_S, Labels, Scrape, fetch
+from services.gateway.workers import socket_port
 
 HOST_RQ = "envoy_host_rq_total"
 HOST_ERRORS = "envoy_host_rq_error_total"
@@ -42,18 +44,32 @@ def envoy_hosts(admin_url: str) -> Scrape | None:
             clusters = json.load(r)["cluster_statuses"]
     except (OSError, ValueError, KeyError):
         return None
+    return hosts_scrape(clusters)
+
+
+def hosts_scrape(clusters: list[dict[str, Any]]) -> Scrape:
+    """envoy_hosts() of Envoy's `cluster_statuses`."""
     samples: dict[tuple[str, Labels], float] = {}
     for cluster in clusters:
         for host in cluster.get("host_statuses", []):
-            port = str(host["address"]["socket_address"]["port_value"])
-            labels: Labels = (("cluster", str(cluster["name"])), ("port", port))
+            labels: Labels = (("cluster", str(cluster["name"])), ("port", _port(host["address"])))
             stats = {s["name"]: float(s.get("value", 0)) for s in host.get("stats", [])}
             health = host.get("health_status", {})
             failed = health.get("failed_active_health_check") or health.get("failed_outlier_check")
-            samples[(HOST_RQ, labels)] = stats.get("rq_total", 0.0)
-            samples[(HOST_ERRORS, labels)] = stats.get("rq_error", 0.0)
-            samples[(HOST_HEALTHY, labels)] = 0.0 if failed else 1.0
+            # A gateway's workers are a host each: their requests add up; it is up while one is.
+            for name, value in ((HOST_RQ, "rq_total"), (HOST_ERRORS, "rq_error")):
+                samples[(name, labels)] = samples.get((name, labels), 0.0) + stats.get(value, 0.0)
+            up = samples.get((HOST_HEALTHY, labels), 0.0)
+            samples[(HOST_HEALTHY, labels)] = max(up, 0.0 if failed else 1.0)
     return Scrape(samples)
+
+
+def _port(address: dict[str, Any]) -> str:
+    """The port an Envoy host serves: its own, or for a gateway worker's socket (a pipe) the
+    port of the API it serves (services/gateway/workers.py worker_sockets)."""
+    if "pipe" in address:
+        return str(socket_port(address["pipe"]["path"]))
+    return str(address["socket_address"]["port_value"])
 
 
 @dataclass(frozen=True)

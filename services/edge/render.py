@@ -49,6 +49,7 @@ from services.common.serving import DEGRADABLE
 from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.edge.body_schema import body_schema, lua_schema
+from services.gateway.workers import LOCAL_HOSTS, worker_sockets
 
 PUBLIC_SERVICES = ["ragmesh.v1.Gateway", "ragmesh.v1.Admin"]
 # Served by the gateways' OpenAI-compatible API (services/gateway/openai_api.py).
@@ -546,16 +547,23 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(name: str, targets: list[tuple[str, int]], *, grpc: bool = True) -> dict[str, Any]:
-    """An HTTP/2 (gRPC) upstream, or HTTP/1.1 if not `grpc`; target i is priority i.
-    Health-checked and guarded."""
-    hosts = {host for host, _ in targets}
+def _cluster(
+    name: str, priorities: list[list[dict[str, Any]]], *, grpc: bool = True
+) -> dict[str, Any]:
+    """An HTTP/2 (gRPC) upstream, or HTTP/1.1 if not `grpc`; the hosts of priorities[i]
+    (Envoy addresses) are priority i, balanced round robin. Health-checked and guarded."""
+    names = {
+        a["socket_address"]["address"]
+        for hosts in priorities
+        for a in hosts
+        if "socket_address" in a
+    }
     protocol: dict[str, Any] = (
         {"http2_protocol_options": {}} if grpc else {"http_protocol_options": {}}
     )
     return {
         "name": name,
-        "type": "STATIC" if all(_is_ip(h) for h in hosts) else "STRICT_DNS",
+        "type": "STATIC" if all(_is_ip(n) for n in names) else "STRICT_DNS",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": {
@@ -569,30 +577,40 @@ def _cluster(name: str, targets: list[tuple[str, int]], *, grpc: bool = True) ->
             "endpoints": [
                 {
                     "priority": priority,
-                    "lb_endpoints": [{"endpoint": {"address": _address(port, host)}}],
+                    "lb_endpoints": [{"endpoint": {"address": address}} for address in hosts],
                 }
-                for priority, (host, port) in enumerate(targets)
+                for priority, hosts in enumerate(priorities)
             ],
         },
         "health_checks": [_health_check(grpc=grpc)],
-        "outlier_detection": _outlier_detection(len(targets)),
+        "outlier_detection": _outlier_detection(sum(len(hosts) for hosts in priorities)),
         "circuit_breakers": _circuit_breakers(),
     }
 
 
+def _gateway_hosts(region: Region, port: int) -> list[dict[str, Any]]:
+    """A region's gateway serving `port`'s API, as Envoy's hosts: each worker's own Unix
+    socket where its workers are on Envoy's host (services/gateway/workers.py
+    worker_sockets: requests, not connections, are balanced over them), else the port."""
+    gateway = region.config.gateway
+    if gateway.host in LOCAL_HOSTS:
+        sockets = worker_sockets(region.config.mesh.data_dir, port, gateway.workers)
+        if sockets:
+            return [{"pipe": {"path": str(path)}} for path in sockets]
+    return [_address(port, gateway.host)]
+
+
 def _clusters(mesh: list[Region]) -> list[dict[str, Any]]:
-    def gateway(r: Region) -> tuple[str, int]:
-        return r.config.gateway.host, r.config.gateway.port
-
-    def retrieval(r: Region) -> tuple[str, int]:
-        return r.config.retrieval.host, r.config.retrieval.port
-
-    def openai(r: Region) -> tuple[str, int]:
-        return r.config.gateway.host, r.config.gateway.openai_port
+    def retrieval(r: Region) -> list[dict[str, Any]]:
+        return [_address(r.config.retrieval.port, r.config.retrieval.host)]
 
     clusters = [
-        _cluster("gateway", [gateway(r) for r in mesh]),
-        _cluster("gateway-openai", [openai(r) for r in mesh], grpc=False),
+        _cluster("gateway", [_gateway_hosts(r, r.config.gateway.port) for r in mesh]),
+        _cluster(
+            "gateway-openai",
+            [_gateway_hosts(r, r.config.gateway.openai_port) for r in mesh],
+            grpc=False,
+        ),
         _cluster("retrieval-governance", [retrieval(mesh[0])]),
     ]
     for region in mesh:

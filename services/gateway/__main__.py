@@ -19,14 +19,23 @@ def _build(mesh: MeshConfig) -> serving.PlaneServer:
 
     for problem in mesh.budgets_below_slo():
         logging.getLogger("services.gateway").warning(problem)
-    return build_server(mesh.gateway, mesh.telemetry, mesh.control, workers.worker())
+    return build_server(
+        mesh.gateway, mesh.telemetry, mesh.control, workers.worker(), mesh.mesh.data_dir
+    )
 
 
 if __name__ == "__main__":
     mesh = MeshConfig.load(serving.arguments("python -m services.gateway").config)
     if mesh.gateway.workers > 1 and workers.worker() is None:
         metrics_port = mesh.gateway.metrics_port if mesh.telemetry.enabled else 0
-        sys.exit(workers.supervise(sys.argv[1:], mesh.gateway.workers, metrics_port))
+        gateway = mesh.gateway
+        sockets = [
+            path
+            for port in (gateway.port, gateway.openai_port)
+            if port
+            for path in workers.worker_sockets(mesh.mesh.data_dir, port, gateway.workers)
+        ]
+        sys.exit(workers.supervise(sys.argv[1:], gateway.workers, metrics_port, sockets))
     if workers.worker() is not None:
         workers.watch_parent()
     serving.run_plane("gateway", _build)

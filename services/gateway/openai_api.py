@@ -44,6 +44,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import grpc
@@ -378,10 +379,16 @@ class OpenAIApi:
     """The aiohttp application over `core`, sharing `servicer`'s keys, budgets and drain."""
 
     def __init__(
-        self, core: GatewayCore, servicer: GatewayServicer, ratio: float, reuse_port: bool = False
+        self,
+        core: GatewayCore,
+        servicer: GatewayServicer,
+        ratio: float,
+        reuse_port: bool = False,
+        unix_socket: Path | None = None,
     ) -> None:
         self._core = core
         self._reuse_port = reuse_port  # other workers bind the port too (SO_REUSEPORT)
+        self._unix_socket = unix_socket  # this worker's own, for Envoy (workers.worker_sockets)
         self._servicer = servicer
         self._ratio = ratio  # traces sampled where the caller has not decided
         self.serving = True  # GET /health: 503 once draining, so the edge sends no more
@@ -403,11 +410,15 @@ class OpenAIApi:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_port=self._reuse_port or None)
         await site.start()
+        if self._unix_socket is not None:
+            await web.UnixSite(self._runner, str(self._unix_socket)).start()
         return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._unix_socket is not None:  # aiohttp leaves the file; gRPC removes its own
+            self._unix_socket.unlink(missing_ok=True)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.serving else 503, text="")

@@ -16,6 +16,7 @@ from services.common import serving
 from services.config.control import ControlConfig
 from services.config.gateway import GatewayConfig
 from services.config.telemetry import TelemetryConfig
+from services.gateway import workers
 from services.gateway.admin import AdminServicer
 from services.gateway.control import Control
 from services.gateway.core import GatewayCore
@@ -81,11 +82,14 @@ def build_server(
     tracing: TelemetryConfig,
     control_config: ControlConfig,
     worker: int | None = None,
+    data_dir: str = "",
 ) -> GatewayServer:
     """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint.
     `worker`: this process's number among `config.workers` (services/gateway/workers.py),
-    which share its ports; the supervisor serves their metrics. Raises
-    services.control.policy.PolicyError when the policy file is broken."""
+    which share its ports; the supervisor serves their metrics. A worker also serves both
+    APIs on its own Unix sockets (workers.worker_sockets) under `data_dir`, the mesh's,
+    when given. Raises services.control.policy.PolicyError when the policy file is broken,
+    ValueError when a socket's path is too long."""
     retrieval = RetrievalClient(config.retrieval_target)
     tiers = Tiers(config)
     # The shared store tells gateways apart by this id; a restarted worker takes its number's.
@@ -108,6 +112,16 @@ def build_server(
     names = [SERVICE_NAME, ADMIN_SERVICE_NAME]
     health_servicer = serving.add_health_and_reflection(server, names)
     port = serving.bind(server, config.host, config.port)
+    own: list[Path | None] = [None, None]  # this worker's sockets: gRPC, the OpenAI API
+    if worker is not None and data_dir:
+        for i, api_port in enumerate((config.port, config.openai_port)):
+            if api_port:
+                path = workers.worker_sockets(data_dir, api_port, config.workers)[worker]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.unlink(missing_ok=True)  # what a worker of that number left
+                own[i] = path
+    if own[0] is not None:
+        server.add_insecure_port(f"unix:{own[0]}")
     return GatewayServer(
         server=server,
         port=port,
@@ -116,7 +130,7 @@ def build_server(
         tiers=tiers,
         control=control,
         servicer=servicer,
-        openai=OpenAIApi(core, servicer, ratio, reuse_port=shared),
+        openai=OpenAIApi(core, servicer, ratio, reuse_port=shared, unix_socket=own[1]),
         config=config,
         metrics_port=config.metrics_port if tracing.enabled and not shared else 0,
         seed=dict(config.api_keys),

@@ -9,6 +9,9 @@ drain), waits for them and exits; a second signal is passed on too (they exit at
 
 - **Ports.** Every worker binds the same gRPC and OpenAI ports with SO_REUSEPORT: the
   kernel spreads new connections over them (Linux hashes each connection to one socket).
+- **Sockets for Envoy.** Each worker also serves both APIs on Unix sockets of its own
+  (worker_sockets), which Envoy on the same host lists as hosts: it balances requests over
+  the workers, where over the shared port it would balance its few connections.
 - **Metrics.** prometheus_client's multiprocess mode: each worker writes its metrics to
   files in a directory the supervisor made (PROMETHEUS_MULTIPROC_DIR) and serves none; the
   supervisor serves them summed on `gateway.metrics_port` (gauges by their
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +41,8 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -54,15 +60,48 @@ RESTART_WINDOW_S = 60.0
 _POLL_S = 0.2
 
 
+# A gateway host that Envoy reaches on its own host, where it may use the workers' sockets.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_SOCKET_NAME = re.compile(r"gateway-(?P<port>[0-9]+)-[0-9]+\.sock")
+# sockaddr_un's sun_path: 108 bytes on Linux, the last one a NUL (unix(7)).
+_MAX_SOCKET_PATH = 107
+
+
+def worker_sockets(data_dir: str, port: int, workers: int) -> list[Path]:
+    """The Unix socket on which worker i of a gateway of `workers` workers also serves what
+    it serves on `port` (its gRPC or its OpenAI API): `<data_dir>/run/gateway-<port>-<i>.sock`,
+    `data_dir` taken from the working directory as the mesh's other paths; [] for a lone
+    gateway. Raises ValueError when a path is longer than a Unix socket's (107 bytes)."""
+    if workers < 2:
+        return []
+    run = Path(data_dir).resolve() / "run"
+    paths = [run / f"gateway-{port}-{i}.sock" for i in range(workers)]
+    if len(os.fsencode(paths[-1])) > _MAX_SOCKET_PATH:
+        raise ValueError(
+            f"mesh.data_dir: {paths[-1]} is longer than a Unix socket's path may be "
+            f"({_MAX_SOCKET_PATH} bytes): choose a shorter data_dir for gateway workers"
+        )
+    return paths
+
+
+def socket_port(path: str) -> int | None:
+    """The port whose API a worker socket of worker_sockets() serves; None for another path."""
+    found = _SOCKET_NAME.fullmatch(Path(path).name)
+    return int(found["port"]) if found else None
+
+
 def worker() -> int | None:
     """This process's worker number, or None when it is no supervisor's worker."""
     number = os.environ.get(WORKER)
     return None if number is None else int(number)
 
 
-def supervise(argv: list[str], workers: int, metrics_port: int) -> int:
+def supervise(
+    argv: list[str], workers: int, metrics_port: int, sockets: Sequence[Path] = ()
+) -> int:
     """Runs `workers` copies of `python -m services.gateway *argv` until a signal; returns
-    the exit status: 0 after a signal, 1 when a worker died too often."""
+    the exit status: 0 after a signal, 1 when a worker died too often. On the way out it
+    removes the workers' `sockets` that a killed worker left (worker_sockets)."""
     running: dict[int, subprocess.Popen[bytes]] = {}
     signals: list[int] = []
 
@@ -124,6 +163,8 @@ def supervise(argv: list[str], workers: int, metrics_port: int) -> int:
         for process in running.values():  # only after an error here: never leave one behind
             process.kill()
         shutil.rmtree(directory, ignore_errors=True)
+        for path in sockets:
+            path.unlink(missing_ok=True)
     return status
 
 

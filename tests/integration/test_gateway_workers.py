@@ -1,11 +1,13 @@
 """`gateway.workers: 2` on the session's mesh: one supervisor, two processes on one port
-each (gRPC and the OpenAI API), metrics summed on the supervisor's port, a killed worker
-started again, and no worker left once the supervisor stops."""
+each (gRPC and the OpenAI API), each also on sockets of its own (Envoy's hosts), metrics
+summed on the supervisor's port, a killed worker started again, and no worker left once the
+supervisor stops."""
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import http.client
 import os
 import signal
 import socket
@@ -13,11 +15,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
+from ragmesh.v1 import gateway_pb2 as pb
+from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.procfs import alive, family
 from services.console.scrape import fetch
+from services.gateway.workers import WORKER, worker_sockets
 from services.supervisor.launcher import free_port
 
 pytestmark = pytest.mark.integration
@@ -48,16 +54,58 @@ def _models(port: int, key: str) -> int:
         return response.status
 
 
-def _served_by(directory: str, pid: int) -> float:
-    """ListModels calls that worker `pid` counted, read from its own metric files."""
+def _served_by(directory: str, pid: int, method: str = "ListModels") -> float:
+    """`method` calls that worker `pid` counted, read from its own metric files."""
     files = glob.glob(os.path.join(directory, f"*_{pid}.db"))
     return sum(
         s.value
         for metric in MultiProcessCollector.merge(files, accumulate=True)
         for s in metric.samples
-        if s.name == "ragmesh_request_duration_seconds_count"
-        and s.labels.get("method") == "ListModels"
+        if s.name == "ragmesh_request_duration_seconds_count" and s.labels.get("method") == method
     )
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(self._path))
+
+
+def _environ(pid: int, name: str) -> str:
+    """The value of `name` in process `pid`'s environment."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (value,) = (v.split(b"=", 1)[1] for v in environ if v.startswith(f"{name}=".encode()))
+    return value.decode()
+
+
+def _own_sockets_reach_their_worker(
+    data_dir: str, gateway, key: str, directory: str, workers: list[int]
+) -> None:
+    """Worker i's own sockets (workers.worker_sockets) reach worker i alone, both APIs."""
+    numbered = {int(_environ(pid, WORKER)): pid for pid in workers}
+    grpc_sockets = worker_sockets(data_dir, gateway.port, 2)
+    for number, path in enumerate(worker_sockets(data_dir, gateway.openai_port, 2)):
+        before = {pid: _served_by(directory, pid) for pid in workers}
+        connection = _UnixHTTP(path)
+        for _ in range(5):  # one connection: without the sockets, one worker would take all
+            connection.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+        connection.close()
+        served = {pid: _served_by(directory, pid) - before[pid] for pid in workers}
+        assert served == {pid: 5 if pid == numbered[number] else 0 for pid in workers}
+        before = {pid: _served_by(directory, pid, "Search") for pid in workers}
+        with grpc.insecure_channel(f"unix:{grpc_sockets[number]}") as channel:
+            search = gateway_pb2_grpc.GatewayStub(channel).Search
+            for _ in range(3):
+                search(pb.SearchRequest(query="tea"), metadata=(("x-api-key", key),), timeout=10)
+        served = {pid: _served_by(directory, pid, "Search") - before[pid] for pid in workers}
+        assert served == {pid: 3 if pid == numbered[number] else 0 for pid in workers}
 
 
 def test_two_workers_share_the_ports_and_the_supervisor_keeps_them(mesh, demo_key):
@@ -70,12 +118,7 @@ def test_two_workers_share_the_ports_and_the_supervisor_keeps_them(mesh, demo_ke
     workers, again, directory = [], [], ""
     try:
         workers = _until(lambda: (found := _workers(supervisor.pid)) and len(found) == 2 and found)
-        environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
-        directory = next(
-            v.split(b"=", 1)[1].decode()
-            for v in environ
-            if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")
-        )
+        directory = _environ(workers[0], "PROMETHEUS_MULTIPROC_DIR")
         # The gRPC port answers once one worker serves; wait until each has bound the
         # OpenAI port too (each served a call), then count.
         _until(
@@ -96,6 +139,10 @@ def test_two_workers_share_the_ports_and_the_supervisor_keeps_them(mesh, demo_ke
             >= REQUESTS + 2
         )
 
+        _own_sockets_reach_their_worker(
+            mesh.config.mesh.data_dir, gateway, demo_key, directory, workers
+        )
+
         os.kill(workers[0], signal.SIGKILL)
         again = _until(
             lambda: (
@@ -111,5 +158,10 @@ def test_two_workers_share_the_ports_and_the_supervisor_keeps_them(mesh, demo_ke
         mesh.processes.pop("gateway-workers").stop()
     assert not [pid for pid in [*workers, *again] if alive(pid)]
     assert not os.path.exists(directory)  # the supervisor removed the metric files
+    data_dir = mesh.config.mesh.data_dir
+    left = [
+        p for port in (gateway.port, gateway.openai_port) for p in worker_sockets(data_dir, port, 2)
+    ]
+    assert not [path for path in left if path.exists()]  # nor the workers their sockets
     with socket.create_server(("127.0.0.1", gateway.port)):  # no worker holds the port
         pass

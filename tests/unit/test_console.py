@@ -10,7 +10,14 @@ from services.config.console import SloConfig
 from services.config.mesh import MeshConfig
 from services.config.regions import first
 from services.console import layers
-from services.console.observe import HOST_HEALTHY, HOST_RQ, Observer, Snapshot
+from services.console.observe import (
+    HOST_ERRORS,
+    HOST_HEALTHY,
+    HOST_RQ,
+    Observer,
+    Snapshot,
+    hosts_scrape,
+)
 from services.console.scrape import Scrape, quantile
 
 GATEWAY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, math.inf)
@@ -144,3 +151,36 @@ def test_slo_rows_compare_p99_with_each_budget() -> None:
     assert rows["edge"].p99_ms == pytest.approx(0.05)
     assert rows["edge"].ok
     assert rows["retrieval"].p99_ms is None and rows["retrieval"].ok  # no data, no verdict
+
+
+def _host(address: dict, rq: int, errors: int, failed: bool = False) -> dict:
+    return {
+        "address": address,
+        "stats": [{"name": "rq_total", "value": str(rq)}, {"name": "rq_error", "value": errors}],
+        "health_status": {"failed_active_health_check": True} if failed else {},
+    }
+
+
+def test_a_gateways_workers_count_as_one_host_up_while_one_is() -> None:
+    """Envoy sees each worker of a gateway as a host on its own socket (a pipe); the console
+    adds them up under the port of the API they serve (services/gateway/workers.py)."""
+    pipe = "/srv/data/run/gateway-50051-{}.sock"
+    clusters = [
+        {
+            "name": "gateway",
+            "host_statuses": [
+                _host({"pipe": {"path": pipe.format(0)}}, 30, 1, failed=True),
+                _host({"pipe": {"path": pipe.format(1)}}, 12, 2),
+                _host({"socket_address": {"address": "127.0.0.1", "port_value": 50151}}, 5, 0),
+            ],
+        }
+    ]
+    scrape = hosts_scrape(clusters)
+    workers = (("cluster", "gateway"), ("port", "50051"))
+    other = (("cluster", "gateway"), ("port", "50151"))
+    assert scrape.samples[(HOST_RQ, workers)] == 42
+    assert scrape.samples[(HOST_ERRORS, workers)] == 3
+    assert scrape.samples[(HOST_HEALTHY, workers)] == 1.0
+    assert scrape.samples[(HOST_RQ, other)] == 5
+    clusters[0]["host_statuses"][1]["health_status"] = {"failed_outlier_check": True}
+    assert hosts_scrape(clusters).samples[(HOST_HEALTHY, workers)] == 0.0

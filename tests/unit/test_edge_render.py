@@ -18,6 +18,7 @@ from google.protobuf import descriptor_pb2
 
 from services.common.serving import DEGRADABLE
 from services.config.mesh import MeshConfig
+from services.config.regions import regions
 from services.config.telemetry import TelemetryConfig
 from services.edge.body_schema import _lua_pattern, body_schema
 from services.edge.render import (
@@ -32,6 +33,7 @@ from services.edge.render import (
     render,
     write,
 )
+from services.gateway.workers import worker_sockets
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "mesh.yaml"
@@ -473,8 +475,14 @@ def _endpoints_of(cluster: dict[str, Any]) -> list[tuple[str, int]]:
 def test_envoy_validates_the_rendered_config(
     config: MeshConfig, descriptor_set: Path, tmp_path: Path, traced: bool
 ) -> None:
+    _validate(
+        render(_traced(config) if traced else config, descriptor_set=descriptor_set), tmp_path
+    )
+
+
+def _validate(doc: dict[str, Any], tmp_path: Path) -> None:
+    """Envoy's own --mode validate passes the config `doc`."""
     out = tmp_path / "envoy.yaml"
-    doc = render(_traced(config) if traced else config, descriptor_set=descriptor_set)
     out.write_text(yaml.safe_dump(doc), encoding="utf-8")
     result = subprocess.run(
         [_envoy(), "--mode", "validate", "-c", str(out), "--log-level", "warn"],
@@ -740,3 +748,46 @@ def test_topology_route_goes_to_the_console_untranscoded(config: MeshConfig) -> 
     endpoint = console["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"]["port_value"] == config.console.port
     assert doc["stats_flush_interval"] == "1s"  # the console's histograms stay fresh
+
+
+def _workers(config: MeshConfig, workers: int, host: str = "127.0.0.1") -> MeshConfig:
+    gateway = dataclasses.replace(config.gateway, workers=workers, host=host)
+    return dataclasses.replace(config, gateway=gateway)
+
+
+def test_gateway_workers_are_envoys_hosts_one_socket_each(config: MeshConfig) -> None:
+    """Envoy balances requests over a host's workers, not its few connections over them."""
+    doc = render(_workers(config, 3))
+    clusters = _clusters(doc)
+    for name, port in (("gateway", "port"), ("gateway-openai", "openai_port")):
+        groups = clusters[name]["load_assignment"]["endpoints"]
+        assert [g["priority"] for g in groups] == list(range(len(regions(config))))
+        for group, region in zip(groups, regions(_workers(config, 3)), strict=True):
+            paths = [e["endpoint"]["address"]["pipe"]["path"] for e in group["lb_endpoints"]]
+            own = getattr(region.config.gateway, port)
+            expected = worker_sockets(region.config.mesh.data_dir, own, 3)
+            assert paths == [str(p) for p in expected]
+            assert [Path(p).name for p in paths] == [f"gateway-{own}-{i}.sock" for i in range(3)]
+        hosts = 3 * len(groups)
+        assert clusters[name]["outlier_detection"]["max_ejection_percent"] == (
+            _max_ejection_percent(hosts)
+        )
+        assert clusters[name]["type"] == "STATIC"
+    assert _endpoints(clusters["retrieval-governance"])  # one port each, as before
+
+
+def test_a_lone_gateway_or_one_on_another_host_is_its_port(config: MeshConfig) -> None:
+    for changed in (_workers(config, 1), _workers(config, 2, host="gateway.internal")):
+        clusters = _clusters(render(changed))
+        ports = [port for _, _, port in _endpoints(clusters["gateway"])]
+        assert ports == [r.config.gateway.port for r in regions(changed)]
+
+
+def test_a_socket_path_too_long_for_unix_names_the_data_dir(tmp_path: Path) -> None:
+    assert worker_sockets(str(tmp_path), 50051, 1) == []
+    with pytest.raises(ValueError, match=r"^mesh.data_dir: .* is longer than a Unix socket"):
+        worker_sockets(str(tmp_path / ("d" * 100)), 50051, 2)
+
+
+def test_envoy_validates_a_config_with_worker_sockets(config: MeshConfig, tmp_path: Path) -> None:
+    _validate(render(_workers(config, 2)), tmp_path)
