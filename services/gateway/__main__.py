@@ -28,14 +28,9 @@ if __name__ == "__main__":
     mesh = MeshConfig.load(serving.arguments("python -m services.gateway").config)
     if mesh.gateway.workers > 1 and workers.worker() is None:
         metrics_port = mesh.gateway.metrics_port if mesh.telemetry.enabled else 0
-        gateway = mesh.gateway
-        sockets = [
-            path
-            for port in (gateway.port, gateway.openai_port)
-            if port
-            for path in workers.worker_sockets(mesh.mesh.data_dir, port, gateway.workers)
-        ]
-        sys.exit(workers.supervise(sys.argv[1:], gateway.workers, metrics_port, sockets))
+        grpc_api, openai_api = workers.gateway_sockets(mesh.mesh.data_dir, mesh.gateway)
+        sockets = [*grpc_api, *openai_api]
+        sys.exit(workers.supervise(sys.argv[1:], mesh.gateway.workers, metrics_port, sockets))
     if workers.worker() is not None:
         workers.watch_parent()
     serving.run_plane("gateway", _build)

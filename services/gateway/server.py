@@ -112,16 +112,9 @@ def build_server(
     names = [SERVICE_NAME, ADMIN_SERVICE_NAME]
     health_servicer = serving.add_health_and_reflection(server, names)
     port = serving.bind(server, config.host, config.port)
-    own: list[Path | None] = [None, None]  # this worker's sockets: gRPC, the OpenAI API
-    if worker is not None and data_dir:
-        for i, api_port in enumerate((config.port, config.openai_port)):
-            if api_port:
-                path = workers.worker_sockets(data_dir, api_port, config.workers)[worker]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.unlink(missing_ok=True)  # what a worker of that number left
-                own[i] = path
-    if own[0] is not None:
-        server.add_insecure_port(f"unix:{own[0]}")
+    grpc_socket, openai_socket = _own_sockets(data_dir, config, worker)
+    if grpc_socket is not None:
+        server.add_insecure_port(f"unix:{grpc_socket}")
     return GatewayServer(
         server=server,
         port=port,
@@ -130,8 +123,25 @@ def build_server(
         tiers=tiers,
         control=control,
         servicer=servicer,
-        openai=OpenAIApi(core, servicer, ratio, reuse_port=shared, unix_socket=own[1]),
+        openai=OpenAIApi(core, servicer, ratio, reuse_port=shared, unix_socket=openai_socket),
         config=config,
         metrics_port=config.metrics_port if tracing.enabled and not shared else 0,
         seed=dict(config.api_keys),
     )
+
+
+def _own_sockets(
+    data_dir: str, config: GatewayConfig, worker: int | None
+) -> tuple[Path | None, Path | None]:
+    """Worker `worker`'s own sockets, gRPC and the OpenAI API (workers.gateway_sockets),
+    ready to bind: what a worker of its number left is removed. None for a lone gateway, or
+    without `data_dir`, and for an API that is off."""
+    if worker is None or not data_dir:
+        return None, None
+    grpc_api, openai_api = workers.gateway_sockets(data_dir, config)
+    own = (grpc_api[worker] if grpc_api else None, openai_api[worker] if openai_api else None)
+    for path in own:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+    return own

@@ -48,6 +48,8 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from services.config.gateway import GatewayConfig
+
 LOGGER = logging.getLogger(__name__)
 # The worker's number, 0..N-1; unset in a lone gateway. No config section is named
 # `worker`, so the config loader's RAGMESH_<SECTION>_<FIELD> overrides never read it.
@@ -82,6 +84,15 @@ def worker_sockets(data_dir: str, port: int, workers: int) -> list[Path]:
             f"({_MAX_SOCKET_PATH} bytes): choose a shorter data_dir for gateway workers"
         )
     return paths
+
+
+def gateway_sockets(data_dir: str, gateway: GatewayConfig) -> tuple[list[Path], list[Path]]:
+    """worker_sockets() of `gateway`'s gRPC API and of its OpenAI API ([] for one off)."""
+    grpc_api, openai_api = (
+        worker_sockets(data_dir, port, gateway.workers) if port else []
+        for port in (gateway.port, gateway.openai_port)
+    )
+    return grpc_api, openai_api
 
 
 def socket_port(path: str) -> int | None:
