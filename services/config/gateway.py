@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.config.loading import build, require
 
@@ -315,3 +317,42 @@ class GatewayConfig:
             f"must be one of {', '.join(RETRIEVAL_FALLBACKS)}",
         )
         require(0 <= self.metrics_port < 65536, "gateway.metrics_port", "must be 0..65535")
+
+
+# A gateway host that Envoy reaches on its own host, where it may use the workers' sockets.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_SOCKET_NAME = re.compile(r"gateway-(?P<port>[0-9]+)-[0-9]+\.sock")
+# sockaddr_un's sun_path: 108 bytes on Linux, the last one a NUL (unix(7)).
+_MAX_SOCKET_PATH = 107
+
+
+def worker_sockets(data_dir: str, port: int, workers: int) -> list[Path]:
+    """The Unix socket on which worker i of a gateway of `workers` workers also serves what
+    it serves on `port` (its gRPC or its OpenAI API): `<data_dir>/run/gateway-<port>-<i>.sock`,
+    `data_dir` taken from the working directory as the mesh's other paths; [] for a lone
+    gateway. Raises ValueError when a path is longer than a Unix socket's (107 bytes)."""
+    if workers < 2:
+        return []
+    run = Path(data_dir).resolve() / "run"
+    paths = [run / f"gateway-{port}-{i}.sock" for i in range(workers)]
+    if len(os.fsencode(paths[-1])) > _MAX_SOCKET_PATH:
+        raise ValueError(
+            f"mesh.data_dir: {paths[-1]} is longer than a Unix socket's path may be "
+            f"({_MAX_SOCKET_PATH} bytes): choose a shorter data_dir for gateway workers"
+        )
+    return paths
+
+
+def gateway_sockets(data_dir: str, gateway: GatewayConfig) -> tuple[list[Path], list[Path]]:
+    """worker_sockets() of `gateway`'s gRPC API and of its OpenAI API ([] for one off)."""
+    grpc_api, openai_api = (
+        worker_sockets(data_dir, port, gateway.workers) if port else []
+        for port in (gateway.port, gateway.openai_port)
+    )
+    return grpc_api, openai_api
+
+
+def socket_port(path: str) -> int | None:
+    """The port whose API a worker socket of worker_sockets() serves; None for another path."""
+    found = _SOCKET_NAME.fullmatch(Path(path).name)
+    return int(found["port"]) if found else None

@@ -15,10 +15,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from services.config.gateway import socket_port
 from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.console.scrape import TIMEOUT_S, Labels, Scrape, fetch
-from services.gateway.workers import socket_port
 
 HOST_RQ = "envoy_host_rq_total"
 HOST_ERRORS = "envoy_host_rq_error_total"
@@ -66,7 +66,7 @@ def hosts_scrape(clusters: list[dict[str, Any]]) -> Scrape:
 
 def _port(address: dict[str, Any]) -> str:
     """The port an Envoy host serves: its own, or for a gateway worker's socket (a pipe) the
-    port of the API it serves (services/gateway/workers.py worker_sockets)."""
+    port of the API it serves (services/config/gateway.py worker_sockets)."""
     if "pipe" in address:
         return str(socket_port(address["pipe"]["path"]))
     return str(address["socket_address"]["port_value"])

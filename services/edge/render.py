@@ -46,10 +46,10 @@ from typing import Any
 import yaml
 
 from services.common.serving import DEGRADABLE
+from services.config.gateway import LOCAL_HOSTS, worker_sockets
 from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.edge.body_schema import body_schema, lua_schema
-from services.gateway.workers import LOCAL_HOSTS, worker_sockets
 
 PUBLIC_SERVICES = ["ragmesh.v1.Gateway", "ragmesh.v1.Admin"]
 # Served by the gateways' OpenAI-compatible API (services/gateway/openai_api.py).

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from services.common import serving
+from services.config.gateway import gateway_sockets
 from services.config.mesh import MeshConfig
 from services.gateway import workers
 
@@ -28,7 +29,7 @@ if __name__ == "__main__":
     mesh = MeshConfig.load(serving.arguments("python -m services.gateway").config)
     if mesh.gateway.workers > 1 and workers.worker() is None:
         metrics_port = mesh.gateway.metrics_port if mesh.telemetry.enabled else 0
-        grpc_api, openai_api = workers.gateway_sockets(mesh.mesh.data_dir, mesh.gateway)
+        grpc_api, openai_api = gateway_sockets(mesh.mesh.data_dir, mesh.gateway)
         sockets = [*grpc_api, *openai_api]
         sys.exit(workers.supervise(sys.argv[1:], mesh.gateway.workers, metrics_port, sockets))
     if workers.worker() is not None:

@@ -388,7 +388,7 @@ class OpenAIApi:
     ) -> None:
         self._core = core
         self._reuse_port = reuse_port  # other workers bind the port too (SO_REUSEPORT)
-        self._unix_socket = unix_socket  # this worker's own, for Envoy (workers.worker_sockets)
+        self._unix_socket = unix_socket  # its own, for Envoy (config/gateway.py worker_sockets)
         self._servicer = servicer
         self._ratio = ratio  # traces sampled where the caller has not decided
         self.serving = True  # GET /health: 503 once draining, so the edge sends no more

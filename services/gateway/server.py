@@ -14,9 +14,8 @@ from ragmesh.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from services.common import metrics as common_metrics
 from services.common import serving
 from services.config.control import ControlConfig
-from services.config.gateway import GatewayConfig
+from services.config.gateway import GatewayConfig, gateway_sockets
 from services.config.telemetry import TelemetryConfig
-from services.gateway import workers
 from services.gateway.admin import AdminServicer
 from services.gateway.control import Control
 from services.gateway.core import GatewayCore
@@ -87,7 +86,7 @@ def build_server(
     """With telemetry off (`tracing.enabled` false): no spans, per-call metrics or endpoint.
     `worker`: this process's number among `config.workers` (services/gateway/workers.py),
     which share its ports; the supervisor serves their metrics. A worker also serves both
-    APIs on its own Unix sockets (workers.worker_sockets) under `data_dir`, the mesh's,
+    APIs on its own Unix sockets (config.gateway.worker_sockets) under `data_dir`, the mesh's,
     when given. Raises services.control.policy.PolicyError when the policy file is broken,
     ValueError when a socket's path is too long."""
     retrieval = RetrievalClient(config.retrieval_target)
@@ -133,12 +132,12 @@ def build_server(
 def _own_sockets(
     data_dir: str, config: GatewayConfig, worker: int | None
 ) -> tuple[Path | None, Path | None]:
-    """Worker `worker`'s own sockets, gRPC and the OpenAI API (workers.gateway_sockets),
+    """Worker `worker`'s own sockets, gRPC and the OpenAI API (config.gateway.gateway_sockets),
     ready to bind: what a worker of its number left is removed. None for a lone gateway, or
     without `data_dir`, and for an API that is off."""
     if worker is None or not data_dir:
         return None, None
-    grpc_api, openai_api = workers.gateway_sockets(data_dir, config)
+    grpc_api, openai_api = gateway_sockets(data_dir, config)
     own = (grpc_api[worker] if grpc_api else None, openai_api[worker] if openai_api else None)
     for path in own:
         if path is not None:

@@ -10,8 +10,9 @@ drain), waits for them and exits; a second signal is passed on too (they exit at
 - **Ports.** Every worker binds the same gRPC and OpenAI ports with SO_REUSEPORT: the
   kernel spreads new connections over them (Linux hashes each connection to one socket).
 - **Sockets for Envoy.** Each worker also serves both APIs on Unix sockets of its own
-  (worker_sockets), which Envoy on the same host lists as hosts: it balances requests over
-  the workers, where over the shared port it would balance its few connections.
+  (worker_sockets in services/config/gateway.py), which Envoy on the same host lists as
+  hosts: it balances requests over the workers, where over the shared port it would balance
+  its few connections.
 - **Metrics.** prometheus_client's multiprocess mode: each worker writes its metrics to
   files in a directory the supervisor made (PROMETHEUS_MULTIPROC_DIR) and serves none; the
   supervisor serves them summed on `gateway.metrics_port` (gauges by their
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -48,8 +48,6 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from services.config.gateway import GatewayConfig
-
 LOGGER = logging.getLogger(__name__)
 # The worker's number, 0..N-1; unset in a lone gateway. No config section is named
 # `worker`, so the config loader's RAGMESH_<SECTION>_<FIELD> overrides never read it.
@@ -60,45 +58,6 @@ SUPERVISOR = "RAGMESH_WORKER_SUPERVISOR"  # its supervisor's pid
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 _POLL_S = 0.2
-
-
-# A gateway host that Envoy reaches on its own host, where it may use the workers' sockets.
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-_SOCKET_NAME = re.compile(r"gateway-(?P<port>[0-9]+)-[0-9]+\.sock")
-# sockaddr_un's sun_path: 108 bytes on Linux, the last one a NUL (unix(7)).
-_MAX_SOCKET_PATH = 107
-
-
-def worker_sockets(data_dir: str, port: int, workers: int) -> list[Path]:
-    """The Unix socket on which worker i of a gateway of `workers` workers also serves what
-    it serves on `port` (its gRPC or its OpenAI API): `<data_dir>/run/gateway-<port>-<i>.sock`,
-    `data_dir` taken from the working directory as the mesh's other paths; [] for a lone
-    gateway. Raises ValueError when a path is longer than a Unix socket's (107 bytes)."""
-    if workers < 2:
-        return []
-    run = Path(data_dir).resolve() / "run"
-    paths = [run / f"gateway-{port}-{i}.sock" for i in range(workers)]
-    if len(os.fsencode(paths[-1])) > _MAX_SOCKET_PATH:
-        raise ValueError(
-            f"mesh.data_dir: {paths[-1]} is longer than a Unix socket's path may be "
-            f"({_MAX_SOCKET_PATH} bytes): choose a shorter data_dir for gateway workers"
-        )
-    return paths
-
-
-def gateway_sockets(data_dir: str, gateway: GatewayConfig) -> tuple[list[Path], list[Path]]:
-    """worker_sockets() of `gateway`'s gRPC API and of its OpenAI API ([] for one off)."""
-    grpc_api, openai_api = (
-        worker_sockets(data_dir, port, gateway.workers) if port else []
-        for port in (gateway.port, gateway.openai_port)
-    )
-    return grpc_api, openai_api
-
-
-def socket_port(path: str) -> int | None:
-    """The port whose API a worker socket of worker_sockets() serves; None for another path."""
-    found = _SOCKET_NAME.fullmatch(Path(path).name)
-    return int(found["port"]) if found else None
 
 
 def worker() -> int | None:

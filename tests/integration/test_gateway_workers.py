@@ -22,8 +22,9 @@ from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
 from loadtest.procfs import alive, family
+from services.config.gateway import worker_sockets
 from services.console.scrape import fetch
-from services.gateway.workers import WORKER, worker_sockets
+from services.gateway.workers import WORKER
 from services.supervisor.launcher import free_port
 
 pytestmark = pytest.mark.integration

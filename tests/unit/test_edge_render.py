@@ -17,6 +17,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from services.common.serving import DEGRADABLE
+from services.config.gateway import worker_sockets
 from services.config.mesh import MeshConfig
 from services.config.regions import regions
 from services.config.telemetry import TelemetryConfig
@@ -33,7 +34,6 @@ from services.edge.render import (
     render,
     write,
 )
-from services.gateway.workers import worker_sockets
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "mesh.yaml"
