@@ -12,7 +12,9 @@ from prometheus_client import REGISTRY
 
 import services.common.metrics
 import services.control.metrics
-import services.gateway.metrics  # noqa: F401  (registers the gateway's metrics)
+import services.gateway.metrics
+import services.retrieval.metrics  # noqa: F401  (each registers its layer's metrics)
+from loadtest import gameday
 from services.common.errors import CALLER_CODES
 from services.config.mesh import MeshConfig
 from services.config.regions import regions
@@ -56,8 +58,13 @@ def test_rules_and_dashboard_name_only_exported_metrics_and_recorded_rules() -> 
     assert {"ragmesh_admissions_total", "ragmesh_control_store_up"} <= used
 
 
-def test_every_alert_burns_on_two_windows_and_says_which_layer() -> None:
-    alerts = [r for g in _rules()["groups"] for r in g["rules"] if "alert" in r]
+def _alerts(group: str | None = None) -> list[dict]:
+    groups = [g for g in _rules()["groups"] if group in (None, g["name"])]
+    return [r for g in groups for r in g["rules"] if "alert" in r]
+
+
+def test_every_slo_alert_burns_on_two_windows_and_says_which_layer() -> None:
+    alerts = _alerts("ragmesh-slo-alerts")
     assert {a["labels"]["layer"] for a in alerts} == {"gateway", "retrieval"}
     assert {a["labels"]["severity"] for a in alerts} == {"page", "ticket"}
     for alert in alerts:
@@ -106,3 +113,36 @@ def test_slo_rules_count_as_failures_what_the_console_does() -> None:
         for found in re.findall(r'code!~"([A-Z_|]+)"', expr)
     ]
     assert excluded and all(codes == expected for codes in excluded)
+
+
+def _runbook_rows() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/runbooks/README.md's table: runbook -> (alerts, rehearsing game day scenarios)."""
+    rows = {}
+    for line in (ROOT / "docs" / "runbooks" / "README.md").read_text().splitlines():
+        found = re.fullmatch(r"\| \[([a-z-]+)\]\(\1\.md\) \| (.+) \| (.+) \|", line)
+        if found:
+            alerts = set(re.findall(r"Ragmesh\w+", found[2]))
+            alerts |= {re.sub(r"Page$", "Ticket", a) for a in alerts if "-Ticket" in found[2]}
+            rows[found[1]] = (alerts, set(re.findall(r"[a-z]+-[a-z]+", found[3])))
+    return rows
+
+
+def test_every_alert_names_a_runbook_that_names_it_back() -> None:
+    rows = _runbook_rows()
+    assert set(rows) == {p.stem for p in (ROOT / "docs" / "runbooks").glob("*-*.md")}
+    for alert in _alerts():
+        runbook = alert["annotations"]["runbook_url"]
+        name = re.fullmatch(r"docs/runbooks/([a-z-]+)\.md", runbook)[1]
+        assert alert["alert"] in rows[name][0], (alert["alert"], runbook)
+        assert f"`{alert['alert']}`" in (ROOT / runbook).read_text(), runbook
+    assert set().union(*(alerts for alerts, _ in rows.values())) == {a["alert"] for a in _alerts()}
+
+
+def test_runbooks_are_rehearsed_by_game_days_that_make_gameday_runs() -> None:
+    rehearsed = {name: scenarios for name, (_, scenarios) in _runbook_rows().items()}
+    for name, scenarios in rehearsed.items():
+        assert scenarios <= set(gameday.SCENARIOS), name
+        text = (ROOT / "docs" / "runbooks" / f"{name}.md").read_text()
+        assert all(f"**{s}**" in text for s in scenarios), name
+    # Not yet rehearsed by a game day (each says so and names the test that drives it).
+    assert {n for n, s in rehearsed.items() if not s} == {"budget-exhaustion", "poisoned-write"}
