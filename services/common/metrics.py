@@ -1,17 +1,19 @@
 """Prometheus metrics every service shares: per-layer request latency and outcome.
 
-Each service serves its metrics on 127.0.0.1 (`metrics_port` of its section); the one
-server interceptor (services/common/interceptor.py) times every call of the ragmesh APIs
-and labels it with the gRPC status the caller gets. Buckets are dense from 5 ms to 30 s, so
-p95 and p99 are readable at every layer, from a cache hit to a CPU LLM's answer.
+Each service serves its metrics on its section's `host` and `metrics_port` (127.0.0.1 in the
+local mesh, every interface in a pod); the one server interceptor
+(services/common/interceptor.py) times every call of the ragmesh APIs and labels it with the
+gRPC status the caller gets. Buckets are dense from 5 ms to 30 s, so p95 and p99 are
+readable at every layer, from a cache hit to a CPU LLM's answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, start_http_server
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REQUEST_SECONDS = Histogram(
@@ -39,7 +41,12 @@ def timer(layer: str, method: str) -> Timer:
     return observe
 
 
-def serve(port: int) -> None:
-    """Starts the metrics endpoint in a daemon thread; port 0 means none."""
-    if port:
-        start_http_server(port, addr="127.0.0.1")
+def serve(
+    port: int, host: str, registry: CollectorRegistry = REGISTRY
+) -> WSGIServer | None:
+    """Starts the metrics endpoint of `registry` on host:port in a daemon thread and returns
+    its server; port 0 means none. `host` is the plane's (`gateway.host`, `retrieval.host`)."""
+    if not port:
+        return None
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.config.loading import require
+from services.config.loading import is_host, require
 
 
 @dataclass(frozen=True, kw_only=True)
 class ConsoleConfig:
-    # The topology page's own HTTP port on 127.0.0.1; users reach it through Envoy at
-    # http://127.0.0.1:<edge.listen_port>/topology.
+    # Where the topology page's own HTTP server listens and where the edge reaches it, as
+    # gateway.host is the gateway's: 0.0.0.0 in a pod of its own, the Service's name in the
+    # config the edge renders from (deploy/k8s). Users reach the page through Envoy at
+    # http://<edge>:<edge.listen_port>/topology.
+    host: str = "127.0.0.1"
     port: int = 8082
     # Every refresh_s the console scrapes every layer's metrics, and the page redraws.
     refresh_s: float = 2.0
@@ -18,6 +21,7 @@ class ConsoleConfig:
     window_s: float = 30.0
 
     def __post_init__(self) -> None:
+        require(is_host(self.host), "console.host", "must be an IP address or a host name")
         require(0 <= self.port < 65536, "console.port", "must be 0..65535")
         require(0.2 <= self.refresh_s <= 60, "console.refresh_s", "must be 0.2..60")
         require(self.window_s >= 2 * self.refresh_s, "console.window_s", ">= 2 * refresh_s")

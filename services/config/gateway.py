@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.config.loading import build, require
+from services.config.loading import build, is_host, require
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A Triton model version: a non-negative int64, which 18 digits always fit (str.isdigit
@@ -185,6 +185,9 @@ RETRIEVAL_FALLBACKS = ("no_sources", "refuse")
 
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
+    # Where the gateway's servers listen (gRPC, the OpenAI API, its metrics) and where the
+    # edge and the console reach them: 0.0.0.0 in its pods, the Service's name in the config
+    # the edge renders from (deploy/k8s).
     host: str = "127.0.0.1"
     port: int = 50051
     # The OpenAI-compatible API (/v1/chat/completions, /v1/embeddings, /v1/models), HTTP/1.1
@@ -240,7 +243,7 @@ class GatewayConfig:
     semantic_cache_threshold: float = 0.80
     # Retrieval down or late and no cached answer: answer without sources, or refuse.
     retrieval_fallback: str = "no_sources"
-    # Prometheus metrics on 127.0.0.1; 0 turns them off.
+    # Prometheus metrics on `host` (a supervisor of workers serves theirs); 0 turns them off.
     metrics_port: int = 9464
     # Gateway processes on this host, sharing its ports (SO_REUSEPORT) under one supervisor
     # (services/gateway/workers.py): one serves about a core's worth of requests. Each is a
@@ -248,6 +251,7 @@ class GatewayConfig:
     workers: int = 1
 
     def __post_init__(self) -> None:
+        require(is_host(self.host), "gateway.host", "must be an IP address or a host name")
         require(0 <= self.port < 65536, "gateway.port", "must be 0..65535")
         require(0 <= self.openai_port < 65536, "gateway.openai_port", "must be 0..65535")
         require(1 <= self.workers <= 64, "gateway.workers", "must be 1..64")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,9 @@ import yaml
 
 ENV_PREFIX = "RAGMESH_"
 T = TypeVar("T")
+# A DNS name (RFC 1123 labels): a Service name, a FQDN, localhost.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 class ConfigError(ValueError):
@@ -87,3 +92,21 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raises ConfigError naming `field` unless `condition` holds."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address (not a name)."""
+    if not isinstance(host, str):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_host(host: str) -> bool:
+    """Whether `host` is an IP address or a DNS name: no port, scheme or path."""
+    if not isinstance(host, str):
+        return False
+    return is_ip(host) or (len(host) <= 253 and bool(_HOST_NAME.fullmatch(host)))

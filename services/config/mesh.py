@@ -11,7 +11,7 @@ from typing import Any
 from services.config.console import ConsoleConfig, SloConfig
 from services.config.control import ControlConfig
 from services.config.gateway import GatewayConfig
-from services.config.loading import build, read_yaml, require
+from services.config.loading import build, is_host, is_ip, read_yaml, require
 from services.config.retrieval import RetrievalConfig
 from services.config.telemetry import TelemetryConfig
 
@@ -20,6 +20,10 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 @dataclass(frozen=True, kw_only=True)
 class EdgeConfig:
+    # The address the public listener binds: clients' way in. 0.0.0.0 (or "::") on a host or
+    # pod that others reach (deploy/k8s). The internal listeners and the admin port stay on
+    # 127.0.0.1: they serve Envoy's own host (the admin port can stop Envoy).
+    listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     # Internal listener: the gateway reaches retrieval through Envoy (health checks, failover).
     internal_port: int = 8081
@@ -28,12 +32,21 @@ class EdgeConfig:
     route_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
+        require(
+            is_ip(self.listen_host),
+            "edge.listen_host",
+            "must be an IP address (Envoy binds addresses, not names), e.g. 0.0.0.0",
+        )
         for name in ("listen_port", "internal_port", "admin_port"):
             require(0 < getattr(self, name) < 65536, f"edge.{name}", "must be 1..65535")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TritonConfig:
+    # Where Triton serves and where the gateway, retrieval and the console reach it, as
+    # gateway.host and retrieval.host are theirs: the local mesh starts it there; on
+    # Kubernetes its Service's name.
+    host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
@@ -44,6 +57,7 @@ class TritonConfig:
     response_cache_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        require(is_host(self.host), "triton.host", "must be an IP address or a host name")
         for name in ("grpc_port", "http_port", "metrics_port"):
             require(0 < getattr(self, name) < 65536, f"triton.{name}", "must be 1..65535")
 

@@ -4,9 +4,10 @@ The mesh config describes the default region; region i (in `mesh.regions` order)
 same planes with every port shifted by i * `mesh.port_stride`, its Milvus data and corpus log
 in a folder of its own, and these links:
 
-* its gateway reaches retrieval through its own Envoy internal listener (the local region's
-  retrieval first, then the others by priority), and Triton directly: its own first, then
-  the other regions' in order (`gateway.triton_fallback_targets`);
+* its gateway reaches retrieval through its own Envoy internal listener, on 127.0.0.1 (the
+  edge's host; the local region's retrieval first, then the others by priority), and Triton
+  directly at `triton.host`: its own first, then the other regions' in order
+  (`gateway.triton_fallback_targets`);
 * its retrieval embeds with its own Triton; the first region's retrieval is the governance
   point (writes, corpus versions), every other region's a replica pulling from it.
 """
@@ -36,7 +37,7 @@ class Region:
 
     @property
     def triton_target(self) -> str:
-        return f"127.0.0.1:{self.config.triton.grpc_port}"
+        return f"{self.config.triton.host}:{self.config.triton.grpc_port}"
 
 
 def _in_folder(path: str, region: str) -> str:
@@ -57,7 +58,7 @@ def _shifted(config: MeshConfig, name: str, shift: int) -> MeshConfig:
         metrics_port=t.metrics_port + shift,
     )
     edge = dataclasses.replace(e, internal_port=e.internal_port + shift)
-    triton_target = f"127.0.0.1:{triton.grpc_port}"
+    triton_target = f"{triton.host}:{triton.grpc_port}"
     remote = "://" in r.milvus_uri
     retrieval = dataclasses.replace(
         r,

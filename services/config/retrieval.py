@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.config.loading import require
+from services.config.loading import is_host, require
 
 # The most characters a chunk may hold: any 16,383 code points fit in 65,535 bytes of UTF-8
 # (4 bytes a code point at most), Milvus's VARCHAR limit for the `text` column.
@@ -14,9 +14,12 @@ MAX_CHUNK_CHARS = 65_535 // 4
 
 @dataclass(frozen=True, kw_only=True)
 class RetrievalConfig:
+    # Where retrieval's servers listen (gRPC, its metrics) and where the mesh's regions, the
+    # edge and the console reach them: 0.0.0.0 in its pod, the Service's name in the config
+    # the others read (deploy/k8s).
     host: str = "127.0.0.1"
     port: int = 50052
-    # Prometheus metrics on 127.0.0.1; 0 turns them off.
+    # Prometheus metrics on `host`; 0 turns them off.
     metrics_port: int = 9465
     region: str = "local"
     # The governance point, which alone accepts writes and versions the corpus; empty means
@@ -72,6 +75,7 @@ class RetrievalConfig:
     embed_batch: int = 32
 
     def __post_init__(self) -> None:
+        require(is_host(self.host), "retrieval.host", "must be an IP address or a host name")
         require(0 <= self.port < 65536, "retrieval.port", "must be 0..65535")
         require(bool(self.milvus_uri), "retrieval.milvus_uri", "must not be empty")
         require(bool(self.corpus_log), "retrieval.corpus_log", "must not be empty")

@@ -20,7 +20,7 @@ def main() -> None:
     telemetry.log_json("ragmesh-console", args.log_level)
     config = MeshConfig.load(args.config)
     console = Console(Observer(config, config.console.window_s), config.console)
-    server, _ = build_server(console, "127.0.0.1", config.console.port)
+    server, _ = build_server(console, config.console.host, config.console.port)
     threading.Thread(target=console.run, name="scraper", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     try:

@@ -25,14 +25,24 @@ HOST_ERRORS = "envoy_host_rq_error_total"
 HOST_HEALTHY = "envoy_host_healthy"
 
 
+def url(host: str, port: int, path: str) -> str:
+    """http://host:port/path, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
+
+
 def targets(config: MeshConfig) -> dict[str, str]:
-    """Endpoint name -> metrics URL: `envoy`, and `<plane>-<region>` for every region."""
-    urls = {"envoy": f"http://127.0.0.1:{config.edge.admin_port}/stats/prometheus"}
+    """Endpoint name -> metrics URL: `envoy` (its admin port, on the console's own host:
+    Envoy's admin stays on loopback), and `<plane>-<region>` for every region, on the
+    plane's host (`gateway.host`, `retrieval.host`, `triton.host`)."""
+    urls = {"envoy": url("127.0.0.1", config.edge.admin_port, "/stats/prometheus")}
     for region in regions(config):
         c = region.config
-        urls[f"gateway-{region.name}"] = f"http://127.0.0.1:{c.gateway.metrics_port}/metrics"
-        urls[f"retrieval-{region.name}"] = f"http://127.0.0.1:{c.retrieval.metrics_port}/metrics"
-        urls[f"inference-{region.name}"] = f"http://127.0.0.1:{c.triton.metrics_port}/metrics"
+        for name, host, port in (
+            ("gateway", c.gateway.host, c.gateway.metrics_port),
+            ("retrieval", c.retrieval.host, c.retrieval.metrics_port),
+            ("inference", c.triton.host, c.triton.metrics_port),
+        ):
+            urls[f"{name}-{region.name}"] = url(host, port, "/metrics")
     return urls
 
 
@@ -94,7 +104,7 @@ class Observer:
         self.regions: list[Region] = regions(config)
         self.window_s = window_s
         self._targets = targets(config)
-        self._admin = f"http://127.0.0.1:{config.edge.admin_port}"
+        self._admin = url("127.0.0.1", config.edge.admin_port, "")
         self._history: deque[Snapshot] = deque()
 
     def poll(self) -> Snapshot:

@@ -1,4 +1,5 @@
-"""The console: serves the live topology page on 127.0.0.1, behind Envoy's /topology route.
+"""The console: serves the live topology page on `console.host`, behind Envoy's /topology
+route.
 
 GET /topology           the page (it redraws itself every refresh_s)
 GET /topology/svg       the diagram alone, what the page fetches to redraw
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -82,9 +84,15 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def build_server(console: Console, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
-    """The HTTP server (port 0 picks one) and its bound port; console.poll() ran once."""
+    """The HTTP server on host:port (port 0 picks one; an IPv6 address, `::` included, binds
+    IPv6) and its bound port; console.poll() ran once."""
     console.poll()
-    server = ThreadingHTTPServer((host, port), _handler(console))
+    kind = _IPv6Server if ":" in host else ThreadingHTTPServer
+    server = kind((host, port), _handler(console))
     server.daemon_threads = True
     return server, int(server.server_address[1])

@@ -2,16 +2,18 @@
 
     python -m services.edge.render --config config/mesh.yaml --out build/envoy.yaml
 
-Envoy is the mesh's edge. Two listeners, both on 127.0.0.1:
+Envoy is the mesh's edge. Two listeners:
 
-* public (``edge.listen_port``): HTTP/1.1 JSON and h2c gRPC on one port. The gRPC-JSON
+* public (``edge.listen_host``:``edge.listen_port``; 127.0.0.1 in the local mesh, every
+  interface in a pod): HTTP/1.1 JSON and h2c gRPC on one port. The gRPC-JSON
   transcoder turns ``ragmesh.v1.Gateway``'s ``google.api.http`` routes into gRPC calls to the
   gateway; native gRPC passes straight through. OpenAI's paths (OPENAI_PATHS) go as they are
   to the gateways' OpenAI-compatible API (``gateway.openai_port``, HTTP/1.1), by the same
   region priorities.
-* internal, one per region (that region's ``edge.internal_port``): HTTP/2 only; the region's
-  gateway reaches retrieval through it. Searches go to the region's own retrieval first and
-  to the other regions' by priority; writes (Upsert, Delete) go to the governance point only.
+* internal, one per region (127.0.0.1, that region's ``edge.internal_port``): HTTP/2 only;
+  the region's gateway, on Envoy's host, reaches retrieval through it. Searches go to the
+  region's own retrieval first and to the other regions' by priority; writes (Upsert,
+  Delete) go to the governance point only.
 
 Regions (``mesh.regions``) are Envoy priorities: the default region's gateway at priority 0,
 the others at 1..N. Every upstream has active gRPC health checks, outlier detection that
@@ -21,6 +23,10 @@ client's) on the next priority, with per-try timeouts, inside the client's own d
 (``grpc-timeout``). A fault filter on each internal listener can
 delay retrieval for game days; it is inert until its runtime keys are set through the admin
 port (``chaos.<region>.retrieval.delay_percent``, ``...delay_ms``).
+
+The admin port stays on 127.0.0.1 (it can stop Envoy and set its runtime keys). Gateways,
+retrieval and the console are reached at their sections' ``host``: an IP address, or a name
+Envoy resolves (STRICT_DNS, every address a host: a Kubernetes headless Service's pods).
 
 Access logs go to stdout as JSON and never carry bodies, ``x-api-key`` or ``authorization``.
 Requests are capped at 32 MiB (413 beyond). A Lua filter before the transcoder
@@ -37,7 +43,6 @@ the one the transcoder uses.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import urllib.parse
 from pathlib import Path
@@ -47,6 +52,7 @@ import yaml
 
 from services.common.serving import DEGRADABLE
 from services.config.gateway import LOCAL_HOSTS, worker_sockets
+from services.config.loading import is_ip
 from services.config.mesh import MeshConfig
 from services.config.regions import Region, regions
 from services.edge.body_schema import body_schema, lua_schema
@@ -297,7 +303,7 @@ def _otlp_cluster(endpoint: str) -> dict[str, Any]:
     host, port = url.hostname or LOOPBACK, url.port or (443 if url.scheme == "https" else 80)
     return {
         "name": "otlp",
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": "otlp",
@@ -326,10 +332,12 @@ def _connection_manager(
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
 
 
-def _listener(name: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
+def _listener(
+    name: str, port: int, manager: dict[str, Any], host: str = LOOPBACK
+) -> dict[str, Any]:
     return {
         "name": name,
-        "address": _address(port),
+        "address": _address(port, host),
         "filter_chains": [{"filters": [manager]}],
     }
 
@@ -363,7 +371,7 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
     ]
     routes = _route_config("public", [_console_route(), *openai, *write_routes, route])
     manager = _connection_manager("public", "AUTO", routes, filters, _tracing(config, entry=True))
-    return _listener("public", edge.listen_port, manager)
+    return _listener("public", edge.listen_port, manager, edge.listen_host)
 
 
 def _console_route() -> dict[str, Any]:
@@ -402,15 +410,15 @@ def _openai_route(path: str, request_timeout_s: float, timeout_s: float) -> dict
     }
 
 
-def _console_cluster(port: int) -> dict[str, Any]:
-    """The topology page's server: HTTP/1.1 on loopback."""
+def _console_cluster(host: str, port: int) -> dict[str, Any]:
+    """The topology page's server: HTTP/1.1 at `console.host`."""
     return {
         "name": "console",
-        "type": "STATIC",
+        "type": "STATIC" if is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": "console",
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port, host)}}]}],
         },
     }
 
@@ -539,14 +547,6 @@ def _circuit_breakers() -> dict[str, Any]:
     }
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _cluster(
     name: str, priorities: list[list[dict[str, Any]]], *, grpc: bool = True
 ) -> dict[str, Any]:
@@ -563,7 +563,7 @@ def _cluster(
     )
     return {
         "name": name,
-        "type": "STATIC" if all(_is_ip(n) for n in names) else "STRICT_DNS",
+        "type": "STATIC" if all(is_ip(n) for n in names) else "STRICT_DNS",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": {
@@ -625,7 +625,7 @@ def render(config: MeshConfig, *, descriptor_set: Path | None = None) -> dict[st
     descriptor = (descriptor_set or Path(config.edge.descriptor_set)).resolve()
     listeners = [_public_listener(config, descriptor)]
     listeners += [_internal_listener(region) for region in mesh]
-    clusters = [*_clusters(mesh), _console_cluster(config.console.port)]
+    clusters = [*_clusters(mesh), _console_cluster(config.console.host, config.console.port)]
     if config.telemetry.otlp_endpoint:
         clusters.append(_otlp_cluster(config.telemetry.otlp_endpoint))
     return {

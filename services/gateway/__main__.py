@@ -28,10 +28,10 @@ def _build(mesh: MeshConfig) -> serving.PlaneServer:
 if __name__ == "__main__":
     mesh = MeshConfig.load(serving.arguments("python -m services.gateway").config)
     if mesh.gateway.workers > 1 and workers.worker() is None:
-        metrics_port = mesh.gateway.metrics_port if mesh.telemetry.enabled else 0
+        metrics = (mesh.gateway.host, mesh.gateway.metrics_port if mesh.telemetry.enabled else 0)
         grpc_api, openai_api = gateway_sockets(mesh.mesh.data_dir, mesh.gateway)
         sockets = [*grpc_api, *openai_api]
-        sys.exit(workers.supervise(sys.argv[1:], mesh.gateway.workers, metrics_port, sockets))
+        sys.exit(workers.supervise(sys.argv[1:], mesh.gateway.workers, metrics, sockets))
     if workers.worker() is not None:
         workers.watch_parent()
     serving.run_plane("gateway", _build)

@@ -1,5 +1,5 @@
 """The gateway's own Prometheus metrics, beside services/common/metrics.py's, all served on
-127.0.0.1:`gateway.metrics_port`."""
+`gateway.host`:`gateway.metrics_port`."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class GatewayServer:
     openai_port: int = 0  # bound at start; 0 while stopped or with the API off
 
     async def start(self) -> None:
-        common_metrics.serve(self.metrics_port)
+        common_metrics.serve(self.metrics_port, self.config.host)
         await self.control.start(self.seed)
         await self.server.start()
         if self.config.openai_port:

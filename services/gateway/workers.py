@@ -15,7 +15,7 @@ drain), waits for them and exits; a second signal is passed on too (they exit at
   its few connections.
 - **Metrics.** prometheus_client's multiprocess mode: each worker writes its metrics to
   files in a directory the supervisor made (PROMETHEUS_MULTIPROC_DIR) and serves none; the
-  supervisor serves them summed on `gateway.metrics_port` (gauges by their
+  supervisor serves them summed on `gateway.host`:`gateway.metrics_port` (gauges by their
   `multiprocess_mode`), and marks a dead worker's files so its live gauges go.
 - **State.** What the control plane shares (keys, tenants, counters, usage) is in the
   shared store, as between gateways: each worker is a gateway there, with its own id and
@@ -45,8 +45,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from services.common import metrics
 
 LOGGER = logging.getLogger(__name__)
 # The worker's number, 0..N-1; unset in a lone gateway. No config section is named
@@ -67,11 +69,15 @@ def worker() -> int | None:
 
 
 def supervise(
-    argv: list[str], workers: int, metrics_port: int, sockets: Sequence[Path] = ()
+    argv: list[str],
+    workers: int,
+    metrics_address: tuple[str, int],
+    sockets: Sequence[Path] = (),
 ) -> int:
     """Runs `workers` copies of `python -m services.gateway *argv` until a signal; returns
-    the exit status: 0 after a signal, 1 when a worker died too often. On the way out it
-    removes the workers' `sockets` that a killed worker left (worker_sockets)."""
+    the exit status: 0 after a signal, 1 when a worker died too often. Serves their metrics
+    on `metrics_address` (host, port; port 0: none). On the way out it removes the workers'
+    `sockets` that a killed worker left (worker_sockets)."""
     running: dict[int, subprocess.Popen[bytes]] = {}
     signals: list[int] = []
 
@@ -97,10 +103,11 @@ def supervise(
     deaths: deque[float] = deque()
     status = 0
     try:
-        if metrics_port:
+        host, port = metrics_address
+        if port:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-            start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+            metrics.serve(port, host, registry)
         for number in range(workers):
             start(number)
         while running:

@@ -29,11 +29,12 @@ class RetrievalServer:
     core: RetrievalCore
     health: health.aio.HealthServicer
     replicator: Replicator | None
+    metrics_host: str
     metrics_port: int
 
     async def start(self) -> None:
         """Applies what the log holds beyond Milvus (after a crash) before serving."""
-        metrics.serve(self.metrics_port)
+        metrics.serve(self.metrics_port, self.metrics_host)
         await self.core.recover()
         await self.server.start()
         if self.replicator is not None:
@@ -80,5 +81,6 @@ def build_server(config: RetrievalConfig, tracing: TelemetryConfig) -> Retrieval
         core=core,
         health=health_servicer,
         replicator=replicator,
+        metrics_host=config.host,
         metrics_port=config.metrics_port if tracing.enabled else 0,
     )

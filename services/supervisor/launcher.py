@@ -45,7 +45,13 @@ def envoy_binary() -> Path:
 def resolve(path: str) -> Path:
     """Relative paths in the mesh config are relative to the repository root."""
     p = Path(path)
-    return p if p.is_absolute() or "://" in path else ROOT / p
+    return p if p.is_absolute() else ROOT / p
+
+
+def resolve_milvus(uri: str) -> str:
+    """`retrieval.milvus_uri`: a server's URI as it is (through Path, `http://host:19530`
+    would lose a slash, which pymilvus reads as no address); a Milvus Lite file resolved."""
+    return uri if "://" in uri else str(resolve(uri))
 
 
 # Ports for meshes on free ports come from below the kernel's ephemeral range, from which
@@ -265,7 +271,7 @@ class Mesh:
             c = region.config
             retrieval = dataclasses.replace(
                 c.retrieval,
-                milvus_uri=str(resolve(c.retrieval.milvus_uri)),
+                milvus_uri=resolve_milvus(c.retrieval.milvus_uri),
                 corpus_log=str(resolve(c.retrieval.corpus_log)),
                 hot_snapshot=c.retrieval.hot_snapshot and str(resolve(c.retrieval.hot_snapshot)),
             )
@@ -297,11 +303,11 @@ class Mesh:
             str(triton_install.server_binary()),
             f"--model-repository={resolve(t.model_repository)}",
             f"--backend-directory={backends}",
-            "--grpc-address=127.0.0.1",
+            f"--grpc-address={t.host}",
             f"--grpc-port={t.grpc_port}",
-            "--http-address=127.0.0.1",
+            f"--http-address={t.host}",
             f"--http-port={t.http_port}",
-            "--metrics-address=127.0.0.1",
+            f"--metrics-address={t.host}",
             f"--metrics-port={t.metrics_port}",
             # p95/p99 of recent requests, which the topology page shows.
             "--metrics-config=summary_latencies=true",

@@ -38,12 +38,12 @@ def seed(mesh: Mesh) -> None:
 def _region_lines(mesh: Mesh) -> str:
     lines = []
     for region in mesh.regions:
-        c = region.config
+        t = region.config.triton
         role = "default, governance point" if region.priority == 0 else "replica"
         lines.append(
             f"  region {region.name} ({role})\n"
             f"    gateway / retrieval    {region.gateway_target} / {region.retrieval_target}\n"
-            f"    Triton gRPC / HTTP     {region.triton_target} / 127.0.0.1:{c.triton.http_port}"
+            f"    Triton gRPC / HTTP     {region.triton_target} / {t.host}:{t.http_port}"
         )
     return "\n".join(lines)
 

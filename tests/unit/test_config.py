@@ -20,6 +20,56 @@ def test_environment_overrides_a_field(monkeypatch):
     assert MeshConfig.from_dict({}).retrieval.chunk_tokens == 64
 
 
+# Where each server listens, or is reached: a deployment's choice, 127.0.0.1 by default.
+HOSTS = {
+    "edge": "listen_host",
+    "gateway": "host",
+    "retrieval": "host",
+    "triton": "host",
+    "console": "host",
+}
+
+
+def test_every_address_defaults_to_loopback_in_the_code_and_the_shipped_config():
+    shipped, defaults = MeshConfig.load(ROOT / "config" / "mesh.yaml"), MeshConfig()
+    for section, name in HOSTS.items():
+        assert getattr(getattr(defaults, section), name) == "127.0.0.1", section
+        assert getattr(getattr(shipped, section), name) == "127.0.0.1", section
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "section", "name"),
+    [
+        ("RAGMESH_EDGE_LISTEN_HOST", "0.0.0.0", "edge", "listen_host"),
+        ("RAGMESH_EDGE_LISTEN_HOST", '"::"', "edge", "listen_host"),
+        ("RAGMESH_GATEWAY_HOST", "0.0.0.0", "gateway", "host"),
+        ("RAGMESH_RETRIEVAL_HOST", "retrieval", "retrieval", "host"),
+        ("RAGMESH_TRITON_HOST", "triton.ragmesh-local.svc.cluster.local", "triton", "host"),
+        ("RAGMESH_CONSOLE_HOST", "0.0.0.0", "console", "host"),
+    ],
+)
+def test_the_environment_overrides_an_address(monkeypatch, variable, value, section, name):
+    monkeypatch.setenv(variable, value)
+    assert getattr(getattr(MeshConfig.from_dict({}), section), name) == value.strip('"')
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value", "message"),
+    [
+        ("edge", "listen_host", "edge", "edge.listen_host: must be an IP address"),
+        ("edge", "listen_host", "", "edge.listen_host: must be an IP address"),
+        ("gateway", "host", "", "gateway.host: must be an IP address or a host name"),
+        ("retrieval", "host", "retrieval:50052", "retrieval.host: must be an IP address or"),
+        ("triton", "host", "http://triton", "triton.host: must be an IP address or a host"),
+        ("console", "host", "a host", "console.host: must be an IP address or a host name"),
+        ("console", "host", 8082, "console.host: must be text, not int"),
+    ],
+)
+def test_a_bad_address_names_its_field(section, name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        MeshConfig.from_dict({section: {name: value}})
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

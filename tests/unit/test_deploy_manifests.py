@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from services.config.mesh import MeshConfig
+from services.console.observe import targets
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -195,11 +197,17 @@ def test_grpc_planes_are_probed_on_grpc_health_at_their_serving_port(objects) ->
         assert _probe_port(edge, "readinessProbe") == cluster.edge.listen_port
 
 
+def _literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
 def test_the_edge_renders_a_config_envoy_accepts(objects, tmp_path) -> None:
-    """The edge's init container's own script, run here with its region's variables:
-    services/edge/render.py on the cluster's mesh config, the public listener moved to every
-    interface, the admin port left on loopback; the local mesh's Envoy (the edge image's
-    release) validates the result."""
+    """The edge's init container's own script, run here with its variables (the region's,
+    and its own RAGMESH_EDGE_LISTEN_HOST): services/edge/render.py on the cluster's mesh
+    config, the public listener on every interface as the config says (no rewriting after
+    the render), the internal listener and the admin port on loopback, the console reached
+    by its Service's name; the local mesh's Envoy (the edge image's release) validates the
+    result."""
     envoy = Path(sys.executable).parent / "envoy"
     if not (ROOT / "build" / "gen" / "ragmesh.pb").exists() or not envoy.exists():
         pytest.fail("the descriptor set or Envoy is missing: run `make install`")
@@ -211,8 +219,10 @@ def test_the_edge_renders_a_config_envoy_accepts(objects, tmp_path) -> None:
             (etc / "ragmesh" / name).write_text(text)
         init = _workload(objs, "edge")["spec"]["template"]["spec"]["initContainers"][0]
         assert init["command"][:2] == ["python", "-c"]
+        assert _literal_env(init) == {"RAGMESH_EDGE_LISTEN_HOST": "0.0.0.0"}
+        assert "0.0.0.0" not in init["command"][2]  # the config binds it, not the script
         script = init["command"][2].replace("/etc/", f"{etc}/")
-        env = {**os.environ, **_config_map(objs, "ragmesh-region")["data"]}
+        env = {**os.environ, **_config_map(objs, "ragmesh-region")["data"], **_literal_env(init)}
         run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True)
         assert run.returncode == 0, run.stderr.decode()[-4000:]
         rendered = etc / "envoy" / "envoy.yaml"
@@ -231,8 +241,94 @@ def test_the_edge_renders_a_config_envoy_accepts(objects, tmp_path) -> None:
             for endpoint in priority["lb_endpoints"]
         ]
         assert hosts == [{"address": "gateway", "port_value": 50051}]
+        console = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "console")
+        assert console["type"] == "STRICT_DNS"
+        (group,) = console["load_assignment"]["endpoints"]
+        (endpoint,) = group["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        assert address == {"address": "console", "port_value": 8082}
         check = _run(envoy, "--mode", "validate", "-c", rendered, "--log-level", "warn")
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+# The Python planes' servers, by container port name, and the config field of each port.
+LISTENERS = {
+    "gateway": {"grpc": "port", "openai": "openai_port", "metrics": "metrics_port"},
+    "retrieval": {"grpc": "port", "metrics": "metrics_port"},
+    "console": {"http": "port"},
+}
+
+
+def _pod_config(cluster: dict[str, Any], env: dict[str, str], monkeypatch) -> MeshConfig:
+    """The cluster's mesh config as a pod with the variables `env` reads it."""
+    with monkeypatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return MeshConfig.from_dict(cluster)
+
+
+@pytest.mark.parametrize("plane", LISTENERS)
+def test_python_planes_listen_on_every_interface_under_their_services_names(
+    objects, monkeypatch, plane
+) -> None:
+    """A plane's pod binds every interface (its own RAGMESH_<PLANE>_HOST: gRPC, the OpenAI
+    API and the metrics endpoint follow `host`), while the config every other pod reads
+    names the plane's Service, which exposes each of its ports."""
+    for objs in objects.values():
+        cluster = _cluster_mesh_config(objs)
+        container = _workload(objs, plane)["spec"]["template"]["spec"]["containers"][0]
+        own = getattr(_pod_config(cluster, _literal_env(container), monkeypatch), plane)
+        assert own.host == "0.0.0.0"
+        assert getattr(MeshConfig.from_dict(cluster), plane).host == plane
+        service = next(o for o in _find(objs, "Service") if o["metadata"]["name"] == plane)
+        exposed = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for name, port_field in LISTENERS[plane].items():
+            assert ports[name] == exposed[name] == getattr(own, port_field), (plane, name)
+
+
+def test_prometheus_scrapes_every_plane_that_serves_metrics(objects) -> None:
+    """A ServiceMonitor for the gateways, retrieval and Triton, each on a Service port named
+    `metrics` that is the config's metrics port."""
+    for objs in objects.values():
+        cluster = MeshConfig.from_dict(_cluster_mesh_config(objs))
+        services = {o["metadata"]["name"]: o for o in _find(objs, "Service")}
+        monitors = {m["metadata"]["name"]: m["spec"] for m in _find(objs, "ServiceMonitor")}
+        expected = {
+            "gateway": cluster.gateway.metrics_port,
+            "retrieval": cluster.retrieval.metrics_port,
+            "triton": cluster.triton.metrics_port,
+        }
+        assert set(monitors) == set(expected)
+        for plane, port in expected.items():
+            assert monitors[plane]["endpoints"] == [{"port": "metrics", "interval": "15s"}]
+            selected = [
+                s
+                for s in services.values()
+                if _selects(monitors[plane]["selector"], s["metadata"]["labels"])
+                and any(p["name"] == "metrics" for p in s["spec"]["ports"])
+            ]
+            assert [s["metadata"]["name"] for s in selected] == [plane]  # one target a pod
+            metrics = next(p for p in selected[0]["spec"]["ports"] if p["name"] == "metrics")
+            assert metrics["port"] == port
+
+
+def test_the_console_scrapes_each_plane_at_its_service(objects, monkeypatch) -> None:
+    """The console's targets (services/console/observe.py) as its pod reads the config:
+    each plane's metrics at its Service's name and a port that Service exposes. Envoy's
+    admin port stays on the edge pod's loopback (docs/deploy.md, "What is not verified")."""
+    for objs in objects.values():
+        container = _workload(objs, "console")["spec"]["template"]["spec"]["containers"][0]
+        env = {**_config_map(objs, "ragmesh-region")["data"], **_literal_env(container)}
+        config = _pod_config(_cluster_mesh_config(objs), env, monkeypatch)
+        services = {o["metadata"]["name"]: o for o in _find(objs, "Service")}
+        urls = targets(config)
+        assert urls.pop("envoy").startswith("http://127.0.0.1:")
+        assert {name.rsplit("-", 1)[0] for name in urls} == {"gateway", "retrieval", "inference"}
+        for name, url in urls.items():
+            parts = urllib.parse.urlsplit(url)
+            assert parts.hostname in services, name
+            assert parts.port in {p["port"] for p in services[parts.hostname]["spec"]["ports"]}
 
 
 def test_triton_runs_on_gpu_nodes_with_engines_from_a_volume_scaled_on_queue_time(
@@ -495,6 +591,8 @@ ALLOWED = [
     (f"{LOCAL}/milvus", f"{LOCAL}/minio", 9000),
     (f"{LOCAL}/edge", f"{LOCAL}/console", 8082),
     (f"{LOCAL}/console", f"{LOCAL}/triton", 8002),
+    (f"{LOCAL}/console", f"{LOCAL}/gateway", 9464),
+    (f"{LOCAL}/console", f"{LOCAL}/retrieval", 9465),
     ("monitoring/prometheus", f"{LOCAL}/triton", 8002),
     ("monitoring/prometheus", f"{LOCAL}/gateway", 9464),
     ("monitoring/prometheus", f"{REMOTE}/retrieval", 9465),
@@ -522,6 +620,7 @@ DENIED = [
     (f"{LOCAL}/gateway", f"{LOCAL}/gateway", 50051),
     (f"{LOCAL}/gateway", "cluster-host", 443),  # upstreams are outside the cluster
     (f"{LOCAL}/console", f"{LOCAL}/retrieval", 50052),
+    (f"{LOCAL}/console", f"{LOCAL}/gateway", 50051),
     (f"{LOCAL}/stray", f"{LOCAL}/retrieval", 50052),
     (f"{LOCAL}/triton", f"{LOCAL}/milvus", 19530),
     # Only gateways reach Redis, and upstreams.

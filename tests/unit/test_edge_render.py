@@ -750,6 +750,55 @@ def test_topology_route_goes_to_the_console_untranscoded(config: MeshConfig) -> 
     assert doc["stats_flush_interval"] == "1s"  # the console's histograms stay fresh
 
 
+def _deployed(config: MeshConfig, listen_host: str, console_host: str) -> MeshConfig:
+    """`config` as a deployment sets its addresses: the public listener's, the console's."""
+    edge = dataclasses.replace(config.edge, listen_host=listen_host)
+    console = dataclasses.replace(config.console, host=console_host)
+    return dataclasses.replace(config, edge=edge, console=console)
+
+
+def _bound(doc: dict[str, Any]) -> dict[str, str]:
+    return {
+        listener["name"]: listener["address"]["socket_address"]["address"]
+        for listener in doc["static_resources"]["listeners"]
+    }
+
+
+@pytest.mark.parametrize("listen_host", ["0.0.0.0", "::", "10.1.2.3"])
+def test_the_public_listener_binds_the_configured_address(
+    config: MeshConfig, listen_host: str
+) -> None:
+    """edge.listen_host moves the public listener alone: the internal listeners and the
+    admin port stay on loopback (they serve Envoy's own host)."""
+    assert _bound(render(config)) == dict.fromkeys(
+        ["public", "internal-local", "internal-remote"], "127.0.0.1"
+    )
+    doc = render(_deployed(config, listen_host, "127.0.0.1"))
+    assert _bound(doc) == {
+        "public": listen_host,
+        "internal-local": "127.0.0.1",
+        "internal-remote": "127.0.0.1",
+    }
+    assert _listener(doc, "public")["address"]["socket_address"]["port_value"] == 8080
+    assert doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("host", "kind"), [("10.1.2.3", "STATIC"), ("console", "STRICT_DNS")])
+def test_the_console_is_reached_at_its_configured_host(
+    config: MeshConfig, host: str, kind: str
+) -> None:
+    console = _clusters(render(_deployed(config, "127.0.0.1", host)))["console"]
+    assert console["type"] == kind
+    assert _endpoints_of(console) == [(host, config.console.port)]
+    assert _clusters(render(config))["console"]["type"] == "STATIC"
+
+
+def test_envoy_validates_a_config_listening_on_every_interface(
+    config: MeshConfig, tmp_path: Path
+) -> None:
+    _validate(render(_deployed(config, "0.0.0.0", "console.ragmesh-local.svc")), tmp_path)
+
+
 def _workers(config: MeshConfig, workers: int, host: str = "127.0.0.1") -> MeshConfig:
     gateway = dataclasses.replace(config.gateway, workers=workers, host=host)
     return dataclasses.replace(config, gateway=gateway)

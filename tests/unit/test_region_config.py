@@ -6,10 +6,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from services.config.loading import ConfigError
 from services.config.mesh import MeshConfig
 from services.config.regions import first, regions
+from services.supervisor.launcher import ROOT, Mesh
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "mesh.yaml"
 
@@ -46,6 +48,25 @@ def test_each_region_keeps_its_own_data() -> None:
     assert remote.config.retrieval.milvus_uri == "http://milvus:19530"
     assert remote.config.retrieval.collection == "ragmesh_chunks_remote"
     assert remote.config.retrieval.hot_snapshot == ""  # none saved, in no region
+
+
+@pytest.mark.parametrize(
+    ("milvus_uri", "written"),
+    [
+        ("http://milvus:19530", "http://milvus:19530"),  # not http:/milvus:19530
+        ("https://in01-x.zillizcloud.com:443", "https://in01-x.zillizcloud.com:443"),
+        ("data/milvus.db", str(ROOT / "data" / "local" / "milvus.db")),
+    ],
+)
+def test_the_launcher_gives_retrieval_a_server_uri_as_it_is(
+    tmp_path: Path, milvus_uri: str, written: str
+) -> None:
+    base = first(MeshConfig.load(CONFIG), 1)
+    retrieval = dataclasses.replace(base.retrieval, milvus_uri=milvus_uri)
+    mesh = dataclasses.replace(base.mesh, data_dir=str(tmp_path))
+    Mesh(dataclasses.replace(base, mesh=mesh, retrieval=retrieval))._write_configs()
+    config = yaml.safe_load((tmp_path / "run" / "local" / "mesh.yaml").read_text())
+    assert config["retrieval"]["milvus_uri"] == written
 
 
 def test_first_picks_regions_and_names_the_flag() -> None:
