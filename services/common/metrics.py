@@ -41,9 +41,7 @@ def timer(layer: str, method: str) -> Timer:
     return observe
 
 
-def serve(
-    port: int, host: str, registry: CollectorRegistry = REGISTRY
-) -> WSGIServer | None:
+def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> WSGIServer | None:
     """Starts the metrics endpoint of `registry` on host:port in a daemon thread and returns
     its server; port 0 means none. `host` is the plane's (`gateway.host`, `retrieval.host`)."""
     if not port:
