@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
+from services.common.errors import FailedPrecondition
 from services.common.interceptor import CallInterceptor
 from services.config.mesh import MeshConfig
 from services.config.telemetry import TelemetryConfig
@@ -184,6 +185,12 @@ def arguments(prog: str) -> argparse.Namespace:
 
 
 def main(prog: str, serve: Callable[[str], Coroutine[Any, Any, None]]) -> None:
-    """A service's entry point: `arguments(prog)`, then `serve(PATH)`."""
+    """A service's entry point: `arguments(prog)`, then `serve(PATH)`. Data it may not serve
+    (FailedPrecondition at start: a schema version it cannot read) ends it with status 2 and
+    the reason logged, not a traceback."""
     args = arguments(prog)
-    uvloop.run(serve(args.config))  # libuv's event loop: less CPU per call than asyncio's
+    try:
+        uvloop.run(serve(args.config))  # libuv's event loop: less CPU per call than asyncio's
+    except FailedPrecondition as exc:
+        LOGGER.critical("%s cannot start: %s", prog, exc.message)
+        raise SystemExit(2) from None

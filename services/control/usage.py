@@ -2,8 +2,11 @@
 read back per tenant over a time range, grouped by day, tier or key.
 
 Each flush appends one entry per tenant to its stream `ragmesh:{t:<tenant>}:usage` (Redis
-XADD): one field `r`, its records as a JSON array of arrays in UsageRecord's field order. A
-range read is XRANGE over the entries' ids (their write times), then each record's own time.
+XADD): one field `r`, its records as a JSON array of arrays in UsageRecord's field order,
+and the schema's numbers (services/common/schemas.py USAGE_RECORDS): `v`, the version that
+wrote it, and `rb`, the oldest that reads it (absent: 0). A later version may append fields
+to a record, which this one reads past. A range read is XRANGE over the entries' ids (their
+write times), then each record's own time.
 Durable as the store is configured: the local mesh's redis-server appends every write to its
 AOF and fsyncs each second.
 Records wait in this gateway's buffer while the store is unreachable (at most
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.schemas import USAGE_RECORDS
 from services.control import metrics
 from services.control.store import Store
 
@@ -99,8 +103,10 @@ class UsageLog:
         batch, self._buffer = self._buffer, defaultdict(list)
         if not batch:
             return 0
+        version = {"v": str(USAGE_RECORDS.version), "rb": str(USAGE_RECORDS.readable_by)}
         entries = [
-            (stream(tenant), {"r": json.dumps(records)}) for tenant, records in batch.items()
+            (stream(tenant), {"r": json.dumps(records), **version})
+            for tenant, records in batch.items()
         ]
         try:
             await self.store.append_usage(entries)
@@ -127,14 +133,16 @@ class UsageLog:
     async def query(self, tenant: str, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:
         """`tenant`'s usage from `start_ms` to `end_ms` (epoch ms, inclusive), grouped by
         `group_by` (day, tier, key, model), sorted by group. Raises InvalidArgument for a bad
-        range or grouping, Unavailable when the store is unreachable."""
+        range or grouping, Unavailable when the store is unreachable, FailedPrecondition for
+        records of a schema version this release may not read."""
         check_query(start_ms, end_ms, group_by)
         totals: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
         # An entry holds the records of one flush: written at most FLUSH_MARGIN_MS after them.
         entries = await self.store.usage(stream(tenant), start_ms, end_ms + FLUSH_MARGIN_MS)
         for entry in entries:
+            USAGE_RECORDS.check(int(entry.get("v", 0)), int(entry.get("rb", 0)))
             for fields in json.loads(entry["r"]):
-                record = UsageRecord(*fields)
+                record = UsageRecord(*fields[: len(UsageRecord._fields)])
                 if record.tenant != tenant or not start_ms <= record.ts_ms <= end_ms:
                     continue
                 if group_by == "day":

@@ -12,6 +12,11 @@ nothing, so one bad write never blocks the writes behind it (services/retrieval/
 
 SQLite with `synchronous=FULL` in WAL mode: a committed append survives the process and the
 operating system. One thread (the retrieval core's store thread) uses it.
+
+The file's schema version is SQLite's `user_version` and the oldest version that reads it
+is `readable_by` in the state table (services/common/schemas.py CORPUS_LOG): opening a log
+this release may not read raises FailedPrecondition, and opening an older one it reads
+marks it with this release's numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import sqlite3
 from pathlib import Path
 
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
+
+from services.common.schemas import CORPUS_LOG
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);
@@ -35,6 +42,26 @@ class CorpusLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._check_schema()
+
+    def schema(self) -> tuple[int, int]:
+        """(the schema version that wrote the log, the oldest version that reads it)."""
+        written = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        row = self._db.execute("SELECT value FROM state WHERE key = 'readable_by'").fetchone()
+        return written, int(row[0]) if row else 0
+
+    def _check_schema(self) -> None:
+        """Refuses a log this release may not read; marks an older one it reads as its own."""
+        written, readable_by = self.schema()
+        CORPUS_LOG.check(written, readable_by)
+        if written < CORPUS_LOG.version:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO state (key, value) VALUES ('readable_by', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (CORPUS_LOG.readable_by,),
+                )
+                self._db.execute(f"PRAGMA user_version = {CORPUS_LOG.version:d}")
 
     def head(self) -> int:
         """The last entry's sequence number; 0 for an empty log."""

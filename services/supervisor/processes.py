@@ -31,9 +31,10 @@ class Process:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         fatal: re.Pattern[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         """`fatal` matches a line by which the process says it has crashed while it still
-        runs (failed())."""
+        runs (failed()); `cwd` is its working directory (default: this process's)."""
         self.name = name
         self.log_path = log_path
         self._terminated = False
@@ -48,6 +49,7 @@ class Process:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
                 start_new_session=True,
             )
         LOGGER.info("started %s (pid %d), log %s", name, self._popen.pid, log_path)
