@@ -52,11 +52,16 @@ def generate(source: Path, out: Path) -> list[str]:
             if parent == out:
                 break
             (parent / "__init__.py").touch()
+    return protos
+
+
+def install(out: Path) -> None:
+    """Puts `out` on the running venv's sys.path (a .pth file): `make gen` does, once."""
     pth = Path(sysconfig.get_paths()["purelib"]) / "ragmesh_generated.pth"
     pth.write_text(f"{out.resolve()}\n", encoding="utf-8")
-    return protos
 
 
 if __name__ == "__main__":
     src, dst = (Path(a) for a in sys.argv[1:3])
     print(f"generated {len(generate(src, dst))} protos into {dst}")
+    install(dst)

@@ -21,6 +21,7 @@ import yaml
 from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
+from services.common import protogen
 from services.supervisor.launcher import ROOT, Mesh, _grpc_serving, free_port
 from services.supervisor.processes import Process
 
@@ -38,12 +39,9 @@ def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     with tarfile.open(archive) as tar:
         tar.extractall(tree, filter="data")
-    subprocess.run(
-        [sys.executable, "-m", "services.common.protogen", "protos", "build/gen"],
-        cwd=tree,
-        env={"PYTHONPATH": str(tree)},
-        check=True,
-    )
+    # This tree's generator (its `generate` only: `make gen`'s would also point this venv's
+    # .pth at that tree) on that release's protos.
+    protogen.generate(tree / "protos", tree / "build" / "gen")
     return tree
 
 

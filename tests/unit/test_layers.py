@@ -99,3 +99,19 @@ def test_dodged_imports_are_seen() -> None:
         assert _rooms_imported(probe) == {"cli", "supervisor", "gateway"}
     finally:
         probe.unlink()
+
+
+def test_tests_never_run_their_own_event_loop() -> None:
+    """asyncio.run() in a test closes the loop pytest-asyncio runs the other tests on, so a
+    later test in the same run fails with "no current event loop" (a test of the reference
+    stacks did): an async test awaits instead."""
+    calls = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "run"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "asyncio"
+    ]
+    assert not calls, calls

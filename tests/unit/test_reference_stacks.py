@@ -10,7 +10,6 @@ The tools live in .venv-deploy (`make .venv-deploy/.installed`; `make test` inst
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -277,7 +276,7 @@ class _NoTriton:
         pass
 
 
-def test_the_managed_stack_serves_with_a_managed_store_and_a_provider_tier(
+async def test_the_managed_stack_serves_with_a_managed_store_and_a_provider_tier(
     rendered, monkeypatch, tmp_path
 ) -> None:
     """Zilliz Cloud by an https URI, its token from the Secret; premium an OpenAI-compatible
@@ -309,7 +308,7 @@ def test_the_managed_stack_serves_with_a_managed_store_and_a_provider_tier(
         # The gateway builds these tiers with the provider's key set, and refuses to start
         # without it (the Secret is what makes the tier work).
         monkeypatch.setenv(premium.api_key_env, "sk-test-not-a-key")
-        asyncio.run(Tiers(config.gateway, client=lambda target: _NoTriton()).close())
+        await Tiers(config.gateway, client=lambda target: _NoTriton()).close()
         monkeypatch.delenv(premium.api_key_env)
         with pytest.raises(ValueError, match=premium.api_key_env):
             Tiers(config.gateway, client=lambda target: _NoTriton())
