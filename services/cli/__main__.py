@@ -7,6 +7,7 @@ ragmesh search "json decoder"
 ragmesh status
 ragmesh slo [--window 30]       p95/p99 per layer against the SLO budgets
 ragmesh gate RUN.csv            a load run against the SLO budgets (exit 1 on a breach)
+ragmesh release --canary-config C.yaml   release rings on the running mesh (1: rolled back)
 ragmesh hash-key KEY            the digest to put under gateway.api_keys
 ragmesh tenants create|update NAME [--rps N] [--tpm N] [--budget tokens/day=100000:80000]...
 ragmesh tenants list | show NAME
@@ -166,6 +167,29 @@ def cmd_gate(args: argparse.Namespace) -> None:
     print("within every budget")
 
 
+def cmd_release(args: argparse.Namespace) -> None:
+    from services.console.canary import table
+    from services.supervisor.release import run
+
+    try:
+        stable, canary = MeshConfig.load(args.config), MeshConfig.load(args.canary_config)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"releasing {args.canary_config} on the running mesh of {args.config}", flush=True)
+    try:
+        outcome = run(stable, canary)
+    except (OSError, RuntimeError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(table(outcome.verdicts))
+    if not outcome.promoted:
+        print("ROLLED BACK: every request on the stable gateways; the canaries are stopped")
+        sys.exit(1)
+    print(
+        f"PROMOTED: {args.canary_config} passed every ring. Traffic is back on the stable "
+        "gateways and the canaries are stopped; restart the mesh on it to make it stable"
+    )
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     from services.config.regions import first
     from services.supervisor.up import run
@@ -232,6 +256,15 @@ def parser() -> argparse.ArgumentParser:
     gate = commands.add_parser("gate", help="hold a load run (`make loadtest`) to the budgets")
     gate.add_argument("csv", metavar="RUN.csv", help="a run's CSV, e.g. build/loadtest/steady.csv")
     gate.set_defaults(run=cmd_gate)
+    release = commands.add_parser(
+        "release",
+        help="take a second gateway build through the release rings of the running mesh "
+        "(exit 1: rolled back)",
+    )
+    release.add_argument(
+        "--canary-config", required=True, help="the canary's mesh config (YAML): its gateway"
+    )
+    release.set_defaults(run=cmd_release)
     # Its flags are services.triton.trtllm's own; main() hands them over.
     commands.add_parser(
         "gpu-render",

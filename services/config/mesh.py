@@ -12,6 +12,7 @@ from services.config.console import ConsoleConfig, SloConfig
 from services.config.control import ControlConfig
 from services.config.gateway import GatewayConfig
 from services.config.loading import build, is_host, is_ip, read_yaml, require
+from services.config.release import ReleaseConfig
 from services.config.retrieval import RetrievalConfig
 from services.config.telemetry import TelemetryConfig
 
@@ -94,6 +95,7 @@ class MeshConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
     def budgets_below_slo(self) -> list[str]:
         """The tiers' budgets for a model's silence that are shorter than the SLO's for the
@@ -130,6 +132,7 @@ class MeshConfig:
             "console": ConsoleConfig,
             "slo": SloConfig,
             "control": ControlConfig,
+            "release": ReleaseConfig,
         }
         unknown = sorted(set(data) - set(types))
         require(not unknown, "mesh config", f"unknown section(s) {', '.join(unknown)}")

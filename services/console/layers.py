@@ -3,6 +3,12 @@
 Sources: the edge is Envoy's view of the gateway cluster (milliseconds); gateway and
 retrieval are their `ragmesh_request_duration_seconds` histograms; inference is Triton's
 request counters and latency summary (microseconds).
+
+During a release (`ragmesh release`) the edge also sends gRPC requests through the canary
+clusters (services/edge/render.py): the edge's figures and a region's link count them
+too, so the page's rates hold while traffic shifts. The canary gateways themselves are not
+drawn: a region's card is its stable gateway, and a canary that is not running (no release)
+turns nothing red.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from services.console.scrape import Scrape, quantile
 
 REQUEST = "ragmesh_request_duration_seconds"
 # Calls that ended well, or with a status the caller brought on itself: not failures.
-_NOT_FAILED = ("OK", *sorted(code.name for code in CALLER_CODES))
+NOT_FAILED = ("OK", *sorted(code.name for code in CALLER_CODES))
 TTFT = "ragmesh_time_to_first_token_seconds"
 CHUNK_GAP = "ragmesh_time_per_output_chunk_seconds"
 CONTINUATIONS = "ragmesh_stream_continuations"
 GAP = "ragmesh_stream_continuation_added_seconds"
 EDGE_TIME = "envoy_cluster_upstream_rq_time"
+# Envoy's clusters of the gateways' gRPC API: the stable one and the release rings'.
+GATEWAY_CLUSTERS = ("gateway", "gateway-canary", "gateway-canary-all")
 # The calls that answer questions: what latency budgets are about (ingest is bulk work).
 READS = {"gateway": ("Generate", "GenerateStream", "Search"), "retrieval": ("Search",)}
 BREAKER_STATES = {0.0: "closed", 1.0: "half_open", 2.0: "open"}
@@ -71,23 +79,35 @@ def _edge(window: Window, span: float, up: bool) -> dict[str, Any]:
     """Requests the edge sent to gateways (health checks aside), those that failed there
     (5xx, resets, timeouts), and how long the gateways took as Envoy saw it."""
     hosts, stats = window.get("envoy-hosts"), window.get("envoy")
-    calls = hosts.total(HOST_RQ, cluster="gateway") if hosts else 0.0
-    errors = hosts.total(HOST_ERRORS, cluster="gateway") if hosts else 0.0
-    buckets = stats.buckets(EDGE_TIME, envoy_cluster_name="gateway") if stats else []
+    calls = _gateways(hosts, HOST_RQ)
+    errors = _gateways(hosts, HOST_ERRORS)
+    buckets = _edge_buckets(stats) if stats else []
     return _node(up, _rate(calls, span), buckets, 1.0, errors, calls)
+
+
+def _gateways(hosts: Scrape | None, name: str, **match: str) -> float:
+    """Sum of Envoy's per-host `name` over the gateway clusters (GATEWAY_CLUSTERS)."""
+    if hosts is None:
+        return 0.0
+    return sum(hosts.total(name, cluster=c, **match) for c in GATEWAY_CLUSTERS)
+
+
+def _edge_buckets(stats: Scrape) -> list[tuple[float, float]]:
+    """The edge's upstream time to the gateways, every gateway cluster's added."""
+    return _sum_buckets([stats.buckets(EDGE_TIME, envoy_cluster_name=c) for c in GATEWAY_CLUSTERS])
 
 
 def _service(d: Scrape | None, layer: str, span: float, up: bool) -> dict[str, Any]:
     if d is None:
         return _node(up, 0.0, [], 1000.0, 0.0, 0.0)
     calls = d.total(f"{REQUEST}_count", layer=layer)
-    failed = calls - _not_failed(d, layer=layer)
+    failed = calls - not_failed(d, layer=layer)
     return _node(up, _rate(calls, span), d.buckets(REQUEST, layer=layer), 1000.0, failed, calls)
 
 
-def _not_failed(d: Scrape, **match: str) -> float:
+def not_failed(d: Scrape, **match: str) -> float:
     """Calls matching `match` that ended OK or with a caller's own status (CALLER_CODES)."""
-    return sum(d.total(f"{REQUEST}_count", **match, code=code) for code in _NOT_FAILED)
+    return sum(d.total(f"{REQUEST}_count", **match, code=code) for code in NOT_FAILED)
 
 
 def _gateway(d: Scrape | None, latest: Scrape | None, span: float) -> dict[str, Any]:
@@ -154,7 +174,7 @@ def _region(
     port = (("cluster", "gateway"), ("port", str(region.config.gateway.port)))
     hosts, recent = window.get("envoy-hosts"), latest.get("envoy-hosts")
     edge_healthy = recent is None or recent.samples.get((HOST_HEALTHY, port), 1.0) > 0
-    sent = hosts.samples.get((HOST_RQ, port), 0.0) if hosts else 0.0
+    sent = _gateways(hosts, HOST_RQ, port=str(region.config.gateway.port))
     searches = window.get(f"retrieval-{n}")
     links += [
         {"from": "edge", "to": f"gateway-{n}", "rps": _rate(sent, span)},
@@ -245,13 +265,13 @@ def slo(observer: Observer, budgets: SloConfig) -> list[SloRow]:
 
     def reads(layer: str) -> tuple[Figures, int]:
         parts = [s.buckets(REQUEST, layer=layer, method=m) for s in scrapes for m in READS[layer]]
-        ok = sum(_not_failed(s, layer=layer, method=m) for s in scrapes for m in READS[layer])
+        ok = sum(not_failed(s, layer=layer, method=m) for s in scrapes for m in READS[layer])
         found = figures(parts, 1000.0)
         return found, found[0] - int(ok)
 
     hosts = window.get("envoy-hosts")
-    total = figures([s.buckets(EDGE_TIME, envoy_cluster_name="gateway") for s in scrapes], 1.0)
-    total_errors = int(hosts.total(HOST_ERRORS, cluster="gateway")) if hosts else 0
+    total = figures([_edge_buckets(s) for s in scrapes], 1.0)
+    total_errors = int(_gateways(hosts, HOST_ERRORS))
     gateway, gateway_errors = reads("gateway")
     retrieval, retrieval_errors = reads("retrieval")
     added = [

@@ -24,6 +24,13 @@ client's) on the next priority, with per-try timeouts, inside the client's own d
 delay retrieval for game days; it is inert until its runtime keys are set through the admin
 port (``chaos.<region>.retrieval.delay_percent``, ``...delay_ms``).
 
+Release rings (``release.canary_port_offset`` not 0): every route to the gateways has two
+twins before it, Envoy's traffic shifting by runtime fraction. ``release.canary.all_regions``
+(0 or 100) sends that share to ``*-canary-all``, every region's canary gateway (ring 2);
+``release.canary.percent`` sends its share to ``*-canary``, the first region's canary
+(rings 0 and 1). Both keys are 0 until ``ragmesh release`` sets them through the admin port
+(services/supervisor/release.py), so the canary routes take nothing until then.
+
 The admin port stays on 127.0.0.1 (it can stop Envoy and set its runtime keys). Gateways,
 retrieval and the console are reached at their sections' ``host``: an IP address, or a name
 Envoy resolves (STRICT_DNS, every address a host: a Kubernetes headless Service's pods).
@@ -43,6 +50,7 @@ the one the transcoder uses.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import urllib.parse
 from pathlib import Path
@@ -109,6 +117,12 @@ PUBLIC_WRITE_PATHS = (
 # The Lua request guard; render prepends the generated schema to it.
 # Envoy's own files stay in the repository's envoy/ folder.
 REQUEST_GUARD_LUA = Path(__file__).resolve().parents[2] / "envoy" / "request_guard.lua"
+
+# The runtime keys of the release rings (module docstring): shares in percent, 0 by default.
+CANARY_PERCENT = "release.canary.percent"
+CANARY_ALL_REGIONS = "release.canary.all_regions"
+# The clusters whose routes get canary twins, and the two canary clusters of each.
+GATEWAY_CLUSTERS = ("gateway", "gateway-openai")
 
 # Timings and what the mesh itself names, never what a client wrote: no bodies, no
 # credentials (x-api-key, authorization), no query string, user agent or request id. The
@@ -369,9 +383,38 @@ def _public_listener(config: MeshConfig, descriptor_set: Path) -> dict[str, Any]
         _openai_route(path, gateway.request_timeout_s, edge.route_timeout_s)
         for path in OPENAI_PATHS
     ]
-    routes = _route_config("public", [_console_route(), *openai, *write_routes, route])
+    gateway_routes = _with_canaries([*openai, *write_routes, route], config)
+    routes = _route_config("public", [_console_route(), *gateway_routes])
     manager = _connection_manager("public", "AUTO", routes, filters, _tracing(config, entry=True))
     return _listener("public", edge.listen_port, manager, edge.listen_host)
+
+
+def _canary_twin(route: dict[str, Any], runtime_key: str, cluster: str) -> dict[str, Any]:
+    """`route` to `cluster` for the share of its requests that `runtime_key` names (percent,
+    default 0): Envoy's traffic shifting. The rest fall through to the routes after it."""
+    twin = copy.deepcopy(route)
+    twin["match"]["runtime_fraction"] = {
+        "default_value": {"numerator": 0, "denominator": "HUNDRED"},
+        "runtime_key": runtime_key,
+    }
+    twin["route"]["cluster"] = cluster
+    return twin
+
+
+def _with_canaries(routes: list[dict[str, Any]], config: MeshConfig) -> list[dict[str, Any]]:
+    """`routes`, each route to the gateways preceded by its canary twins: ring 2's
+    (every region's canary), then rings 0 and 1's (the first region's). None without a
+    canary port offset."""
+    if not config.release.canary_port_offset:
+        return routes
+    shifted = []
+    for route in routes:
+        cluster = route["route"]["cluster"]
+        if cluster in GATEWAY_CLUSTERS:
+            shifted.append(_canary_twin(route, CANARY_ALL_REGIONS, f"{cluster}-canary-all"))
+            shifted.append(_canary_twin(route, CANARY_PERCENT, f"{cluster}-canary"))
+        shifted.append(route)
+    return shifted
 
 
 def _console_route() -> dict[str, Any]:
@@ -600,6 +643,32 @@ def _gateway_hosts(region: Region, port: int) -> list[dict[str, Any]]:
     return [_address(port, gateway.host)]
 
 
+def _canary_clusters(mesh: list[Region], name: str, api_port: str) -> list[dict[str, Any]]:
+    """The canary clusters of gateway cluster `name` (`api_port`: the gateway config's field
+    of its port), each region's canary serving on that port plus the offset, by TCP (a
+    canary's workers share it).
+
+    `<name>-canary` (rings 0 and 1): the first region's canary, then every region's stable
+    gateway by priority; `<name>-canary-all` (ring 2): every region's canary by priority,
+    then every stable gateway. A request a canary fails is tried again on the next priority,
+    the stable path after the last canary (the routes' retry policies)."""
+    offset = mesh[0].config.release.canary_port_offset
+    grpc = name == "gateway"
+
+    def stable(r: Region) -> list[dict[str, Any]]:
+        return _gateway_hosts(r, getattr(r.config.gateway, api_port))
+
+    def canary(r: Region) -> list[dict[str, Any]]:
+        return [_address(getattr(r.config.gateway, api_port) + offset, r.config.gateway.host)]
+
+    ring1 = [canary(mesh[0]), *(stable(r) for r in mesh)]
+    ring2 = [*(canary(r) for r in mesh), *(stable(r) for r in mesh)]
+    return [
+        _cluster(f"{name}-canary", ring1, grpc=grpc),
+        _cluster(f"{name}-canary-all", ring2, grpc=grpc),
+    ]
+
+
 def _clusters(mesh: list[Region]) -> list[dict[str, Any]]:
     def retrieval(r: Region) -> list[dict[str, Any]]:
         return [_address(r.config.retrieval.port, r.config.retrieval.host)]
@@ -613,6 +682,9 @@ def _clusters(mesh: list[Region]) -> list[dict[str, Any]]:
         ),
         _cluster("retrieval-governance", [retrieval(mesh[0])]),
     ]
+    if mesh[0].config.release.canary_port_offset:
+        clusters += _canary_clusters(mesh, "gateway", "port")
+        clusters += _canary_clusters(mesh, "gateway-openai", "openai_port")
     for region in mesh:
         ordered = [region, *(r for r in mesh if r is not region)]
         clusters.append(_cluster(f"retrieval-{region.name}", [retrieval(r) for r in ordered]))
@@ -630,7 +702,8 @@ def render(config: MeshConfig, *, descriptor_set: Path | None = None) -> dict[st
         clusters.append(_otlp_cluster(config.telemetry.otlp_endpoint))
     return {
         "admin": {"address": _address(config.edge.admin_port)},
-        # The admin layer lets /runtime_modify set the chaos keys of the fault filters.
+        # The admin layer lets /runtime_modify set the chaos keys of the fault filters and
+        # the release rings' canary shares.
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
         # Histograms reach /stats/prometheus at each flush: every second, for the console.
         "stats_flush_interval": "1s",

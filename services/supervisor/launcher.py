@@ -142,6 +142,15 @@ def isolated(config: MeshConfig, data_dir: Path) -> MeshConfig:
             )
             for i in range(1, regions)
         ]
+        # The release rings' canary gateways (`ragmesh release`): each region's gateway
+        # ports plus the offset.
+        offset = config.release.canary_port_offset
+        if offset:
+            shifted += [
+                p + offset + i * stride
+                for p in (gateway.port, gateway.openai_port, gateway.metrics_port)
+                for i in range(regions)
+            ]
         if all(p < 65536 and p not in _handed_out and _bindable(p) for p in shifted):
             _handed_out.update(shifted)
             break

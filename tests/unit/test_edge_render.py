@@ -23,6 +23,9 @@ from services.config.regions import regions
 from services.config.telemetry import TelemetryConfig
 from services.edge.body_schema import _lua_pattern, body_schema
 from services.edge.render import (
+    CANARY_ALL_REGIONS,
+    CANARY_PERCENT,
+    GATEWAY_CLUSTERS,
     OPENAI_PATHS,
     OPENAI_RETRY_ON,
     PUBLIC_SERVICES,
@@ -93,6 +96,11 @@ def _clusters(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in doc["static_resources"]["clusters"]}
 
 
+def _stable(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`routes` less the release rings' canary twins (their own tests, at the end)."""
+    return [r for r in routes if "runtime_fraction" not in r["match"]]
+
+
 def _port(address: dict[str, Any]) -> int:
     assert address["socket_address"]["address"] == "127.0.0.1"
     return int(address["socket_address"]["port_value"])
@@ -149,7 +157,11 @@ def test_each_region_prefers_its_own_retrieval_and_writes_go_to_governance(
     assert sorted(clusters) == [
         "console",
         "gateway",
+        "gateway-canary",  # the release rings' (their own tests)
+        "gateway-canary-all",
         "gateway-openai",
+        "gateway-openai-canary",
+        "gateway-openai-canary-all",
         "retrieval-governance",
         "retrieval-local",
         "retrieval-remote",
@@ -185,7 +197,7 @@ def test_routes_retry_on_the_next_priority_inside_the_deadline(config: MeshConfi
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
     # The console's route first, then OpenAI's paths (their own tests).
-    _, *writes, route = vhost["routes"][len(OPENAI_PATHS) :]
+    _, *writes, route = _stable(vhost["routes"])[len(OPENAI_PATHS) :]
     # Writes: the gateway's write budget; tried again only where they never reached it (a
     # second try of a write that landed would make a second key, say).
     assert [w["match"] for w in writes] == [{"path": path} for path in PUBLIC_WRITE_PATHS]
@@ -267,7 +279,7 @@ def test_routes_never_retry_a_client_error(config: MeshConfig) -> None:
 def test_openai_paths_go_to_the_gateways_openai_api_as_they_are(config: MeshConfig) -> None:
     doc = render(config)
     (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
-    routes = vhost["routes"][1 : 1 + len(OPENAI_PATHS)]
+    routes = _stable(vhost["routes"])[1 : 1 + len(OPENAI_PATHS)]
     assert [r["match"] for r in routes] == [{"path_separated_prefix": p} for p in OPENAI_PATHS]
     for route in routes:
         action = route["route"]
@@ -297,7 +309,7 @@ def test_clusters_are_health_checked_ejecting_and_bounded(config: MeshConfig) ->
     for name, cluster in upstreams.items():
         (options,) = cluster["typed_extension_protocol_options"].values()
         (check,) = cluster["health_checks"]
-        if name != "gateway-openai":  # HTTP/1.1 (its own test)
+        if not name.startswith("gateway-openai"):  # HTTP/1.1 (its own test)
             assert options["explicit_http_config"] == {"http2_protocol_options": {}}
             assert check["grpc_health_check"] == {"service_name": ""}
         assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (2, 1)
@@ -840,3 +852,77 @@ def test_a_socket_path_too_long_for_unix_names_the_data_dir(tmp_path: Path) -> N
 
 def test_envoy_validates_a_config_with_worker_sockets(config: MeshConfig, tmp_path: Path) -> None:
     _validate(render(_workers(config, 2)), tmp_path)
+
+
+# The release rings (services/supervisor/release.py): canary twins of every gateway route,
+# inert until their runtime keys are set.
+
+
+def test_every_gateway_route_has_canary_twins_before_it(config: MeshConfig) -> None:
+    (vhost,) = _manager(_listener(render(config), "public"))["route_config"]["virtual_hosts"]
+    routes = vhost["routes"]
+    stable = [r for r in _stable(routes) if r["route"]["cluster"] in GATEWAY_CLUSTERS]
+    assert len(stable) == len(OPENAI_PATHS) + len(PUBLIC_WRITE_PATHS) + 1
+    for route in stable:
+        at = routes.index(route)
+        every, first = routes[at - 2 : at]
+        cluster = route["route"]["cluster"]
+        for twin, key, to in (
+            (every, CANARY_ALL_REGIONS, f"{cluster}-canary-all"),
+            (first, CANARY_PERCENT, f"{cluster}-canary"),
+        ):
+            fraction = twin["match"].pop("runtime_fraction")
+            # Nothing goes to a canary until a release sets the key.
+            assert fraction == {
+                "default_value": {"numerator": 0, "denominator": "HUNDRED"},
+                "runtime_key": key,
+            }
+            assert twin["match"] == route["match"]  # the same requests, the same policies
+            assert twin["route"] == {**route["route"], "cluster": to}
+            assert twin.get("typed_per_filter_config") == route.get("typed_per_filter_config")
+    assert routes[0]["route"]["cluster"] == "console"  # never a canary's
+
+
+def test_canary_clusters_put_the_canaries_first_and_the_stable_path_after(
+    config: MeshConfig,
+) -> None:
+    clusters = _clusters(render(config))
+    offset = config.release.canary_port_offset
+    assert offset == 10
+    for name, port in (("gateway", 50051), ("gateway-openai", 50053)):
+        local, remote = port, port + config.mesh.port_stride
+        hosts = [(0, "127.0.0.1", local + offset), (1, "127.0.0.1", local)]
+        # Rings 0 and 1: the first region's canary, then every region's stable gateway.
+        assert _endpoints(clusters[f"{name}-canary"]) == [*hosts, (2, "127.0.0.1", remote)]
+        # Ring 2: every region's canary by priority, then the stable gateways.
+        assert _endpoints(clusters[f"{name}-canary-all"]) == [
+            (0, "127.0.0.1", local + offset),
+            (1, "127.0.0.1", remote + offset),
+            (2, "127.0.0.1", local),
+            (3, "127.0.0.1", remote),
+        ]
+    openai = clusters["gateway-openai-canary"]
+    assert openai["health_checks"][0]["http_health_check"] == {"path": "/health"}
+    assert clusters["gateway-canary"]["health_checks"][0]["grpc_health_check"]
+
+
+def test_no_canary_routes_without_a_canary_port_offset(config: MeshConfig) -> None:
+    release = dataclasses.replace(config.release, canary_port_offset=0)
+    doc = render(dataclasses.replace(config, release=release))
+    assert not [c for c in _clusters(doc) if "canary" in c]
+    (vhost,) = _manager(_listener(doc, "public"))["route_config"]["virtual_hosts"]
+    assert _stable(vhost["routes"]) == vhost["routes"]
+
+
+def test_envoy_validates_canary_routes_of_one_region_with_workers(
+    config: MeshConfig, tmp_path: Path
+) -> None:
+    one = dataclasses.replace(_workers(config, 2), mesh=_one_region(config))
+    clusters = _clusters(render(one))
+    # Canaries by their port (their workers share it); the stable gateway by its sockets.
+    (canary, stable) = clusters["gateway-canary"]["load_assignment"]["endpoints"]
+    assert canary["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] == (
+        50061
+    )
+    assert all("pipe" in e["endpoint"]["address"] for e in stable["lb_endpoints"])
+    _validate(render(one), tmp_path)
