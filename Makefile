@@ -83,7 +83,7 @@ $(LITELLM_VENV)/.installed:
 # Milvus's standalone server (`milvus-server`: Milvus 2.3 with its etcd embedded and local
 # storage), which tests/integration/test_milvus_server.py starts to run retrieval against a
 # real Milvus server, not only Milvus Lite; in a venv of its own (it needs no package of ours).
-# Pinned exactly: 2.3.5 is the last release of the wheel that ships the server
+# Pinned exactly: 2.3.5, the newest release of the wheel pip finds for Linux
 # (docs/retrieval.md, "Milvus deployments").
 $(MILVUS_VENV)/.installed:
 	test -x $(MILVUS_VENV)/bin/python || $(PYTHON) -m venv $(MILVUS_VENV)

@@ -113,6 +113,12 @@ SCAN_BATCH = 4096
 JSON_MAX_BYTES = 65_536
 # The digits of the largest corpus version (an int64) in a row id.
 VERSION_DIGITS = 19
+# Every read sees every write acknowledged before it. A Milvus server's default level,
+# "Bounded", reads a state up to `common.gracefulTime` (5 s) old: a search right after an
+# ingest would miss it, and a re-ingest's old chunks would still show. Collections are made
+# with it (what a query iterator, which takes no level, reads by) and every query and search
+# asks for it. Milvus Lite always reads its latest state.
+CONSISTENCY = "Strong"
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,9 @@ class MilvusStore:
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
             index = self._client.prepare_index_params()
             index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
-            self._client.create_collection(self._chunks, schema=schema, index_params=index)
+            self._client.create_collection(
+                self._chunks, schema=schema, index_params=index, consistency_level=CONSISTENCY
+            )
         if not self._client.has_collection(self._versions):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("tenant", DataType.VARCHAR, is_primary=True, max_length=128)
@@ -245,7 +253,9 @@ class MilvusStore:
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one
             index = self._client.prepare_index_params()
             index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="L2")
-            self._client.create_collection(self._versions, schema=schema, index_params=index)
+            self._client.create_collection(
+                self._versions, schema=schema, index_params=index, consistency_level=CONSISTENCY
+            )
         self._client.load_collection(self._chunks)
         self._client.load_collection(self._versions)
         self.limits = self._read_limits()
@@ -258,7 +268,17 @@ class MilvusStore:
     def _read_limits(self) -> StoreLimits:
         """The chunk collection's VARCHAR lengths and vector dimension, as Milvus reports them
         (a collection made by an older release may differ from the schema above)."""
-        fields = self._client.describe_collection(self._chunks)["fields"]
+        described = self._client.describe_collection(self._chunks)
+        level = described.get("consistency_level_name", CONSISTENCY)
+        if level != CONSISTENCY:
+            LOGGER.warning(
+                "collection %s reads %s by default (made by an older release): a start may "
+                "load it without the writes of its last seconds (docs/retrieval.md, "
+                '"Milvus deployments")',
+                self._chunks,
+                level,
+            )
+        fields = described["fields"]
         varchar = {
             f["name"]: int(f["params"]["max_length"])
             for f in fields
@@ -266,6 +286,20 @@ class MilvusStore:
         }
         dim = next(int(f["params"]["dim"]) for f in fields if f["name"] == "vector")
         return StoreLimits(varchar_bytes=varchar, dim=dim)
+
+    def _query(
+        self, collection: str, where: str, fields: list[str], **options: Any
+    ) -> list[dict[str, Any]]:
+        """The rows of `collection` that match `where`, read at CONSISTENCY."""
+        return list(
+            self._client.query(
+                collection,
+                filter=where,
+                output_fields=fields,
+                consistency_level=CONSISTENCY,
+                **options,
+            )
+        )
 
     def reachable(self) -> bool:
         """Whether Milvus answers at all: tells a refused write from an unreachable store."""
@@ -276,9 +310,7 @@ class MilvusStore:
         return True
 
     def version(self, tenant: str) -> int:
-        rows = self._client.query(
-            self._versions, filter=f"tenant == {literal(tenant)}", output_fields=["version"]
-        )
+        rows = self._query(self._versions, f"tenant == {literal(tenant)}", ["version"])
         return int(rows[0]["version"]) if rows else 0
 
     def set_version(self, tenant: str, version: int) -> None:
@@ -322,12 +354,12 @@ class MilvusStore:
 
     def has_document(self, tenant: str, document_id: str) -> bool:
         where = self._document(tenant, document_id)
-        return bool(self._client.query(self._chunks, filter=where, output_fields=["id"], limit=1))
+        return bool(self._query(self._chunks, where, ["id"], limit=1))
 
     def delete_document(self, tenant: str, document_id: str) -> int:
         """Deletes the document's chunks; returns how many there were."""
         where = self._document(tenant, document_id)
-        found = self._client.query(self._chunks, filter=where, output_fields=["id"])
+        found = self._query(self._chunks, where, ["id"])
         if found:
             self._client.delete(self._chunks, filter=where)
         return len(found)
@@ -346,14 +378,13 @@ class MilvusStore:
             filter=where,
             output_fields=["document_id", "chunk_index", "title", "text", "metadata"],
             search_params={"metric_type": "COSINE"},
+            consistency_level=CONSISTENCY,
         )[0]
         return [_chunk(hit) for hit in hits]
 
     def versions(self) -> dict[str, int]:
         """Every tenant's corpus version."""
-        rows = self._client.query(
-            self._versions, filter="version >= 0", output_fields=["tenant", "version"]
-        )
+        rows = self._query(self._versions, "version >= 0", ["tenant", "version"])
         return {str(r["tenant"]): int(r["version"]) for r in rows}
 
     def scan(self, tenant: str = "", document_id: str = "") -> Iterator[list[ScannedRow]]:
