@@ -49,3 +49,4 @@ class Schema:
 # Version 1 adds only the versions themselves, which version 0 ignores.
 CORPUS_LOG = Schema("corpus log", version=1, oldest=0, readable_by=0)
 USAGE_RECORDS = Schema("usage records", version=1, oldest=0, readable_by=0)
+MILVUS_COLLECTION = Schema("Milvus collections", version=1, oldest=0, readable_by=0)

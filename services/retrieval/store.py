@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from services.common.schemas import MILVUS_COLLECTION
 from services.retrieval import verdicts
 
 LOGGER = logging.getLogger(__name__)
@@ -113,6 +114,11 @@ SCAN_BATCH = 4096
 JSON_MAX_BYTES = 65_536
 # The digits of the largest corpus version (an int64) in a row id.
 VERSION_DIGITS = 19
+# The collections' schema version and the oldest that reads them (services/common/schemas.py),
+# as two rows of the versions collection under names no tenant can have ('#': check_tenant),
+# each number n stored as -1 - n, so that no tenant query, this release's or an older one's
+# (`version >= 0`), ever sees them.
+SCHEMA_ROWS = ("#schema_version", "#schema_readable_by")
 # Every read sees every write acknowledged before it. A Milvus server's default level,
 # "Bounded", reads a state up to `common.gracefulTime` (5 s) old: a search right after an
 # ingest would miss it, and a re-ingest's old chunks would still show. Collections are made
@@ -258,12 +264,35 @@ class MilvusStore:
             )
         self._client.load_collection(self._chunks)
         self._client.load_collection(self._versions)
+        self._check_schema()
         self.limits = self._read_limits()
         if self.limits.dim != self._dim:
             raise ValueError(
                 f"retrieval.embedding_dim: {self._dim}, but the collection {self._chunks!r} "
                 f"holds vectors of {self.limits.dim} dimensions"
             )
+
+    def schema(self) -> tuple[int, int]:
+        """(the schema version that wrote the collections, the oldest version that reads
+        them); (0, 0) for collections from before versions were kept."""
+        names = ", ".join(literal(n) for n in SCHEMA_ROWS)
+        rows = self._query(self._versions, f"tenant in [{names}]", ["tenant", "version"])
+        found = {str(r["tenant"]): -1 - int(r["version"]) for r in rows}
+        written, readable_by = (found.get(name, 0) for name in SCHEMA_ROWS)
+        return written, readable_by
+
+    def _check_schema(self) -> None:
+        """Raises FailedPrecondition for collections this release may not read; marks older
+        ones it reads with its own numbers."""
+        written, readable_by = self.schema()
+        MILVUS_COLLECTION.check(written, readable_by)
+        if written < MILVUS_COLLECTION.version:
+            numbers = (MILVUS_COLLECTION.version, MILVUS_COLLECTION.readable_by)
+            rows = [
+                {"tenant": name, "version": -1 - n, "vector": [0.0, 0.0]}
+                for name, n in zip(SCHEMA_ROWS, numbers, strict=True)
+            ]
+            self._client.upsert(self._versions, rows)
 
     def _read_limits(self) -> StoreLimits:
         """The chunk collection's VARCHAR lengths and vector dimension, as Milvus reports them

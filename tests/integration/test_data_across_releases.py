@@ -22,6 +22,8 @@ from ragmesh.retrieval.v1 import retrieval_pb2 as pb
 from ragmesh.retrieval.v1 import retrieval_pb2_grpc
 
 from services.common import protogen
+from services.common.errors import FailedPrecondition
+from services.retrieval.store import SCHEMA_ROWS, MilvusStore
 from services.supervisor.launcher import ROOT, Mesh, _grpc_serving, free_port
 from services.supervisor.processes import Process
 
@@ -135,3 +137,18 @@ def test_a_corpus_log_of_a_schema_this_release_may_not_read_is_refused_by_name(
     log = (data / "refused.log").read_text()
     assert "written by schema version 9, which versions before 9 cannot read" in log
     assert "this release reads 0 to 1" in log
+
+
+def test_milvus_collections_carry_their_schema_out_of_every_tenant_s_sight(tmp_path) -> None:
+    uri = str(tmp_path / "milvus.db")
+    store = MilvusStore(uri, "", "chunks", 4)
+    assert store.schema() == (1, 0)
+    store.set_version("acme", 3)
+    assert store.versions() == {"acme": 3}  # the schema's rows are no tenant's
+    rows = [{"tenant": n, "version": -1 - 9, "vector": [0.0, 0.0]} for n in SCHEMA_ROWS]
+    store._client.upsert("chunks_versions", rows)  # as a later, unreadable release
+    store._client.close()
+    with pytest.raises(
+        FailedPrecondition, match=r"Milvus collections: written by schema version 9"
+    ):
+        MilvusStore(uri, "", "chunks", 4)
