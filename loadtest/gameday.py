@@ -18,7 +18,13 @@ stream-kill and stream-stall (streamed answers of the standard tier's LLM under 
 once one is mid-answer, the default region's Triton is killed, or frozen with SIGSTOP past
 the tier's stall budget: every stream must end whole, continued in the other region where
 it was cut, and the gateways' ragmesh_stream_continuations_total must count each
-continuation the clients were told of).
+continuation the clients were told of), budget-exhaustion (a second tenant with small
+request budgets sends its own steady requests past its soft cap, where the policy routes it
+to the cheaper tier, and its hard cap, where it is refused with RESOURCE_EXHAUSTED: the demo
+tenant's load fails nothing, the gateways count the soft-cap crossing, the store's spending
+stays within the cap), poisoned-write (the governance point's retrieval killed, a write no
+store takes appended to its corpus log as if logged just before the crash, the retrieval
+restarted: its recovery must reject the entry, and a write after it must reach every region).
 `make test` runs the short form (tests/integration/test_gameday.py).
 """
 
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import os
 import random
+import secrets
 import signal
 import tempfile
 import time
@@ -39,17 +46,21 @@ from pathlib import Path
 import grpc
 import redis
 from google.protobuf import empty_pb2
+from ragmesh.retrieval.v1 import retrieval_pb2 as rpb
 from ragmesh.v1 import admin_pb2 as apb
 from ragmesh.v1 import gateway_pb2 as pb
 from ragmesh.v1 import gateway_pb2_grpc
 
+from loadtest.capped import Capped, routed_generate
 from loadtest.latency import percentile
 from loadtest.openloop import REQUEST_TIMEOUT_S, Load, Reply, Sample, grpc_generate, steady
 from services.client.admin import AdminClient
 from services.config.mesh import MeshConfig
 from services.config.regions import first
-from services.console.scrape import fetch
-from services.supervisor.launcher import ROOT, Mesh, isolated
+from services.console.scrape import Scrape, fetch
+from services.control.policy import Policy, TierHealth
+from services.retrieval.corpus_log import CorpusLog
+from services.supervisor.launcher import ROOT, Mesh, isolated, resolve
 
 PHASES = ("before", "during", "after")
 BATCH = 10  # documents per ingest call in ingest-kill
@@ -88,6 +99,11 @@ class Outcome:
     # the gateways' ragmesh_stream_continuations_total counted meanwhile.
     continuations: list[pb.Continuation] = field(default_factory=list)
     counted: int | None = None
+    capped: Capped | None = None  # budget-exhaustion: the second tenant against its caps
+    # poisoned-write: the rise of the governance retrieval's rejected writes (1 expected),
+    # and whether the write after the poisoned one was acknowledged.
+    rejected: int | None = None
+    written_after: bool = False
 
     def phase(self, name: str) -> list[Sample]:
         bounds = {
@@ -100,6 +116,18 @@ class Outcome:
     @property
     def failed(self) -> int:
         return sum(s.status != "OK" for s in self.samples)
+
+    @property
+    def broken(self) -> int:
+        """Failed requests of the load, and every other check of the scenario that failed."""
+        count = self.failed + sum(self.missing.values())
+        if self.counted is not None:
+            count += self.counted != len(self.continuations)
+        if self.capped is not None:
+            count += len(self.capped.problems())
+        if self.rejected is not None:
+            count += (self.rejected != 1) + (not self.written_after)
+        return count
 
 
 def runbook_questions() -> list[pb.GenerateRequest]:
@@ -166,16 +194,25 @@ class Streams:
         return Reply("UNKNOWN", reason="the stream ended with neither final nor error")
 
 
-def _continuations_counted(mesh: Mesh) -> int:
-    """ragmesh_stream_continuations_total over every region's gateway, every label."""
+def _scrape(url: str, what: str) -> Scrape:
+    scrape = fetch(url)
+    if scrape is None:
+        raise RuntimeError(f"{what} did not answer {url}")
+    return scrape
+
+
+def _gateways_total(mesh: Mesh, name: str, **match: str) -> int:
+    """Counter `name` over every region's gateway, the series whose labels include `match`."""
     total = 0.0
     for region in mesh.regions:
         url = f"http://127.0.0.1:{region.config.gateway.metrics_port}/metrics"
-        scrape = fetch(url)
-        if scrape is None:
-            raise RuntimeError(f"the gateway of {region.name} did not answer {url}")
-        total += scrape.total("ragmesh_stream_continuations_total")
+        total += _scrape(url, f"the gateway of {region.name}").total(name, **match)
     return int(total)
+
+
+def _continuations_counted(mesh: Mesh) -> int:
+    """ragmesh_stream_continuations_total over every region's gateway, every label."""
+    return _gateways_total(mesh, "ragmesh_stream_continuations_total")
 
 
 def runbook_corpus() -> list[pb.Document]:
@@ -367,12 +404,12 @@ def _govern(mesh: Mesh) -> None:
     time.sleep(mesh.config.control.registry_refresh_s * 3)  # every gateway has read it
 
 
-def _spent(mesh: Mesh) -> int:
-    """The demo tenant's requests today, as the store counts them."""
+def _spent(mesh: Mesh, tenant: str = "demo") -> int:
+    """The tenant's requests today, as the store counts them."""
     day = time.strftime("%Y%m%d", time.gmtime())
     store = redis.Redis(port=mesh.config.control.redis_port, decode_responses=True)
     try:
-        return int(store.hget(f"ragmesh:{{t:demo}}:requests:day:{day}", "spent") or 0)
+        return int(store.hget(f"ragmesh:{{t:{tenant}}}:requests:day:{day}", "spent") or 0)
     finally:
         store.close()
 
@@ -393,6 +430,147 @@ async def store_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
         f"store counts {spent} requests today, {answered} answered since the budget: "
         + ("caught up" if outcome.store_caught_up else "NOT caught up")
     )
+
+
+CROSSINGS = "ragmesh_control_soft_cap_crossings_total"
+CAPPED_RATE = 2.0  # the second tenant's requests per second in budget-exhaustion
+
+
+def _capped_tenant(mesh: Mesh, soft: int, hard: int) -> tuple[Capped, str]:
+    """A new tenant with a budget of requests a day (soft and hard caps) and a key for it,
+    once every gateway has read it; and the tier its policy moves it to past the soft cap."""
+    name = f"gameday-{secrets.token_hex(3)}"
+    client = AdminClient(mesh.edge_target, mesh.config.mesh.demo_admin_key, 10.0)
+    try:
+        budget = apb.Budget(metric="requests", window="day", soft=soft, hard=hard)
+        client.create_tenant(apb.Tenant(name=name, budgets=[budget]))
+        key = client.create_key(apb.CreateKeyRequest(tenant=name)).key
+    finally:
+        client.close()
+    policy = Policy.load(resolve(mesh.config.control.policy_file))
+    cheaper = policy.route(name, "", "", lambda _tier: TierHealth(None, False), True).tier
+    time.sleep(mesh.config.control.registry_refresh_s * 3)  # every gateway has read it
+    return Capped(name, soft, hard, cheaper), key
+
+
+async def budget_exhaustion(day: GameDay, outcome: Outcome, load: Load) -> None:
+    """While the demo tenant's load goes on, a second tenant with small request budgets
+    asks at CAPPED_RATE for the fault's length, without naming a tier: past a quarter of
+    what it sends (its soft cap) the policy moves it to the cheaper tier, past half (its
+    hard cap) every request is refused. The checks are Capped.problems()."""
+    sent = int(CAPPED_RATE * day.form.during_s)
+    soft, hard = max(1, sent // 4), max(2, sent // 2)
+    capped, key = await asyncio.to_thread(_capped_tenant, day.mesh, soft, hard)
+    crossings = {"metric": "requests", "window": "day"}
+    counted = await asyncio.to_thread(_gateways_total, day.mesh, CROSSINGS, **crossings)
+    # The model alone, a few tokens: the standard tier's LLM answers in a fraction of a second.
+    request = pb.GenerateRequest(
+        query="Say which team is on call.", skip_retrieval=True, bypass_cache=True, max_tokens=8
+    )
+    async with grpc.aio.insecure_channel(day.mesh.edge_target) as channel:
+        tenant_load = Load(
+            routed_generate(gateway_pb2_grpc.GatewayStub(channel), key, request),
+            steady(CAPPED_RATE),
+        )
+        outcome.fault_at_s = load.now()
+        capped.samples = await tenant_load.run(duration_s=day.form.during_s)
+    outcome.recovered_at_s = load.now()
+    outcome.capped = capped
+    await asyncio.sleep(day.form.after_s)
+    # Spending is reported with the gateways' lease takes: by now, or within seconds.
+    deadline = time.monotonic() + 10.0
+    while True:
+        capped.spent = await asyncio.to_thread(_spent, day.mesh, capped.tenant)
+        now = await asyncio.to_thread(_gateways_total, day.mesh, CROSSINGS, **crossings)
+        capped.crossings = now - counted
+        if not capped.problems() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    outcome.notes += capped.notes()
+
+
+def _poison(path: Path) -> rpb.LogEntry:
+    """Appends to the corpus log at `path` a copy of its last logged document with a title
+    over the store's 1,024 bytes, as its tenant's next version: an entry no check let
+    through, which the store refuses (tests/integration/test_refused_writes.py makes the
+    same). Its retrieval must be stopped: the log is then written by one process only."""
+    log = CorpusLog(str(path))
+    try:
+        recent = log.after(max(log.head() - 100, 0), 100)
+        last = next(e for e in reversed(recent) if e.HasField("upsert") and not e.rejected)
+        entry = rpb.LogEntry(tenant=last.tenant, version=log.version(last.tenant) + 1)
+        entry.upsert.CopyFrom(last.upsert)
+        entry.upsert.id = "poisoned-write"
+        entry.upsert.title = "T" * 1025
+        return log.append([entry])[0]
+    finally:
+        log.close()
+
+
+def _reason(path: Path, seq: int) -> str:
+    """Why entry `seq` of the corpus log at `path` was rejected ("" if it was not)."""
+    log = CorpusLog(str(path))
+    try:
+        return log.after(seq - 1, 1)[0].rejected
+    finally:
+        log.close()
+
+
+def _note() -> pb.Document:
+    return pb.Document(
+        id="after-poisoned-write",
+        title="After the poisoned write",
+        text="The poisoned write drill ended; the quartz heron lantern log goes on.",
+        metadata={"kind": "record"},
+    )
+
+
+async def poisoned_write(day: GameDay, outcome: Outcome, load: Load) -> None:
+    """Kills the governance point's retrieval, appends a poisoned entry to its corpus log
+    (a write logged but not applied when it crashed), and restarts it: its recovery meets
+    the entry, which the store refuses. The entry must be rejected (the retrieval's
+    ragmesh_retrieval_rejected_writes_total rises by 1) and a write after it acknowledged;
+    play() then finds that write in every region, whose replicas apply the marker."""
+    governance = day.mesh.regions[0]
+    process = f"retrieval-{governance.name}"
+    log = resolve(governance.config.retrieval.corpus_log)
+    url = f"http://127.0.0.1:{governance.config.retrieval.metrics_port}/metrics"
+    rejected = "ragmesh_retrieval_rejected_writes_total"
+    before = await asyncio.to_thread(_scrape, url, "the governance point's retrieval")
+    outcome.fault_at_s = load.now()
+    await asyncio.to_thread(day.mesh.kill, process)
+    entry = await asyncio.to_thread(_poison, log)
+    await asyncio.sleep(min(day.form.during_s, 3.0))
+    await day.restart(process)  # start() recovers before it serves
+    outcome.recovered_at_s = load.now()
+    after = await asyncio.to_thread(_scrape, url, "the governance point's retrieval")
+    outcome.rejected = int(after.since(before).total(rejected))
+    why = await asyncio.to_thread(_reason, log, entry.seq)
+    outcome.notes += [
+        f"log entry {entry.seq} appended while killed; on restart {rejected} rose by "
+        f"{outcome.rejected}",
+        f"its marker: {why[:100].rstrip()}" if why else "its entry was NOT rejected",
+    ]
+    note = _note()
+    failed_calls = 0
+    async with grpc.aio.insecure_channel(day.mesh.edge_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        request = pb.IngestDocumentsRequest(documents=[note])
+        while failed_calls < 10:
+            try:
+                await stub.IngestDocuments(request, metadata=(("x-api-key", day.key),), timeout=60)
+            except grpc.aio.AioRpcError:
+                failed_calls += 1
+                await asyncio.sleep(0.5)  # then replay it: harmless by design
+                continue
+            outcome.written_after = True
+            outcome.acknowledged = [note]
+            break
+    outcome.notes.append(
+        f"a write after it: {'acknowledged' if outcome.written_after else 'NOT acknowledged'}"
+        f" after {failed_calls} failed calls"
+    )
+    await asyncio.sleep(day.form.after_s)
 
 
 async def retrieval_kill(day: GameDay, outcome: Outcome, load: Load) -> None:
@@ -565,6 +743,8 @@ SCENARIOS: dict[str, Fault] = {
     "store-kill": store_kill,
     "stream-kill": stream_kill,
     "stream-stall": stream_stall,
+    "budget-exhaustion": budget_exhaustion,
+    "poisoned-write": poisoned_write,
 }
 
 
@@ -575,8 +755,9 @@ async def run(mesh: Mesh, form: Form, names: list[str]) -> list[Outcome]:
 
 
 def table(outcomes: list[Outcome]) -> str:
+    width = max(map(len, SCENARIOS))
     header = (
-        f"{'scenario':15} {'phase':7} {'sent':>5} {'failed':>6} {'degraded':>8} "
+        f"{'scenario':{width}} {'phase':7} {'sent':>5} {'failed':>6} {'degraded':>8} "
         f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -585,14 +766,14 @@ def table(outcomes: list[Outcome]) -> str:
             samples = outcome.phase(phase)
             ms = [s.latency_s * 1000 for s in samples]
             lines.append(
-                f"{outcome.scenario:15} {phase:7} {len(samples):5d} "
+                f"{outcome.scenario:{width}} {phase:7} {len(samples):5d} "
                 f"{sum(s.status != 'OK' for s in samples):6d} "
                 f"{sum(s.degraded for s in samples):8d} {percentile(ms, 0.5):8.1f} "
                 f"{percentile(ms, 0.95):8.1f} {percentile(ms, 0.99):8.1f}"
             )
         reasons = Counter(s.reason for s in outcome.samples if s.reason)
         notes = outcome.notes + [f"{n} x {reason}" for reason, n in reasons.most_common()]
-        lines += [f"{'':15} {note}" for note in notes]
+        lines += [f"{'':{width}} {note}" for note in notes]
     return "\n".join(lines)
 
 
@@ -618,9 +799,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             outcomes = asyncio.run(run(mesh, form, names))
     print(table(outcomes))
-    failed = sum(o.failed + sum(o.missing.values()) for o in outcomes)
-    failed += sum(o.counted != len(o.continuations) for o in outcomes if o.counted is not None)
-    raise SystemExit(1 if failed else 0)
+    raise SystemExit(1 if sum(o.broken for o in outcomes) else 0)
 
 
 if __name__ == "__main__":

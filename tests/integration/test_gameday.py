@@ -87,3 +87,21 @@ async def test_streams_whose_triton_freezes_under_load_go_on_after_the_stall_bud
     assert outcome.continuations
     assert all(c.reason == f"stalled: no token for {budget:g} s" for c in outcome.continuations)
     assert outcome.counted == len(outcome.continuations)
+
+
+async def test_a_tenant_past_its_budget_caps_is_moved_then_refused_and_no_other_fails(day):
+    outcome = await _play(day, "budget-exhaustion")
+    assert outcome.failed == 0  # the demo tenant's load, throughout
+    capped = outcome.capped
+    assert capped is not None and capped.problems() == []
+    assert len(capped.admitted) == capped.hard == capped.spent
+    assert capped.refused and all(s.status == "RESOURCE_EXHAUSTED" for s in capped.refused)
+    assert capped.crossings >= 1  # RagmeshTenantBudgetSoftCap's expression would fire
+
+
+async def test_a_poisoned_log_entry_is_rejected_at_recovery_and_writes_go_on(day):
+    outcome = await _play(day, "poisoned-write")
+    assert outcome.failed == 0
+    assert outcome.rejected == 1  # RagmeshRejectedWrites' expression would fire
+    assert outcome.written_after and len(outcome.acknowledged) == 1
+    assert outcome.missing == {r.name: 0 for r in day.mesh.regions}
