@@ -168,11 +168,15 @@ def cmd_gate(args: argparse.Namespace) -> None:
 
 
 def cmd_release(args: argparse.Namespace) -> None:
+    from services.config.regions import first
     from services.console.canary import table
     from services.supervisor.release import run
 
     try:
-        stable, canary = MeshConfig.load(args.config), MeshConfig.load(args.canary_config)
+        # The running mesh's regions: a canary for a region it does not run would never
+        # serve, and the release would stop before ring 0.
+        stable = first(MeshConfig.load(args.config), args.regions)
+        canary = MeshConfig.load(args.canary_config)
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(f"releasing {args.canary_config} on the running mesh of {args.config}", flush=True)
@@ -263,6 +267,12 @@ def parser() -> argparse.ArgumentParser:
     )
     release.add_argument(
         "--canary-config", required=True, help="the canary's mesh config (YAML): its gateway"
+    )
+    release.add_argument(
+        "--regions",
+        type=int,
+        default=1,
+        help="the regions the running mesh runs, as `up --regions` (make up REGIONS=N)",
     )
     release.set_defaults(run=cmd_release)
     # Its flags are services.triton.trtllm's own; main() hands them over.

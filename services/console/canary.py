@@ -10,6 +10,7 @@ answer questions (Generate, GenerateStream, Search), as `ragmesh slo`'s gateway 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from services.config.console import SloConfig
@@ -45,8 +46,18 @@ def figures(diffs: list[Scrape]) -> Figures:
         for method in READS["gateway"]:
             for bound, count in d.buckets(REQUEST, layer="gateway", method=method):
                 counts[bound] = counts.get(bound, 0.0) + count
-    p99 = quantile(0.99, sorted(counts.items()))
+    buckets = sorted(counts.items())
+    p99 = quantile(0.99, buckets)
+    if p99 is not None and _beyond_every_bound(0.99, buckets):
+        p99 = math.inf  # not the highest bound, as histogram_quantile says: it must breach
     return Figures(round(requests), round(requests - served), None if p99 is None else p99 * 1000)
+
+
+def _beyond_every_bound(q: float, buckets: list[tuple[float, float]]) -> bool:
+    """Whether rank q of cumulative `buckets` falls in the +Inf bucket: the quantile is then
+    above the highest bound (30 s for the gateway, slo.gateway_ms's default), however far."""
+    finite = [count for bound, count in buckets if not math.isinf(bound)]
+    return bool(finite) and finite[-1] < q * buckets[-1][1]
 
 
 @dataclass(frozen=True)

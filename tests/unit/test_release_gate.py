@@ -122,3 +122,17 @@ def test_the_table_has_a_line_a_ring() -> None:
     assert lines[0].split()[:6] == ["ring", "requests", "errors", "ratio", "p99", "ms"]
     assert lines[1].split()[4:8] == ["40", "0", "0.00%", "9.8"]
     assert "BREACH" in lines[2] and "100.00%" in lines[2] and " - " in lines[2]
+
+
+def test_a_p99_beyond_the_highest_bucket_breaches_the_default_budget() -> None:
+    """histogram_quantile would say 30 s, the highest bound, which is slo.gateway_ms's default:
+    a canary slower than every bucket must still fail its ring (the newcomer's finding)."""
+    canary = Canary()
+    canary.calls(97, 0.003)
+    canary.calls(3, 45.0)  # past the 30 s bound: the +Inf bucket holds rank 99
+    found = figures([canary.scrape()])
+    assert found.p99_ms == float("inf")
+    verdict = judge("0", found, SloConfig(), min_requests=10)
+    assert verdict.verdict == BREACH and "over slo.gateway_ms 30000 ms" in verdict.reason
+    canary.calls(300, 0.003)  # now rank 99 is within the buckets again
+    assert figures([canary.scrape()]).p99_ms < 30_000
