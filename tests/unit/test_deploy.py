@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import yaml
-from prometheus_client import REGISTRY
+from deploy_tools import exported_metrics
 
 import services.common.metrics
 import services.control.metrics
@@ -22,17 +22,6 @@ from services.config.regions import regions
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 NAME = re.compile(r"\bragmesh(?:_[a-z_]+|:[a-z_0-9:]+)")
-
-
-def _exported() -> set[str]:
-    """Every sample name our registry can produce (histograms' _bucket, counters' _total)."""
-    suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",)}
-    return {
-        family.name + suffix
-        for family in REGISTRY.collect()
-        if family.name.startswith("ragmesh_")
-        for suffix in suffixes.get(family.type, ("",))
-    }
 
 
 def _rules() -> dict:
@@ -49,7 +38,7 @@ def _expressions() -> list[str]:
 
 def test_rules_and_dashboard_name_only_exported_metrics_and_recorded_rules() -> None:
     recorded = {r["record"] for g in _rules()["groups"] for r in g["rules"] if "record" in r}
-    known = _exported() | recorded
+    known = exported_metrics() | recorded
     used = {name for expr in _expressions() for name in NAME.findall(expr)}
     assert used, "no ragmesh metric referenced"
     assert used <= known, sorted(used - known)

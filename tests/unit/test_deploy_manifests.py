@@ -22,29 +22,15 @@ from typing import Any
 
 import pytest
 import yaml
+from deploy_tools import K8S, ROOT, checkov, run, tool
 
 from services.config.mesh import MeshConfig
 from services.console.observe import targets
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
-DEPLOY_VENV = ROOT / ".venv-deploy"
-KUSTOMIZE = DEPLOY_VENV / "bin" / "kustomize"
 LOCAL_MESH = yaml.safe_load((ROOT / "config" / "mesh.yaml").read_text(encoding="utf-8"))
 REGIONS: list[str] = LOCAL_MESH["mesh"]["regions"]
 PLANES = ("edge", "gateway", "retrieval", "triton", "console")
 WORKLOADS = ("Deployment", "StatefulSet")
-
-
-def _tool(name: str) -> Path:
-    path = KUSTOMIZE if name == "kustomize" else DEPLOY_VENV / "bin" / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make .venv-deploy/.installed`")
-    return path
-
-
-def _run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +39,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("deploy")
     files = {}
     for region in REGIONS:
-        result = _run(_tool("kustomize"), "build", K8S / "overlays" / region)
+        result = run(tool("kustomize"), "build", K8S / "overlays" / region)
         assert result.returncode == 0, result.stderr
         files[region] = out / f"{region}.yaml"
         files[region].write_text(result.stdout, encoding="utf-8")
@@ -118,7 +104,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered) -> None
     """kubernetes-validate's Python API, strict (an unknown field fails), through
     deploy/k8s/check.py in the tools' venv; custom resources are checked by their fields."""
     files = [rendered[r] for r in REGIONS]
-    result = _run(_tool("python"), K8S / "check.py", *files)
+    result = run(tool("python"), K8S / "check.py", *files)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["kubernetes_version"].startswith("1.")
@@ -137,17 +123,8 @@ def test_checkov_passes_with_every_skip_listed_and_justified(rendered) -> None:
     assert skips, "no skip listed"
     for line in skips:
         assert re.fullmatch(r"  - CKV_K8S_\d+  # \S.{20,}", line), f"unjustified: {line}"
-    argv: list[str | Path] = [_tool("checkov"), "--config-file", config, "-o", "json"]
-    for region in REGIONS:
-        argv += ["-f", rendered[region]]
-    result = _run(*argv)
-    assert result.stdout.lstrip().startswith(("{", "[")), result.stderr[-4000:]
-    report = json.loads(result.stdout)
-    summaries = [r["summary"] for r in (report if isinstance(report, list) else [report])]
-    assert summaries and all(s["parsing_errors"] == 0 for s in summaries)
-    assert sum(s["failed"] for s in summaries) == 0, result.stdout[-4000:]
+    summaries = checkov([rendered[region] for region in REGIONS])
     assert sum(s["passed"] for s in summaries) > 100
-    assert result.returncode == 0
 
 
 # ---- what each plane needs ----------------------------------------------------------------
@@ -223,8 +200,8 @@ def test_the_edge_renders_a_config_envoy_accepts(objects, tmp_path) -> None:
         assert "0.0.0.0" not in init["command"][2]  # the config binds it, not the script
         script = init["command"][2].replace("/etc/", f"{etc}/")
         env = {**os.environ, **_config_map(objs, "ragmesh-region")["data"], **_literal_env(init)}
-        run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True)
-        assert run.returncode == 0, run.stderr.decode()[-4000:]
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True)
+        assert out.returncode == 0, out.stderr.decode()[-4000:]
         rendered = etc / "envoy" / "envoy.yaml"
         doc = yaml.safe_load(rendered.read_text())
         bound = {
@@ -247,7 +224,7 @@ def test_the_edge_renders_a_config_envoy_accepts(objects, tmp_path) -> None:
         (endpoint,) = group["lb_endpoints"]
         address = endpoint["endpoint"]["address"]["socket_address"]
         assert address == {"address": "console", "port_value": 8082}
-        check = _run(envoy, "--mode", "validate", "-c", rendered, "--log-level", "warn")
+        check = run(envoy, "--mode", "validate", "-c", rendered, "--log-level", "warn")
         assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -726,9 +703,7 @@ def test_the_release_pipeline_is_a_valid_github_workflow_with_every_gate() -> No
     check-jsonschema), and its gates in order: lint and manifests, then the tests, then the
     load run and its SLO gate, then the release."""
     workflow = ROOT / ".github" / "workflows" / "ci.yml"
-    checked = _run(
-        _tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", workflow
-    )
+    checked = run(tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", workflow)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     jobs = yaml.safe_load(workflow.read_text(encoding="utf-8"))["jobs"]
     steps = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}

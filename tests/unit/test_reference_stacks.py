@@ -14,23 +14,20 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from deploy_tools import K8S, ROOT, checkov, run, tool
 
 from services.config.loading import ENV_PREFIX
 from services.config.mesh import MeshConfig
 from services.gateway.tiers import Tiers
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
 STACKS = K8S / "stacks"
 EXAMPLES = STACKS / "examples"
 MONITORING = K8S / "monitoring"
-DEPLOY_VENV = ROOT / ".venv-deploy"
 REGIONS: list[str] = yaml.safe_load((ROOT / "config" / "mesh.yaml").read_text())["mesh"]["regions"]
 STACK_NAMES = ("open", "managed", "control")
 COLLECTOR = "http://otel-collector.monitoring.svc.cluster.local:4318"
@@ -38,19 +35,8 @@ COLLECTOR = "http://otel-collector.monitoring.svc.cluster.local:4318"
 _HASHED = re.compile(r"\b(ragmesh-(?:config|region))-[a-z0-9]{10}\b")
 
 
-def _tool(name: str) -> Path:
-    path = DEPLOY_VENV / "bin" / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make .venv-deploy/.installed`")
-    return path
-
-
-def _run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=240)
-
-
 def _build(directory: Path, out: Path) -> Path:
-    result = _run(_tool("kustomize"), "build", directory)
+    result = run(tool("kustomize"), "build", directory)
     assert result.returncode == 0, result.stderr
     out.write_text(result.stdout, encoding="utf-8")
     return out
@@ -165,7 +151,7 @@ def test_the_control_stack_is_the_open_stack_with_the_cluster_wide_monitoring() 
 
 def test_every_stack_validates_against_the_kubernetes_schemas(rendered) -> None:
     files = [path for (stack, _), path in rendered.items() if stack]
-    result = _run(_tool("python"), K8S / "check.py", *files)
+    result = run(tool("python"), K8S / "check.py", *files)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     for path in files:
@@ -176,17 +162,7 @@ def test_every_stack_validates_against_the_kubernetes_schemas(rendered) -> None:
 
 
 def test_checkov_passes_on_every_stack_with_the_regions_skips(rendered) -> None:
-    argv: list[str | Path] = [_tool("checkov"), "--config-file", K8S / "checkov.yaml", "-o", "json"]
-    for (stack, _), path in rendered.items():
-        if stack:
-            argv += ["-f", path]
-    result = _run(*argv)
-    assert result.stdout.lstrip().startswith(("{", "[")), result.stderr[-4000:]
-    report = json.loads(result.stdout)
-    summaries = [r["summary"] for r in (report if isinstance(report, list) else [report])]
-    assert summaries and all(s["parsing_errors"] == 0 for s in summaries)
-    assert sum(s["failed"] for s in summaries) == 0, result.stdout[-4000:]
-    assert result.returncode == 0
+    checkov([path for (stack, _), path in rendered.items() if stack])
 
 
 @pytest.mark.parametrize("stack", STACK_NAMES)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
+from deploy_tools import K8S, exported_metrics, run, tool
 
 import services.gateway.metrics  # noqa: F401  (registers the gateway's metrics)
 from services.common.errors import CALLER_CODES
@@ -24,18 +24,8 @@ from services.config.console import SloConfig
 from services.config.release import ReleaseConfig
 from services.console.layers import READS
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
-DEPLOY_VENV = ROOT / ".venv-deploy"
 REGIONS = ("local", "remote")
 METRIC = re.compile(r"\bragmesh_[a-z_]+")
-
-
-def _kustomize() -> Path:
-    path = DEPLOY_VENV / "bin" / "kustomize"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make .venv-deploy/.installed`")
-    return path
 
 
 def _with_component(region: str, into: Path) -> Path:
@@ -60,7 +50,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for region in REGIONS:
         overlay = _with_component(region, out / region)
         result = subprocess.run(
-            [str(_kustomize()), "build", str(overlay)], capture_output=True, text=True, timeout=240
+            [str(tool("kustomize")), "build", str(overlay)],
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         assert result.returncode == 0, result.stderr
         files[region] = out / f"{region}.yaml"
@@ -125,17 +118,6 @@ def _metrics(rendered) -> dict[str, dict[str, Any]]:
     return metrics
 
 
-def _exported_names() -> set[str]:
-    """Every ragmesh sample name the registry produces (histograms' _bucket and _count)."""
-    kinds = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",)}
-    return {
-        family.name + end
-        for family in REGISTRY.collect()
-        if family.name.startswith("ragmesh_")
-        for end in kinds.get(family.type, ("",))
-    }
-
-
 def test_the_analysis_names_only_exported_metrics(rendered) -> None:
     queries = [m["provider"]["prometheus"]["query"] for m in _metrics(rendered).values()]
     used = {name for query in queries for name in METRIC.findall(query)}
@@ -143,7 +125,7 @@ def test_the_analysis_names_only_exported_metrics(rendered) -> None:
         "ragmesh_request_duration_seconds_count",
         "ragmesh_request_duration_seconds_bucket",
     }
-    assert used <= _exported_names()
+    assert used <= exported_metrics()
 
 
 def test_the_analysis_holds_the_canary_to_the_slo(rendered) -> None:
@@ -172,12 +154,6 @@ def test_the_analysis_holds_the_canary_to_the_slo(rendered) -> None:
 def test_the_checker_knows_the_custom_resources(rendered) -> None:
     """deploy/k8s/check.py (`make deploy-check`) passes the overlay with the component:
     every Kubernetes object against its schema, Argo's kinds by their required fields."""
-    python = DEPLOY_VENV / "bin" / "python"
-    result = subprocess.run(
-        [str(python), str(K8S / "check.py"), str(rendered["local"])],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run(tool("python"), K8S / "check.py", rendered["local"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"Rollout": 1' in result.stdout and '"AnalysisTemplate": 1' in result.stdout
