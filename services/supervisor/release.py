@@ -185,17 +185,14 @@ class Release:
             time.sleep(POLL_S)
             for region in judged:
                 if self.launcher.processes[f"gateway-canary-{region}"].failed():
-                    return Verdict(
-                        ring.name, Figures(0, 0, None), STOPPED, f"canary of {region} exited"
-                    )
+                    return _stopped(ring.name, f"canary of {region} exited")
             elapsed = time.monotonic() - started
             if elapsed < bake.bake_s:
                 continue
             after = {r: self._scrape(r) for r in judged}
             missing = [r for r, s in after.items() if s is None]
             if missing:
-                why = f"canary metrics of {', '.join(missing)} unreachable"
-                return Verdict(ring.name, Figures(0, 0, None), STOPPED, why)
+                return _stopped(ring.name, f"canary metrics of {', '.join(missing)} unreachable")
             found = figures([a.since(before[r]) for r, a in after.items() if a is not None])
             verdict = judge(ring.name, found, self.stable.slo, bake.min_requests)
             if verdict.verdict != NO_TRAFFIC or elapsed >= bake.max_bake_s:
